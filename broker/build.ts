@@ -1,0 +1,178 @@
+/**
+ * Builds a whole broker from a validated config: stores, Aedes, the plugin chain,
+ * the mutual-TLS listener and the operations HTTP server. `close()` releases all
+ * of it in reverse order.
+ */
+import { Aedes } from 'aedes'
+import type { AddressInfo } from 'node:net'
+import type { Server as HttpServer } from 'node:http'
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls'
+import { devPkiComplete, generateDevPki } from '../certs-dev/generate.js'
+import { authorizationPlugin } from '../plugins/authorization.js'
+import { identityPlugin } from '../plugins/identity.js'
+import { loadPolicy } from '../plugins/policy.js'
+import { validationPlugin } from '../plugins/validation.js'
+import { createAudit, type Audit } from './audit.js'
+import { installChain, type Chain } from './chain.js'
+import type { Config } from './config.js'
+import { createHttpServer } from './http.js'
+import { createAppLogger, type AppLogger } from './logger.js'
+import { createMetrics, type Metrics } from './metrics.js'
+import type { PluginContext, PluginHooks } from './plugin.js'
+import { createRegistry } from './store/create-registry.js'
+import type { Registry } from './store/registry.js'
+import { createSessionStore } from './store/session-store.js'
+import { loadTrust } from './trust.js'
+
+export interface BuildOptions {
+  /** audit destination override (tests write to an in-memory stream) */
+  auditStream?: NodeJS.WritableStream
+  /** clock override for expiry tests */
+  now?: () => number
+  /** logger override */
+  log?: AppLogger
+}
+
+export interface BrokerHandle {
+  readonly config: Config
+  readonly broker: Aedes
+  readonly registry: Registry
+  readonly audit: Audit
+  readonly metrics: Metrics
+  readonly chain: Chain
+  readonly ctx: PluginContext
+  readonly mqttsPort: number
+  readonly httpPort: number
+  ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
+  close (): Promise<void>
+}
+
+function listen (server: TlsServer | HttpServer, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => {
+      server.off('error', reject)
+      resolve((server.address() as AddressInfo).port)
+    })
+  })
+}
+
+function closeServer (server: TlsServer | HttpServer): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()))
+}
+
+export async function buildBroker (config: Config, opts: BuildOptions = {}): Promise<BrokerHandle> {
+  const log = opts.log ?? createAppLogger(config.logLevel)
+  const now = opts.now ?? Date.now
+  const audit = createAudit(opts.auditStream ?? config.auditLog)
+  const metrics = createMetrics()
+  const releases: Array<() => Promise<void>> = [() => audit.close()]
+  async function releaseAll (): Promise<void> {
+    for (const release of releases.reverse()) {
+      await release().catch((err: unknown) => log.warn({ err }, 'error while closing'))
+    }
+    releases.length = 0
+  }
+
+  try {
+    if (config.generateDevCerts && !devPkiComplete(config.certsDir)) {
+      log.warn({ dir: config.certsDir }, 'no PKI found: generating a development PKI (never use it in production)')
+      await generateDevPki({ outDir: config.certsDir })
+    }
+    const trust = loadTrust(config.certsDir)
+    const policy = loadPolicy(config.policyFile, { awsTopics: config.provisioningAwsTopics })
+
+    let storeDown = false
+    const onStoreError = (err: Error): void => {
+      if (!storeDown) log.warn({ err: err.message }, 'store connection error')
+      storeDown = true
+    }
+    if (!config.redisUrl) log.warn('REDIS_URL is not set: in-memory store, nothing survives a restart')
+    const registry = createRegistry({ redisUrl: config.redisUrl, now, onError: onStoreError })
+    releases.push(() => registry.close())
+    const sessionStore = createSessionStore(config.redisUrl, onStoreError)
+    releases.push(() => sessionStore.close())
+
+    const broker = await Aedes.createBroker({
+      ...sessionStore.aedesOptions,
+      queueLimit: config.queueLimit,
+      heartbeatInterval: 1000
+    })
+    const brokerEvents: NodeJS.EventEmitter = broker
+    brokerEvents.on('error', (err: Error) => log.warn({ err: err.message }, 'broker error'))
+    releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))
+
+    const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })
+    // the fixed order of the chain: identity → authorization → validation → provisioning
+    const hooks: PluginHooks[] = [
+      await identityPlugin.setup(ctx, { policy }),
+      await authorizationPlugin.setup(ctx, { policy }),
+      await validationPlugin.setup(ctx, {})
+    ]
+    for (const h of hooks) if (h.close) releases.push(() => h.close!())
+    const chain = installChain(ctx, hooks)
+
+    const tlsServer = createTlsServer({
+      key: trust.serverKeyPem,
+      cert: trust.serverCertPem,
+      ca: [...trust.caPems],
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+      // without it every handshake waits on a delayed ACK (~40 ms)
+      noDelay: true
+      // no ALPNProtocols: offers we do not know (AWS SDKs send x-amzn-mqtt-ca) are ignored
+    }, (socket) => broker.handle(socket))
+    tlsServer.on('tlsClientError', (err: Error & { code?: string }, socket) => {
+      metrics.connectRefusals.inc({ reason: 'TlsHandshakeFailed' })
+      audit.write('connect.refused', { remoteAddress: socket.remoteAddress, errorCode: 'TlsHandshakeFailed', reason: err.code ?? err.message })
+    })
+    const mqttsPort = await listen(tlsServer, config.mqttsPort, config.host)
+    releases.push(async () => {
+      const closing = closeServer(tlsServer)
+      await new Promise<void>((resolve) => broker.close(() => resolve()))
+      await closing
+    })
+
+    async function ready () {
+      const [store, reg] = await Promise.all([sessionStore.ping(), registry.ping()])
+      const checks = { mqtts: tlsServer.listening, sessionStore: store, registry: reg }
+      const ok = checks.mqtts && store && reg
+      if (ok) storeDown = false
+      metrics.storeUp.set(store && reg ? 1 : 0)
+      return { ready: ok, checks }
+    }
+
+    const httpServer = createHttpServer({ metrics, ready })
+    const httpPort = await listen(httpServer, config.httpPort, config.host)
+    releases.push(() => closeServer(httpServer))
+    httpServer.unref()
+
+    audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, http ${httpPort}, store ${sessionStore.kind}` })
+    log.info({ mqttsPort, httpPort, store: sessionStore.kind }, 'aedes-jitp listening')
+
+    let closed: Promise<void> | undefined
+    return {
+      config,
+      broker,
+      registry,
+      audit,
+      metrics,
+      chain,
+      ctx,
+      mqttsPort,
+      httpPort,
+      ready,
+      close () {
+        closed ??= (async () => {
+          audit.write('broker.stopped', { brokerId: broker.id })
+          await releaseAll()
+        })()
+        return closed
+      }
+    }
+  } catch (err) {
+    await releaseAll()
+    throw err
+  }
+}

@@ -1,0 +1,28 @@
+/** `aedes-jitp start [--config FILE]`: runs the broker until SIGTERM/SIGINT. */
+import { parseArgs } from 'node:util'
+import { buildBroker } from '../build.js'
+import { loadConfig } from '../config.js'
+
+export async function startCommand (args: string[]): Promise<null> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string' } }, strict: true })
+  const config = loadConfig({ file: values.config })
+  const handle = await buildBroker(config)
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) return
+    stopping = true
+    handle.ctx.log.info({ signal }, 'shutting down')
+    // a hung close must not keep a container from stopping
+    const force = setTimeout(() => process.exit(1), 10_000)
+    force.unref()
+    handle.close().then(() => {
+      process.exitCode = 0
+    }, (err: unknown) => {
+      process.stderr.write(`aedes-jitp: shutdown failed: ${(err as Error).message}\n`)
+      process.exitCode = 1
+    })
+  }
+  process.once('SIGTERM', () => stop('SIGTERM'))
+  process.once('SIGINT', () => stop('SIGINT'))
+  return null
+}

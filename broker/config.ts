@@ -1,0 +1,156 @@
+/**
+ * Configuration: a JSON file (`--config`) and the environment, validated once
+ * against one JSON Schema, then frozen and passed down. Unknown or bad keys stop
+ * the start with a one-line message naming the key.
+ */
+import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { Ajv } from 'ajv'
+import { JitpError } from './errors.js'
+
+const configSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    MQTTS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8883 },
+    HOST: { type: 'string', minLength: 1, default: '0.0.0.0' },
+    HTTP_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9100 },
+    REDIS_URL: { type: 'string', pattern: '^rediss?://' },
+    CERTS_DIR: { type: 'string', minLength: 1, default: 'certs-dev' },
+    GENERATE_DEV_CERTS: { type: 'boolean', default: true },
+    SCHEMAS_DIR: { type: 'string', minLength: 1, default: 'schemas' },
+    TEMPLATES_DIR: { type: 'string', minLength: 1, default: 'templates' },
+    POLICY_FILE: { type: 'string', minLength: 1 },
+    AUDIT_LOG: { type: 'string', minLength: 1, default: 'stdout' },
+    LOG_LEVEL: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    MAX_PAYLOAD_BYTES: { type: 'integer', minimum: 1, maximum: 268435455, default: 65536 },
+    BAD_PAYLOADS_PER_MINUTE: { type: 'integer', minimum: 1, default: 30 },
+    QUEUE_LIMIT: { type: 'integer', minimum: 1, default: 1000 },
+    CERT_VALIDITY_DAYS: { type: 'integer', minimum: 1, maximum: 3650, default: 90 },
+    TOKEN_TTL_SECONDS: { type: 'integer', minimum: 1, default: 3600 },
+    CLAIM_SESSION_MAX_SECONDS: { type: 'integer', minimum: 1, default: 300 },
+    PROVISION_RATE_PER_CLAIM_CERT: { type: 'integer', minimum: 1, default: 6000 },
+    PROVISION_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
+    ROTATION_GRACE_SECONDS: { type: 'integer', minimum: 0, default: 86400 },
+    PROVISIONING_AWS_TOPICS: { type: 'boolean', default: false }
+  }
+} as const
+
+export interface Config {
+  readonly mqttsPort: number
+  readonly host: string
+  readonly httpPort: number
+  readonly redisUrl: string | undefined
+  readonly certsDir: string
+  readonly generateDevCerts: boolean
+  readonly schemasDir: string
+  readonly templatesDir: string
+  readonly policyFile: string | undefined
+  readonly auditLog: string
+  readonly logLevel: string
+  readonly maxPayloadBytes: number
+  readonly badPayloadsPerMinute: number
+  readonly queueLimit: number
+  readonly certValidityDays: number
+  readonly tokenTtlSeconds: number
+  readonly claimSessionMaxSeconds: number
+  readonly provisionRatePerClaimCert: number
+  readonly provisionRatePerAddress: number
+  readonly rotationGraceSeconds: number
+  readonly provisioningAwsTopics: boolean
+}
+
+export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
+
+const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: false, strict: true })
+const validateConfig = ajv.compile(configSchema)
+
+function configError (key: string, problem: string): JitpError {
+  return new JitpError('InvalidConfig', `${key}: ${problem}`)
+}
+
+/** Reads the environment's known keys; other variables are none of ours. */
+function fromEnv (env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const key of CONFIG_KEYS) {
+    const value = env[key]
+    if (value !== undefined && value !== '') out[key] = value
+  }
+  return out
+}
+
+function fromFile (file: string): Record<string, unknown> {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw configError('--config', `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    throw configError('--config', `${file} is not valid JSON`)
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw configError('--config', `${file} must hold a JSON object`)
+  }
+  return parsed as Record<string, unknown>
+}
+
+function toBool (v: unknown): unknown {
+  if (typeof v !== 'string') return v
+  if (/^(1|true|yes|on)$/i.test(v)) return true
+  if (/^(0|false|no|off)$/i.test(v)) return false
+  return v
+}
+
+export interface LoadConfigOptions {
+  file?: string
+  env?: NodeJS.ProcessEnv
+  /** overrides applied last, for embedding and tests */
+  overrides?: Record<string, unknown>
+}
+
+export function loadConfig (opts: LoadConfigOptions = {}): Config {
+  const merged: Record<string, unknown> = {
+    ...(opts.file ? fromFile(opts.file) : {}),
+    ...fromEnv(opts.env ?? process.env),
+    ...(opts.overrides ?? {})
+  }
+  for (const key of ['GENERATE_DEV_CERTS', 'PROVISIONING_AWS_TOPICS']) {
+    if (key in merged) merged[key] = toBool(merged[key])
+  }
+  if (!validateConfig(merged)) {
+    const e = validateConfig.errors?.[0]
+    if (e?.keyword === 'additionalProperties') {
+      throw configError(String(e.params.additionalProperty), 'unknown configuration key')
+    }
+    const key = e?.instancePath.replace(/^\//, '') || '(config)'
+    throw configError(key, e?.message ?? 'invalid')
+  }
+  const c = merged as Record<string, any> // eslint-disable-line @typescript-eslint/no-explicit-any -- shape guaranteed by the schema above
+  return Object.freeze({
+    mqttsPort: c.MQTTS_PORT,
+    host: c.HOST,
+    httpPort: c.HTTP_PORT,
+    redisUrl: c.REDIS_URL,
+    certsDir: resolve(c.CERTS_DIR),
+    generateDevCerts: c.GENERATE_DEV_CERTS,
+    schemasDir: resolve(c.SCHEMAS_DIR),
+    templatesDir: resolve(c.TEMPLATES_DIR),
+    policyFile: c.POLICY_FILE === undefined ? undefined : resolve(c.POLICY_FILE),
+    auditLog: c.AUDIT_LOG,
+    logLevel: c.LOG_LEVEL,
+    maxPayloadBytes: c.MAX_PAYLOAD_BYTES,
+    badPayloadsPerMinute: c.BAD_PAYLOADS_PER_MINUTE,
+    queueLimit: c.QUEUE_LIMIT,
+    certValidityDays: c.CERT_VALIDITY_DAYS,
+    tokenTtlSeconds: c.TOKEN_TTL_SECONDS,
+    claimSessionMaxSeconds: c.CLAIM_SESSION_MAX_SECONDS,
+    provisionRatePerClaimCert: c.PROVISION_RATE_PER_CLAIM_CERT,
+    provisionRatePerAddress: c.PROVISION_RATE_PER_ADDRESS,
+    rotationGraceSeconds: c.ROTATION_GRACE_SECONDS,
+    provisioningAwsTopics: c.PROVISIONING_AWS_TOPICS
+  })
+}

@@ -1,0 +1,78 @@
+/**
+ * The one error catalogue. Every refusal the broker can hand out is declared
+ * here once, with what a device sees (CONNACK return code or provisioning
+ * status) and a stable code ops can grep for in the audit log.
+ */
+
+export interface CatalogueEntry {
+  readonly code: string
+  readonly message: string
+  /** MQTT 3.1.1 CONNACK return code, for connect refusals */
+  readonly connack?: number
+  /** provisioning reply statusCode, for $provision rejections */
+  readonly statusCode?: 400 | 403 | 404 | 429 | 500
+}
+
+function entry<const C extends string> (code: C, message: string, extra: Omit<CatalogueEntry, 'code' | 'message'> = {}): CatalogueEntry & { code: C } {
+  return Object.freeze({ code, message, ...extra })
+}
+
+export const Errors = Object.freeze({
+  // connect (identity)
+  NoClientCertificate: entry('NoClientCertificate', 'no verified client certificate', { connack: 5 }),
+  UnknownIssuer: entry('UnknownIssuer', 'certificate issuer is not a configured CA', { connack: 5 }),
+  UnknownCertificate: entry('UnknownCertificate', 'certificate is not registered', { connack: 5 }),
+  CertificateRevoked: entry('CertificateRevoked', 'certificate is revoked', { connack: 5 }),
+  DeviceUnknown: entry('DeviceUnknown', 'device is not registered', { connack: 5 }),
+  DeviceRevoked: entry('DeviceRevoked', 'device is revoked', { connack: 5 }),
+  ClientIdMismatch: entry('ClientIdMismatch', 'client id must equal the device id', { connack: 2 }),
+  ClaimSessionNotClean: entry('ClaimSessionNotClean', 'claim sessions must be clean sessions', { connack: 5 }),
+  TlsHandshakeFailed: entry('TlsHandshakeFailed', 'TLS handshake failed'),
+  StoreUnavailable: entry('StoreUnavailable', 'registry unavailable', { connack: 3 }),
+  // authorization
+  PublishDenied: entry('PublishDenied', 'no rule allows this publish'),
+  SubscribeDenied: entry('SubscribeDenied', 'no rule allows this subscription'),
+  SysTopicReserved: entry('SysTopicReserved', '$SYS topics are reserved'),
+  // payload validation (CONTRACT §5)
+  NoSchema: entry('NoSchema', 'no schema is mapped to this topic'),
+  InvalidJson: entry('InvalidJson', 'payload is not valid UTF-8 JSON'),
+  PayloadTooLarge: entry('PayloadTooLarge', 'payload exceeds the size limit'),
+  SchemaViolation: entry('SchemaViolation', 'payload does not match the topic schema'),
+  TooManyBadPayloads: entry('TooManyBadPayloads', 'too many rejected payloads, disconnected'),
+  // provisioning (CONTRACT §3)
+  InvalidRequest: entry('InvalidRequest', 'request payload is invalid', { statusCode: 400 }),
+  InvalidCsr: entry('InvalidCsr', 'certificate signing request is invalid', { statusCode: 400 }),
+  InvalidCertificateOwnershipToken: entry('InvalidCertificateOwnershipToken', 'certificate ownership token is invalid, used or expired', { statusCode: 400 }),
+  TemplateNotFound: entry('TemplateNotFound', 'provisioning template not found', { statusCode: 404 }),
+  InvalidParameters: entry('InvalidParameters', 'template parameters are invalid', { statusCode: 400 }),
+  ProvisioningDenied: entry('ProvisioningDenied', 'pre-provisioning check refused the request', { statusCode: 403 }),
+  DeviceExists: entry('DeviceExists', 'a device with this id is already registered', { statusCode: 400 }),
+  Throttled: entry('Throttled', 'too many requests', { statusCode: 429 }),
+  InternalError: entry('InternalError', 'internal error', { statusCode: 500 }),
+  // start-up
+  InvalidConfig: entry('InvalidConfig', 'invalid configuration')
+})
+
+export type ErrorCode = keyof typeof Errors
+
+/** An Error that carries its catalogue entry; Aedes reads `returnCode` for CONNACK. */
+export class JitpError extends Error {
+  readonly code: ErrorCode
+  readonly returnCode: number | undefined
+  readonly statusCode: number | undefined
+  readonly detail: string | undefined
+
+  constructor (code: ErrorCode, detail?: string) {
+    const e = Errors[code]
+    super(detail ? `${e.message}: ${detail}` : e.message)
+    this.name = 'JitpError'
+    this.code = code
+    this.returnCode = e.connack
+    this.statusCode = e.statusCode
+    this.detail = detail
+  }
+}
+
+export function isJitpError (err: unknown): err is JitpError {
+  return err instanceof JitpError
+}

@@ -1,0 +1,43 @@
+/**
+ * Prometheus metrics. One registry per broker instance (not prom-client's
+ * global one) so several brokers in one process, as in tests, do not collide.
+ */
+import { Counter, Gauge, Registry } from 'prom-client'
+
+export interface Metrics {
+  readonly registry: Registry
+  readonly connections: Gauge<'role'>
+  readonly connectsAccepted: Counter<'role'>
+  readonly connectRefusals: Counter<'reason'>
+  readonly publishes: Counter<'role'>
+  readonly denials: Counter<'action' | 'rule'>
+  readonly payloadRejections: Counter<'schema' | 'errorCode'>
+  readonly offendersDisconnected: Counter
+  readonly queueDrops: Counter
+  readonly certificatesIssued: Counter<'flow'>
+  readonly registrations: Counter<'template'>
+  readonly provisioningRejections: Counter<'errorCode'>
+  readonly revocations: Counter
+  readonly storeUp: Gauge
+}
+
+export function createMetrics (): Metrics {
+  const registry = new Registry()
+  const p = 'jitp_'
+  return {
+    registry,
+    connections: new Gauge({ name: p + 'connections', help: 'Live MQTT connections by role', labelNames: ['role'], registers: [registry] }),
+    connectsAccepted: new Counter({ name: p + 'connects_accepted_total', help: 'Accepted MQTT connects by role', labelNames: ['role'], registers: [registry] }),
+    connectRefusals: new Counter({ name: p + 'connect_refusals_total', help: 'Refused connects by reason', labelNames: ['reason'], registers: [registry] }),
+    publishes: new Counter({ name: p + 'publishes_total', help: 'Publishes accepted for routing, by role', labelNames: ['role'], registers: [registry] }),
+    denials: new Counter({ name: p + 'denials_total', help: 'Authorization denials by action and rule', labelNames: ['action', 'rule'], registers: [registry] }),
+    payloadRejections: new Counter({ name: p + 'payload_rejections_total', help: 'Dropped payloads by schema and error code', labelNames: ['schema', 'errorCode'], registers: [registry] }),
+    offendersDisconnected: new Counter({ name: p + 'offenders_disconnected_total', help: 'Clients disconnected for too many bad payloads', registers: [registry] }),
+    queueDrops: new Counter({ name: p + 'queue_drops_total', help: 'Messages dropped because a client queue was full', registers: [registry] }),
+    certificatesIssued: new Counter({ name: p + 'certificates_issued_total', help: 'Certificates issued by flow', labelNames: ['flow'], registers: [registry] }),
+    registrations: new Counter({ name: p + 'registrations_total', help: 'Devices registered by template', labelNames: ['template'], registers: [registry] }),
+    provisioningRejections: new Counter({ name: p + 'provisioning_rejections_total', help: 'Provisioning rejections by error code', labelNames: ['errorCode'], registers: [registry] }),
+    revocations: new Counter({ name: p + 'revocations_total', help: 'Revocations applied', registers: [registry] }),
+    storeUp: new Gauge({ name: p + 'store_up', help: '1 when the session/registry store answers', registers: [registry] })
+  }
+}

@@ -1,0 +1,353 @@
+/**
+ * The registry shared by every broker process (and the CLI) through Redis.
+ * Devices and certificates are hashes so the revocation scripts can flip one
+ * field without JSON handling in Lua; tokens are stored under their SHA-256 so
+ * a Redis dump never yields a usable token. An outage must make calls fail
+ * fast and ping() report false, never crash or hang the broker.
+ */
+import { createHash, randomUUID } from 'node:crypto'
+import { Redis, type ChainableCommander } from 'ioredis'
+import type {
+  CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registry, RevocationListener
+} from './registry.js'
+
+export interface RedisRegistryOptions {
+  url: string
+  /** default 'jitp:' */
+  keyPrefix?: string
+  now?: () => number
+  onError?: (err: Error) => void
+}
+
+type RevocationEvent = Parameters<RevocationListener>[0]
+
+/** how long a call waits for a (re)connecting Redis before it rejects */
+const COMMAND_WAIT_MS = 1000
+const PING_BUDGET_MS = 500
+const QUIT_WAIT_MS = 500
+
+// KEYS: device, device-certs; ARGV: deviceId, fields...
+const CREATE_DEVICE_IF_ABSENT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1`
+
+// KEYS: device, device-certs; ARGV: deviceId, updatedAt, cert key prefix, channel, message.
+// The set may still list a certificate since bound to another device, hence the deviceId check.
+const REVOKE_DEVICE = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'revoked', 'updatedAt', ARGV[2])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'deviceId') == ARGV[1] then
+    redis.call('HSET', key, 'status', 'revoked', 'updatedAt', ARGV[2])
+  end
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1`
+
+// KEYS: certificate; ARGV: updatedAt, channel, message
+const REVOKE_CERTIFICATE = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'revoked', 'updatedAt', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`
+
+const baseOptions = {
+  retryStrategy: (times: number) => Math.min(times * 100, 1000),
+  connectTimeout: 2000,
+  // ioredis arms this timer on disconnect() and clears it only on the socket's 'close'; a
+  // socket that already died never closes again, so the default 2 s would hold the process open
+  disconnectTimeout: 200
+}
+
+export class RedisRegistry implements Registry {
+  readonly #prefix: string
+  readonly #channel: string
+  readonly #now: () => number
+  readonly #onError: (err: Error) => void
+  /** tells our own published events apart: local listeners already ran synchronously with the revocation */
+  readonly #origin = randomUUID()
+  readonly #cmd: Redis
+  readonly #sub: Redis
+  readonly #subscribed: Promise<boolean>
+  readonly #listeners: RevocationListener[] = []
+  #closed = false
+
+  constructor (opts: RedisRegistryOptions) {
+    this.#prefix = opts.keyPrefix ?? 'jitp:'
+    this.#channel = `${this.#prefix}revocations`
+    this.#now = opts.now ?? Date.now
+    this.#onError = opts.onError ?? (() => {})
+    // no offline queue: a call made while Redis is away waits at most COMMAND_WAIT_MS
+    // for the connection (#ready) and then rejects, instead of running whenever Redis returns
+    // commandTimeout bounds a call on a connection that looks alive but no longer answers (half-open TCP)
+    this.#cmd = new Redis(opts.url, { ...baseOptions, maxRetriesPerRequest: 1, enableOfflineQueue: false, commandTimeout: 2000 })
+    // the subscriber keeps its SUBSCRIBE queued until Redis first answers; autoResubscribe
+    // (the default) repeats it after every reconnect
+    this.#sub = new Redis(opts.url, { ...baseOptions, maxRetriesPerRequest: null, autoResubscribe: true })
+    for (const conn of [this.#cmd, this.#sub]) conn.on('error', (err: Error) => this.#onError(err))
+    this.#sub.on('message', (channel: string, message: string) => this.#receive(channel, message))
+    this.#subscribed = this.#sub.subscribe(this.#channel).then(() => true, (err: Error) => {
+      if (!this.#closed) this.#onError(err)
+      return false
+    })
+  }
+
+  async getDevice (deviceId: string): Promise<DeviceRecord | null> {
+    const conn = await this.#ready()
+    return parseDevice(await conn.hgetall(this.#key('device', deviceId)))
+  }
+
+  async listDevices (): Promise<DeviceRecord[]> {
+    const conn = await this.#ready()
+    const ids = await conn.smembers(`${this.#prefix}devices`)
+    const hashes = await hgetallMany(conn, ids.map((id) => this.#key('device', id)))
+    return hashes.map(parseDevice).filter((d): d is DeviceRecord => d !== null)
+  }
+
+  async putDevice (device: DeviceRecord): Promise<void> {
+    const conn = await this.#ready()
+    const key = this.#key('device', device.deviceId)
+    await exec(conn.multi().del(key).hset(key, deviceFields(device)).sadd(`${this.#prefix}devices`, device.deviceId))
+  }
+
+  async createDeviceIfAbsent (device: DeviceRecord): Promise<boolean> {
+    const conn = await this.#ready()
+    const fields = Object.entries(deviceFields(device)).flat()
+    const created = await conn.eval(CREATE_DEVICE_IF_ABSENT, 2,
+      this.#key('device', device.deviceId), `${this.#prefix}devices`, device.deviceId, ...fields)
+    return created === 1
+  }
+
+  async getCertificate (certificateId: string): Promise<CertificateRecord | null> {
+    const conn = await this.#ready()
+    return parseCertificate(await conn.hgetall(this.#key('cert', certificateId)))
+  }
+
+  async putCertificate (cert: CertificateRecord): Promise<void> {
+    const conn = await this.#ready()
+    const key = this.#key('cert', cert.certificateId)
+    const tx = conn.multi().del(key).hset(key, certificateFields(cert))
+    if (cert.deviceId !== null) tx.sadd(this.#key('device-certs', cert.deviceId), cert.certificateId)
+    await exec(tx)
+  }
+
+  async certificatesOfDevice (deviceId: string): Promise<CertificateRecord[]> {
+    const conn = await this.#ready()
+    const ids = await conn.smembers(this.#key('device-certs', deviceId))
+    const hashes = await hgetallMany(conn, ids.map((id) => this.#key('cert', id)))
+    return hashes.map(parseCertificate).filter((c): c is CertificateRecord => c !== null && c.deviceId === deviceId)
+  }
+
+  async putToken (token: string, record: OwnershipTokenRecord, ttlMs: number): Promise<void> {
+    const conn = await this.#ready()
+    // expiresAt as well as PX: an injected clock (tests, replay) must be able to expire a token
+    const value = JSON.stringify({ record, expiresAt: this.#now() + ttlMs })
+    await conn.set(this.#tokenKey(token), value, 'PX', Math.max(1, Math.ceil(ttlMs)))
+  }
+
+  async takeToken (token: string): Promise<OwnershipTokenRecord | null> {
+    const conn = await this.#ready()
+    const value = await conn.getdel(this.#tokenKey(token))
+    if (value === null) return null
+    const stored = JSON.parse(value) as { record: OwnershipTokenRecord, expiresAt: number }
+    return this.#now() < stored.expiresAt ? stored.record : null
+  }
+
+  async revokeDevice (deviceId: string): Promise<boolean> {
+    const conn = await this.#ready()
+    const event: RevocationEvent = { deviceId, certificateId: null }
+    const found = await conn.eval(REVOKE_DEVICE, 2,
+      this.#key('device', deviceId), this.#key('device-certs', deviceId),
+      deviceId, String(this.#now()), this.#key('cert', ''), this.#channel, this.#message(event))
+    if (found !== 1) return false
+    this.#emit(event)
+    return true
+  }
+
+  async revokeCertificate (certificateId: string): Promise<boolean> {
+    const conn = await this.#ready()
+    // deviceId stays null: listeners read a non-null deviceId as "the whole device is revoked"
+    const event: RevocationEvent = { deviceId: null, certificateId }
+    const found = await conn.eval(REVOKE_CERTIFICATE, 1,
+      this.#key('cert', certificateId), String(this.#now()), this.#channel, this.#message(event))
+    if (found !== 1) return false
+    this.#emit(event)
+    return true
+  }
+
+  onRevocation (listener: RevocationListener): void {
+    this.#listeners.push(listener)
+  }
+
+  /** Also false while the subscriber is down: this process would miss revocations. */
+  async ping (): Promise<boolean> {
+    if (this.#closed) return false
+    const deadline = Date.now() + PING_BUDGET_MS
+    const left = (): number => deadline - Date.now()
+    if (!(await waitReady(this.#cmd, left())) || !(await waitReady(this.#sub, left()))) return false
+    if ((await within(this.#subscribed, left())) !== true) return false
+    return (await within(this.#cmd.ping().catch(() => 'error'), left())) === 'PONG'
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#listeners.length = 0
+    await Promise.all([quit(this.#cmd), quit(this.#sub)])
+  }
+
+  async #ready (): Promise<Redis> {
+    if (this.#closed) throw new Error('registry: closed')
+    if (await waitReady(this.#cmd, COMMAND_WAIT_MS)) return this.#cmd
+    throw new Error(`registry: Redis is unavailable (connection ${this.#cmd.status})`)
+  }
+
+  #key (kind: 'device' | 'cert' | 'device-certs', id: string): string {
+    return `${this.#prefix}${kind}:${id}`
+  }
+
+  #tokenKey (token: string): string {
+    return `${this.#prefix}token:${createHash('sha256').update(token).digest('hex')}`
+  }
+
+  #message (event: RevocationEvent): string {
+    return JSON.stringify({ ...event, origin: this.#origin })
+  }
+
+  #receive (channel: string, message: string): void {
+    if (channel !== this.#channel) return
+    const event = parseEvent(message)
+    if (event === null) {
+      this.#onError(new Error(`registry: ignored malformed revocation event on ${channel}`))
+      return
+    }
+    if (event.origin !== this.#origin) this.#emit({ deviceId: event.deviceId, certificateId: event.certificateId })
+  }
+
+  #emit (event: RevocationEvent): void {
+    // one microtask per listener: no listener code runs inside ioredis' parser or the revoking
+    // caller, and one throwing listener does not starve the others
+    for (const listener of this.#listeners) queueMicrotask(() => listener({ ...event }))
+  }
+}
+
+function deviceFields (d: DeviceRecord): Record<string, string> {
+  return {
+    deviceId: d.deviceId,
+    status: d.status,
+    template: d.template,
+    createdAt: String(d.createdAt),
+    updatedAt: String(d.updatedAt),
+    attributes: JSON.stringify(d.attributes)
+  }
+}
+
+function parseDevice (h: Record<string, string>): DeviceRecord | null {
+  const { deviceId, status, template, createdAt, updatedAt, attributes } = h
+  if (deviceId === undefined || status === undefined || template === undefined ||
+    createdAt === undefined || updatedAt === undefined || attributes === undefined) return null
+  return {
+    deviceId,
+    status: status as DeviceStatus,
+    template,
+    createdAt: Number(createdAt),
+    updatedAt: Number(updatedAt),
+    attributes: JSON.parse(attributes) as Record<string, string>
+  }
+}
+
+/** a null deviceId is an absent field, so no device id value is reserved to mean "unbound" */
+function certificateFields (c: CertificateRecord): Record<string, string> {
+  return {
+    certificateId: c.certificateId,
+    ...(c.deviceId === null ? {} : { deviceId: c.deviceId }),
+    status: c.status,
+    serialNumber: c.serialNumber,
+    notAfter: String(c.notAfter),
+    createdAt: String(c.createdAt),
+    updatedAt: String(c.updatedAt)
+  }
+}
+
+function parseCertificate (h: Record<string, string>): CertificateRecord | null {
+  const { certificateId, deviceId, status, serialNumber, notAfter, createdAt, updatedAt } = h
+  if (certificateId === undefined || status === undefined || serialNumber === undefined ||
+    notAfter === undefined || createdAt === undefined || updatedAt === undefined) return null
+  return {
+    certificateId,
+    deviceId: deviceId ?? null,
+    status: status as CertificateStatus,
+    serialNumber,
+    notAfter: Number(notAfter),
+    createdAt: Number(createdAt),
+    updatedAt: Number(updatedAt)
+  }
+}
+
+function parseEvent (message: string): (RevocationEvent & { origin: unknown }) | null {
+  try {
+    const e = JSON.parse(message) as Record<string, unknown>
+    const idOrNull = (v: unknown): v is string | null => v === null || typeof v === 'string'
+    if (!idOrNull(e.deviceId) || !idOrNull(e.certificateId)) return null
+    return { deviceId: e.deviceId, certificateId: e.certificateId, origin: e.origin }
+  } catch {
+    return null
+  }
+}
+
+async function hgetallMany (conn: Redis, keys: string[]): Promise<Record<string, string>[]> {
+  if (keys.length === 0) return []
+  const pipeline = conn.pipeline()
+  for (const key of keys) pipeline.hgetall(key)
+  return await exec(pipeline) as Record<string, string>[]
+}
+
+/** MULTI/pipeline replies carry per-command errors; surface the first one */
+async function exec (tx: ChainableCommander): Promise<unknown[]> {
+  const replies = await tx.exec()
+  if (replies === null) throw new Error('registry: transaction aborted')
+  return replies.map(([err, reply]) => {
+    if (err) throw err
+    return reply
+  })
+}
+
+function waitReady (conn: Redis, ms: number): Promise<boolean> {
+  if (conn.status === 'ready') return Promise.resolve(true)
+  if (conn.status === 'end' || ms <= 0) return Promise.resolve(false)
+  return new Promise((resolve) => {
+    const done = (ok: boolean): void => {
+      clearTimeout(timer)
+      conn.off('ready', onReady)
+      conn.off('end', onEnd)
+      resolve(ok)
+    }
+    const onReady = (): void => done(true)
+    const onEnd = (): void => done(false)
+    const timer = setTimeout(done, ms, false)
+    conn.once('ready', onReady)
+    conn.once('end', onEnd)
+  })
+}
+
+/** the promise's value, or undefined once `ms` have passed */
+async function within<T> (promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<undefined>((resolve) => { timer = setTimeout(resolve, Math.max(0, ms), undefined) })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+async function quit (conn: Redis): Promise<void> {
+  if (conn.status === 'end') return
+  // QUIT lets Redis finish replies in flight; it cannot get through unless the connection is ready
+  if (conn.status === 'ready') await within(conn.quit().catch(() => undefined), QUIT_WAIT_MS)
+  // also cancels a pending reconnect, which would otherwise keep the process alive
+  conn.disconnect()
+}

@@ -1,0 +1,121 @@
+/**
+ * Trust material read from CERTS_DIR, and the one function that maps a verified
+ * client certificate to the role of its issuing CA. Roles are decided by the
+ * issuer certificate's fingerprint and signature, never by names.
+ */
+import { X509Certificate } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { TLSSocket } from 'node:tls'
+import { JitpError } from './errors.js'
+import type { IssuerRole, PeerCertificate } from './session.js'
+
+export const TRUST_FILES = Object.freeze({
+  serverCert: 'server.pem',
+  serverKey: 'server.key',
+  rootCa: 'root-ca.pem',
+  deviceCa: 'device-ca.pem',
+  deviceCaKey: 'device-ca.key',
+  claimCa: 'claim-ca.pem',
+  serviceCa: 'service-ca.pem',
+  manufacturerCa: 'manufacturer-ca.pem'
+})
+
+interface RoleCa { readonly role: IssuerRole, readonly cert: X509Certificate, readonly fingerprint: string }
+
+export interface Trust {
+  readonly serverCertPem: string
+  readonly serverKeyPem: string
+  /** every CA a client certificate may chain to, for the TLS server */
+  readonly caPems: readonly string[]
+  readonly deviceCaCertPem: string
+  readonly deviceCaKeyPem: string
+  /** manufacturer CAs by fingerprint, for templates that name one */
+  readonly manufacturerFingerprints: readonly string[]
+  classify (socket: TLSSocket): PeerCertificate | null
+}
+
+export function splitPem (bundle: string): string[] {
+  return bundle.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []
+}
+
+/** colon-free lowercase hex, the certificateId form of the contract */
+export function fingerprintHex (cert: X509Certificate): string {
+  return cert.fingerprint256.replaceAll(':', '').toLowerCase()
+}
+
+export function commonNameOf (cert: X509Certificate): string | null {
+  for (const line of cert.subject.split('\n')) {
+    if (line.startsWith('CN=')) return line.slice(3)
+  }
+  return null
+}
+
+function readRequired (dir: string, file: string): string {
+  const path = join(dir, file)
+  if (!existsSync(path)) throw new JitpError('InvalidConfig', `CERTS_DIR: missing ${path}`)
+  return readFileSync(path, 'utf8')
+}
+
+function readCas (dir: string, file: string, role: IssuerRole, required: boolean): RoleCa[] {
+  const path = join(dir, file)
+  if (!existsSync(path)) {
+    if (required) throw new JitpError('InvalidConfig', `CERTS_DIR: missing ${path}`)
+    return []
+  }
+  const pems = splitPem(readFileSync(path, 'utf8'))
+  if (pems.length === 0) throw new JitpError('InvalidConfig', `CERTS_DIR: ${path} holds no certificate`)
+  return pems.map((pem) => {
+    const cert = new X509Certificate(pem)
+    if (!cert.ca) throw new JitpError('InvalidConfig', `CERTS_DIR: ${path} holds a certificate that is not a CA`)
+    return { role, cert, fingerprint: fingerprintHex(cert) }
+  })
+}
+
+export function loadTrust (dir: string): Trust {
+  const cas: RoleCa[] = [
+    ...readCas(dir, TRUST_FILES.deviceCa, 'device', true),
+    ...readCas(dir, TRUST_FILES.claimCa, 'claim', true),
+    ...readCas(dir, TRUST_FILES.serviceCa, 'service', true),
+    ...readCas(dir, TRUST_FILES.manufacturerCa, 'manufacturer', false)
+  ]
+  const seen = new Map<string, IssuerRole>()
+  for (const ca of cas) {
+    const other = seen.get(ca.fingerprint)
+    // one CA in two roles would let a certificate pick its own role
+    if (other && other !== ca.role) throw new JitpError('InvalidConfig', `CERTS_DIR: the same CA is configured as ${other} and ${ca.role}`)
+    seen.set(ca.fingerprint, ca.role)
+  }
+  const rootPath = join(dir, TRUST_FILES.rootCa)
+  const roots = existsSync(rootPath) ? splitPem(readFileSync(rootPath, 'utf8')) : []
+  const deviceCaCertPem = splitPem(readRequired(dir, TRUST_FILES.deviceCa))[0] ?? ''
+
+  return Object.freeze({
+    serverCertPem: readRequired(dir, TRUST_FILES.serverCert),
+    serverKeyPem: readRequired(dir, TRUST_FILES.serverKey),
+    caPems: [...roots, ...cas.map((c) => c.cert.toString())],
+    deviceCaCertPem,
+    deviceCaKeyPem: readRequired(dir, TRUST_FILES.deviceCaKey),
+    manufacturerFingerprints: cas.filter((c) => c.role === 'manufacturer').map((c) => c.fingerprint),
+    classify (socket: TLSSocket): PeerCertificate | null {
+      if (!socket.authorized) return null
+      const leaf = socket.getPeerX509Certificate()
+      if (!leaf) return null
+      for (const ca of cas) {
+        // name/key-id match first (cheap), then the signature proves it
+        if (leaf.checkIssued(ca.cert) && leaf.verify(ca.cert.publicKey)) {
+          return {
+            issuerRole: ca.role,
+            issuerFingerprint: ca.fingerprint,
+            certificateId: fingerprintHex(leaf),
+            commonName: commonNameOf(leaf),
+            serialNumber: leaf.serialNumber.toLowerCase(),
+            notAfter: Date.parse(leaf.validTo),
+            pem: leaf.toString()
+          }
+        }
+      }
+      return null
+    }
+  })
+}

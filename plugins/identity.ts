@@ -1,0 +1,103 @@
+/**
+ * Identity: turns the verified client certificate into who the connection is.
+ * - device: CN is the device id; certificate and device must be active in the
+ *   registry, and the MQTT client id must be the device id.
+ * - manufacturer: a factory certificate acts as a device once registered; an
+ *   unregistered one is deferred to provisioning (JITP on first connect).
+ * - claim: anonymous, may only provision; clean sessions only.
+ * - service: CN is the service name.
+ * Username and password are ignored: the certificate alone authenticates.
+ * Also closes live sessions when the registry reports a revocation.
+ */
+import type { Client } from 'aedes'
+import type { Identity } from '../broker/session.js'
+import { stateOf } from '../broker/session.js'
+import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
+import type { Policy } from './policy.js'
+import { permissionsFor } from './policy.js'
+
+export interface IdentityOptions { readonly policy: Policy }
+
+async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
+  const { peer } = ev
+  const cert = await ctx.registry.getCertificate(peer.certificateId)
+  if (!cert) {
+    // a factory certificate nobody registered yet is provisioning's business
+    return peer.issuerRole === 'manufacturer' ? DEFER : deny('UnknownCertificate')
+  }
+  if (cert.deviceId === null) return deny('UnknownCertificate', undefined, 'certificate not bound to a device')
+  const device = await ctx.registry.getDevice(cert.deviceId)
+  if (!device) return deny('DeviceUnknown')
+  if (device.status !== 'active') return deny('DeviceRevoked')
+  if (cert.status !== 'active') return deny('CertificateRevoked')
+  if (ev.clientId !== device.deviceId) return deny('ClientIdMismatch', undefined, `expected client id ${device.deviceId}`)
+  const identity: Identity = {
+    role: 'device',
+    clientId: ev.clientId,
+    certificateId: peer.certificateId,
+    name: device.deviceId,
+    permissions: permissionsFor(policy, 'device')
+  }
+  return { verdict: 'allow', identity }
+}
+
+function closeSessions (ctx: PluginContext, match: (client: Client) => boolean): number {
+  let closed = 0
+  // Aedes keeps live clients by id; the map is not typed publicly
+  const clients = (ctx.broker as unknown as { clients: Record<string, Client> }).clients
+  for (const client of Object.values(clients)) {
+    if (match(client)) {
+      closed++
+      client.close()
+    }
+  }
+  return closed
+}
+
+export const identityPlugin: Plugin<IdentityOptions> = {
+  name: 'identity',
+  setup (ctx, { policy }): PluginHooks {
+    ctx.registry.onRevocation(function onRevocation ({ deviceId, certificateId }) {
+      const count = closeSessions(ctx, (client) => {
+        const identity = stateOf(client)?.identity
+        if (!identity) return false
+        return (deviceId !== null && identity.role === 'device' && identity.name === deviceId) ||
+          (certificateId !== null && identity.certificateId === certificateId)
+      })
+      ctx.metrics.revocations.inc()
+      ctx.audit.write(deviceId ? 'device.revoked' : 'certificate.revoked', {
+        deviceId: deviceId ?? undefined,
+        certificateId: certificateId ?? undefined,
+        count,
+        reason: 'sessions closed',
+        brokerId: ctx.broker.id
+      })
+    })
+
+    return {
+      name: 'identity',
+      async authenticate (ev) {
+        const { peer } = ev
+        switch (peer.issuerRole) {
+          case 'device':
+          case 'manufacturer':
+            return authenticateDevice(ctx, policy, ev)
+          case 'claim':
+            if (!ev.clean) return deny('ClaimSessionNotClean')
+            return {
+              verdict: 'allow',
+              identity: { role: 'claim', clientId: ev.clientId, certificateId: peer.certificateId, name: null, permissions: permissionsFor(policy, 'claim') }
+            }
+          case 'service':
+            if (!peer.commonName) return deny('UnknownCertificate', undefined, 'service certificate without CN')
+            return {
+              verdict: 'allow',
+              identity: { role: 'service', clientId: ev.clientId, certificateId: peer.certificateId, name: peer.commonName, permissions: permissionsFor(policy, 'service') }
+            }
+        }
+        return DEFER
+      }
+    }
+  }
+}
+

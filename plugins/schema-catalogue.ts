@@ -1,0 +1,170 @@
+/**
+ * The schema catalogue: `topics.json` maps topic filters to schema files (or to a
+ * declared binary format). Every schema is compiled once, here, at start-up; a
+ * missing file, an invalid schema or a filter mapped twice stops the start and
+ * names the file. Per message, only the stored validator is called.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Ajv, type ValidateFunction } from 'ajv'
+import * as addFormatsModule from 'ajv-formats'
+import { JitpError } from '../broker/errors.js'
+import { matches } from './policy.js'
+
+// ajv-formats is CommonJS; its default export arrives wrapped under NodeNext
+const addFormats = (addFormatsModule as unknown as { default: (ajv: Ajv) => Ajv }).default
+
+export type TopicFormat =
+  | { readonly kind: 'json', readonly schema: string, readonly validate: ValidateFunction, readonly piiPaths: readonly (readonly string[])[], readonly emptyAs: unknown }
+  | { readonly kind: 'binary', readonly schema: string, readonly maxBytes: number }
+
+export interface TopicMapping { readonly filter: string, readonly levels: readonly string[], readonly format: TopicFormat }
+
+export interface SchemaCatalogue {
+  readonly mappings: readonly TopicMapping[]
+  /** the mapping for a concrete topic, or null (then the publish is refused) */
+  lookup (topic: string): TopicMapping | null
+}
+
+const mapSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['topics'],
+  properties: {
+    $comment: { type: 'string' },
+    topics: {
+      type: 'object',
+      additionalProperties: {
+        oneOf: [
+          {
+            type: 'object',
+            additionalProperties: false,
+            required: ['schema'],
+            properties: { schema: { type: 'string', pattern: '^[A-Za-z0-9._-]+\\.json$' }, emptyAs: {} }
+          },
+          {
+            type: 'object',
+            additionalProperties: false,
+            required: ['format', 'maxBytes'],
+            properties: { format: { const: 'binary' }, maxBytes: { type: 'integer', minimum: 1 } }
+          }
+        ]
+      }
+    }
+  }
+} as const
+
+interface MapFile { topics: Record<string, { schema?: string, emptyAs?: unknown, format?: 'binary', maxBytes?: number }> }
+
+/** Paths of properties marked `"x-pii": true`, through nested object properties. */
+function piiPathsOf (schema: unknown, prefix: string[] = []): string[][] {
+  if (schema === null || typeof schema !== 'object') return []
+  const props = (schema as { properties?: Record<string, unknown> }).properties
+  if (!props) return []
+  const out: string[][] = []
+  for (const [name, sub] of Object.entries(props)) {
+    if (sub && typeof sub === 'object' && (sub as Record<string, unknown>)['x-pii'] === true) out.push([...prefix, name])
+    else out.push(...piiPathsOf(sub, [...prefix, name]))
+  }
+  return out
+}
+
+function readJson (file: string): unknown {
+  if (!existsSync(file)) throw new JitpError('InvalidConfig', `SCHEMAS_DIR: missing ${file}`)
+  try {
+    return JSON.parse(readFileSync(file, 'utf8'))
+  } catch (err) {
+    throw new JitpError('InvalidConfig', `SCHEMAS_DIR: ${file} is not valid JSON (${(err as Error).message})`)
+  }
+}
+
+/**
+ * Finds a filter mapped twice, which JSON.parse would silently collapse to the
+ * last one: scans the keys two objects deep (inside "topics").
+ */
+function duplicateKey (text: string): string | null {
+  const seen = new Set<string>()
+  let depth = 0
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]
+    if (ch === '{') depth++
+    else if (ch === '}') depth--
+    else if (ch === '"') {
+      let j = i + 1
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1
+      const key = text.slice(i + 1, j)
+      i = j
+      let k = j + 1
+      while (k < text.length && /\s/.test(text[k] ?? '')) k++
+      if (depth === 2 && text[k] === ':') {
+        if (seen.has(key)) return key
+        seen.add(key)
+      }
+    }
+  }
+  return null
+}
+
+export function loadSchemaCatalogue (dir: string): SchemaCatalogue {
+  const mapFile = join(dir, 'topics.json')
+  const raw = readJson(mapFile)
+  const ajv = new Ajv({ strict: true, allErrors: false, allowUnionTypes: true })
+  addFormats(ajv)
+  ajv.addKeyword({ keyword: 'x-pii', schemaType: 'boolean' })
+  const validateMap = new Ajv({ strict: true }).compile(mapSchema)
+  if (!validateMap(raw)) {
+    const e = validateMap.errors?.[0]
+    throw new JitpError('InvalidConfig', `SCHEMAS_DIR: ${mapFile}${e?.instancePath ?? ''} ${e?.message ?? 'invalid'}`)
+  }
+  const dup = duplicateKey(readFileSync(mapFile, 'utf8'))
+  if (dup !== null) throw new JitpError('InvalidConfig', `SCHEMAS_DIR: ${mapFile} maps topic filter '${dup}' twice`)
+
+  const compiled = new Map<string, { validate: ValidateFunction, piiPaths: string[][] }>()
+  const mappings: TopicMapping[] = []
+  for (const [filter, entry] of Object.entries((raw as MapFile).topics)) {
+    if (entry.format === 'binary') {
+      mappings.push({ filter, levels: filter.split('/'), format: { kind: 'binary', schema: `binary:${filter}`, maxBytes: entry.maxBytes ?? 0 } })
+      continue
+    }
+    const name = entry.schema as string
+    let c = compiled.get(name)
+    if (!c) {
+      const file = join(dir, name)
+      const schema = readJson(file) as Record<string, unknown>
+      try {
+        // $id would make a second compile of a shared schema clash; ids are file names here
+        const { $id: _id, ...body } = schema
+        c = { validate: ajv.compile(body), piiPaths: piiPathsOf(body) }
+      } catch (err) {
+        throw new JitpError('InvalidConfig', `SCHEMAS_DIR: ${file} is not a valid JSON Schema (${(err as Error).message})`)
+      }
+      compiled.set(name, c)
+    }
+    mappings.push({
+      filter,
+      levels: filter.split('/'),
+      format: { kind: 'json', schema: name.replace(/\.json$/, ''), validate: c.validate, piiPaths: c.piiPaths, emptyAs: entry.emptyAs }
+    })
+  }
+  // a concrete filter must win over a wildcard one that also matches
+  mappings.sort((a, b) => wildcardCount(a.levels) - wildcardCount(b.levels))
+
+  const cache = new Map<string, TopicMapping | null>()
+  return Object.freeze({
+    mappings,
+    lookup (topic: string): TopicMapping | null {
+      const hit = cache.get(topic)
+      if (hit !== undefined) return hit
+      const levels = topic.split('/')
+      const found = mappings.find((m) => matches(m.levels, levels)) ?? null
+      // bounded: topics are per device, so an unbounded cache would grow with the fleet
+      if (cache.size >= 10_000) cache.clear()
+      cache.set(topic, found)
+      return found
+    }
+  })
+}
+
+function wildcardCount (levels: readonly string[]): number {
+  return levels.filter((l) => l === '+' || l === '#').length
+}

@@ -1,0 +1,188 @@
+/**
+ * What every Registry implementation must do; registry.test.ts runs it against
+ * each one so memory and Redis cannot drift apart.
+ */
+import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Test } from 'tap'
+import type { CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registry, RevocationListener } from '../../broker/store/registry.js'
+
+export type MakeRegistry = (opts: { now: () => number }) => Promise<{ registry: Registry, cleanup: () => Promise<void> }>
+export type RevocationEvent = Parameters<RevocationListener>[0]
+
+const T0 = 1_700_000_000_000
+
+export const certId = (name: string): string => createHash('sha256').update(name).digest('hex')
+
+export const device = (deviceId: string, over: Partial<DeviceRecord> = {}): DeviceRecord => ({
+  deviceId, status: 'active', template: 'thermostat', createdAt: T0, updatedAt: T0, attributes: { model: 'x1', region: 'eu' }, ...over
+})
+
+export const certificate = (name: string, deviceId: string | null, over: Partial<CertificateRecord> = {}): CertificateRecord => ({
+  certificateId: certId(name), deviceId, status: 'active', serialNumber: '0a1b2c', notAfter: T0 + 86_400_000, createdAt: T0, updatedAt: T0, ...over
+})
+
+export const tokenRecord = (clientId: string): OwnershipTokenRecord => ({
+  certificateId: certId(`cert-${clientId}`), clientId, claimFingerprint: certId(`claim-${clientId}`), expiresAt: T0 + 60_000
+})
+
+/** polls until `check` holds or `ms` pass; returns whether it held */
+export async function eventually (check: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    if (await check()) return true
+    if (Date.now() >= deadline) return false
+    await sleep(20)
+  }
+}
+
+export function collectRevocations (registry: Registry): RevocationEvent[] {
+  const events: RevocationEvent[] = []
+  registry.onRevocation((event) => events.push(event))
+  return events
+}
+
+const ids = (records: ReadonlyArray<{ certificateId: string } | { deviceId: string }>): string[] =>
+  records.map((r) => 'certificateId' in r ? r.certificateId : r.deviceId).sort()
+
+export function registryContract (t: Test, name: string, make: MakeRegistry): void {
+  async function setup (t: Test): Promise<{ registry: Registry, advance: (ms: number) => number }> {
+    let clock = T0
+    const { registry, cleanup } = await make({ now: () => clock })
+    t.teardown(cleanup)
+    return { registry, advance: (ms) => (clock += ms) }
+  }
+
+  /** d1 owns c1, c2; d2 owns c3 and c5 (c5 was d1's first, then rebound); c4 is unbound */
+  async function fleet (registry: Registry): Promise<void> {
+    await registry.putDevice(device('d1'))
+    await registry.putDevice(device('d2'))
+    await registry.putCertificate(certificate('c1', 'd1'))
+    await registry.putCertificate(certificate('c2', 'd1'))
+    await registry.putCertificate(certificate('c3', 'd2'))
+    await registry.putCertificate(certificate('c4', null, { status: 'pending' }))
+    await registry.putCertificate(certificate('c5', 'd1'))
+    await registry.putCertificate(certificate('c5', 'd2'))
+  }
+
+  t.test(`${name}: device round trip`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.getDevice('d1'), null, 'absent before put')
+    await registry.putDevice(device('d1'))
+    t.same(await registry.getDevice('d1'), device('d1'))
+    const replaced = device('d1', { status: 'revoked', template: 'other', updatedAt: T0 + 5, attributes: { model: 'x2' } })
+    await registry.putDevice(replaced)
+    t.strictSame(await registry.getDevice('d1'), replaced, 'put replaces the whole record, attributes included')
+  })
+
+  t.test(`${name}: certificate round trip`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.getCertificate(certId('c1')), null, 'absent before put')
+    const bound = certificate('c1', 'd1')
+    const unbound = certificate('c2', null, { status: 'pending' })
+    await registry.putCertificate(bound)
+    await registry.putCertificate(unbound)
+    t.strictSame(await registry.getCertificate(bound.certificateId), bound)
+    t.strictSame(await registry.getCertificate(unbound.certificateId), unbound, 'a null deviceId stays null')
+    const rebound = certificate('c2', 'd9', { status: 'active', updatedAt: T0 + 1 })
+    await registry.putCertificate(rebound)
+    t.strictSame(await registry.getCertificate(unbound.certificateId), rebound, 'put replaces the record')
+  })
+
+  t.test(`${name}: listDevices`, async (t) => {
+    const { registry } = await setup(t)
+    t.same(await registry.listDevices(), [])
+    await registry.putDevice(device('d1'))
+    await registry.putDevice(device('d2'))
+    await registry.createDeviceIfAbsent(device('d3'))
+    await registry.putDevice(device('d1', { template: 'again' }))
+    const listed = await registry.listDevices()
+    t.same(ids(listed), ['d1', 'd2', 'd3'], 'each device once')
+    t.equal(listed.find((d) => d.deviceId === 'd1')?.template, 'again')
+  })
+
+  t.test(`${name}: createDeviceIfAbsent creates once`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.createDeviceIfAbsent(device('d1', { template: 'first' })), true)
+    t.equal(await registry.createDeviceIfAbsent(device('d1', { template: 'second' })), false)
+    t.equal((await registry.getDevice('d1'))?.template, 'first', 'the losing call changed nothing')
+  })
+
+  t.test(`${name}: createDeviceIfAbsent has exactly one winner under concurrency`, async (t) => {
+    const { registry } = await setup(t)
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+      registry.createDeviceIfAbsent(device('d1', { template: `t${i}` }))))
+    t.equal(results.filter(Boolean).length, 1, 'one true, nineteen false')
+    t.equal((await registry.getDevice('d1'))?.template, `t${results.indexOf(true)}`, 'the stored record is the winner\'s')
+    t.same(ids(await registry.listDevices()), ['d1'])
+  })
+
+  t.test(`${name}: certificatesOfDevice`, async (t) => {
+    const { registry } = await setup(t)
+    await fleet(registry)
+    t.same(ids(await registry.certificatesOfDevice('d1')), [certId('c1'), certId('c2')].sort(), 'a rebound certificate leaves its old device')
+    t.same(ids(await registry.certificatesOfDevice('d2')), [certId('c3'), certId('c5')].sort())
+    t.same(await registry.certificatesOfDevice('nobody'), [])
+  })
+
+  t.test(`${name}: a token works once`, async (t) => {
+    const { registry } = await setup(t)
+    await registry.putToken('tok-1', tokenRecord('claim-1'), 60_000)
+    t.equal(await registry.takeToken('tok-2'), null, 'unknown token')
+    t.strictSame(await registry.takeToken('tok-1'), tokenRecord('claim-1'))
+    t.equal(await registry.takeToken('tok-1'), null, 'second take')
+  })
+
+  t.test(`${name}: a token expires by the injected clock`, async (t) => {
+    const { registry, advance } = await setup(t)
+    await registry.putToken('early', tokenRecord('a'), 60_000)
+    await registry.putToken('late', tokenRecord('b'), 60_000)
+    advance(59_999)
+    t.strictSame(await registry.takeToken('early'), tokenRecord('a'), 'valid just before the ttl')
+    advance(2)
+    t.equal(await registry.takeToken('late'), null, 'gone just after the ttl')
+  })
+
+  t.test(`${name}: revokeDevice`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await fleet(registry)
+    const at = advance(1000)
+    t.equal(await registry.revokeDevice('d1'), true)
+    t.strictSame(await registry.getDevice('d1'), device('d1', { status: 'revoked', updatedAt: at }))
+    for (const c of ['c1', 'c2']) {
+      t.strictSame(await registry.getCertificate(certId(c)), certificate(c, 'd1', { status: 'revoked', updatedAt: at }), `${c} revoked`)
+    }
+    t.equal((await registry.getCertificate(certId('c5')))?.status, 'active', 'a certificate rebound elsewhere is untouched')
+    t.equal((await registry.getCertificate(certId('c3')))?.status, 'active', 'another device\'s certificate is untouched')
+    t.equal((await registry.getDevice('d2'))?.status, 'active')
+    t.ok(await eventually(() => events.length > 0, 1000), 'listener fired')
+    t.strictSame(events[0], { deviceId: 'd1', certificateId: null })
+    t.equal(await registry.revokeDevice('nobody'), false, 'unknown device')
+    await sleep(200)
+    t.equal(events.length, 1, 'exactly one event: no echo, none for the unknown device')
+  })
+
+  t.test(`${name}: revokeCertificate`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await fleet(registry)
+    const at = advance(1000)
+    t.equal(await registry.revokeCertificate(certId('c1')), true)
+    t.strictSame(await registry.getCertificate(certId('c1')), certificate('c1', 'd1', { status: 'revoked', updatedAt: at }))
+    t.equal((await registry.getCertificate(certId('c2')))?.status, 'active', 'the sibling certificate is untouched')
+    t.equal((await registry.getDevice('d1'))?.status, 'active', 'the device is untouched')
+    t.ok(await eventually(() => events.length > 0, 1000), 'listener fired')
+    t.strictSame(events[0], { deviceId: null, certificateId: certId('c1') }, 'deviceId null: not a device revocation')
+    t.equal(await registry.revokeCertificate(certId('nothing')), false, 'unknown certificate')
+    await sleep(200)
+    t.equal(events.length, 1, 'exactly one event')
+  })
+
+  t.test(`${name}: ping`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.ping(), true)
+    await registry.close()
+    t.equal(await registry.ping(), false, 'false once closed')
+  })
+}
