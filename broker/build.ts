@@ -11,6 +11,7 @@ import { devPkiComplete, generateDevPki } from '../certs-dev/generate.js'
 import { authorizationPlugin } from '../plugins/authorization.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
+import { provisioningPlugin } from '../plugins/provisioning.js'
 import { validationPlugin } from '../plugins/validation.js'
 import { createAudit, type Audit } from './audit.js'
 import { installChain, type Chain } from './chain.js'
@@ -107,7 +108,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const hooks: PluginHooks[] = [
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
-      await validationPlugin.setup(ctx, {})
+      await validationPlugin.setup(ctx, {}),
+      await provisioningPlugin.setup(ctx, { policy })
     ]
     for (const h of hooks) if (h.close) releases.push(() => h.close!())
     const chain = installChain(ctx, hooks)

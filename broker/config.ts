@@ -31,8 +31,8 @@ const configSchema = {
     CLAIM_SESSION_MAX_SECONDS: { type: 'integer', minimum: 1, default: 300 },
     PROVISION_RATE_PER_CLAIM_CERT: { type: 'integer', minimum: 1, default: 6000 },
     PROVISION_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
-    ROTATION_GRACE_SECONDS: { type: 'integer', minimum: 0, default: 86400 },
-    PROVISIONING_AWS_TOPICS: { type: 'boolean', default: false }
+    PROVISIONING_AWS_TOPICS: { type: 'boolean', default: false },
+    PROVISION_REPLY_COMPANION: { type: 'boolean', default: false }
   }
 } as const
 
@@ -56,8 +56,8 @@ export interface Config {
   readonly claimSessionMaxSeconds: number
   readonly provisionRatePerClaimCert: number
   readonly provisionRatePerAddress: number
-  readonly rotationGraceSeconds: number
   readonly provisioningAwsTopics: boolean
+  readonly provisionReplyCompanion: boolean
 }
 
 export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
@@ -118,7 +118,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     ...fromEnv(opts.env ?? process.env),
     ...(opts.overrides ?? {})
   }
-  for (const key of ['GENERATE_DEV_CERTS', 'PROVISIONING_AWS_TOPICS']) {
+  for (const key of ['GENERATE_DEV_CERTS', 'PROVISIONING_AWS_TOPICS', 'PROVISION_REPLY_COMPANION']) {
     if (key in merged) merged[key] = toBool(merged[key])
   }
   if (!validateConfig(merged)) {
@@ -150,7 +150,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     claimSessionMaxSeconds: c.CLAIM_SESSION_MAX_SECONDS,
     provisionRatePerClaimCert: c.PROVISION_RATE_PER_CLAIM_CERT,
     provisionRatePerAddress: c.PROVISION_RATE_PER_ADDRESS,
-    rotationGraceSeconds: c.ROTATION_GRACE_SECONDS,
-    provisioningAwsTopics: c.PROVISIONING_AWS_TOPICS
+    provisioningAwsTopics: c.PROVISIONING_AWS_TOPICS,
+    provisionReplyCompanion: c.PROVISION_REPLY_COMPANION
   })
 }

@@ -165,6 +165,11 @@ function parseArgs (argv: string[]): DevPkiOptions {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const result = await generateDevPki(parseArgs(process.argv.slice(2)))
-  console.log(`wrote ${result.files.length} files to ${result.outDir}`)
+  try {
+    const result = await generateDevPki(parseArgs(process.argv.slice(2)))
+    console.log(`wrote ${result.files.length} files to ${result.outDir}`)
+  } catch (err) {
+    console.error((err as Error).message)
+    process.exitCode = 1
+  }
 }

@@ -80,8 +80,6 @@ export function defaultPolicy (opts: { awsTopics: boolean }): Policy {
       { name: 'device-state', role: 'device', actions: ['publish'], topics: [`${dev}/state`], retain: true },
       { name: 'device-config-ack', role: 'device', actions: ['publish'], topics: [`${dev}/config/ack`] },
       { name: 'device-inbox', role: 'device', actions: ['subscribe'], topics: [`${dev}/config`, `${dev}/commands/+`, `${dev}/errors`] },
-      { name: 'device-rotate', role: 'device', actions: ['publish'], topics: ['$provision/certificates/rotate/json'] },
-      { name: 'device-rotate-replies', role: 'device', actions: ['subscribe'], topics: ['$provision/certificates/rotate/json/+'] },
       { name: 'claim-requests', role: 'claim', actions: ['publish'], topics: claimRequests },
       { name: 'claim-replies', role: 'claim', actions: ['subscribe'], topics: claimRequests.map((t) => `${t}/+`) },
       {

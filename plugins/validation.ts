@@ -31,10 +31,17 @@ export function validatePayload (catalogue: SchemaCatalogue, maxPayloadBytes: nu
   if (bytes.length === 0 && format.emptyAs !== undefined) {
     data = format.emptyAs
   } else {
+    let text: string
     try {
-      data = JSON.parse(utf8.decode(bytes))
-    } catch (err) {
-      return invalid('InvalidJson', format.schema, [{ path: '', message: (err as Error).message.slice(0, MAX_MESSAGE) }])
+      text = utf8.decode(bytes)
+    } catch {
+      return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid UTF-8' }])
+    }
+    try {
+      data = JSON.parse(text)
+    } catch {
+      // V8's parse errors quote the payload: a report or audit line must not
+      return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid JSON' }])
     }
   }
   if (format.validate(data)) return { verdict: 'valid', schema: format.schema }

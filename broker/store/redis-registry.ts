@@ -67,7 +67,7 @@ export class RedisRegistry implements Registry {
   readonly #channel: string
   readonly #now: () => number
   readonly #onError: (err: Error) => void
-  /** tells our own published events apart: local listeners already ran synchronously with the revocation */
+  /** marks our own published events: the revoking call already fired the local listeners, so the echo is dropped */
   readonly #origin = randomUUID()
   readonly #cmd: Redis
   readonly #sub: Redis

@@ -37,6 +37,8 @@ export interface OwnershipTokenRecord {
   /** fingerprint of the claim certificate of that connection */
   readonly claimFingerprint: string
   readonly expiresAt: number
+  /** SPKI PEM of the certificate's key, so registration can issue the final certificate for it */
+  readonly publicKeyPem?: string
 }
 
 export type RevocationListener = (event: { deviceId: string | null, certificateId: string | null }) => void

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { X509Certificate, type KeyObject } from 'node:crypto'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { certificateIdOf, issueCertificate, loadIssuer, type Issuer } from '../../pki/certificate.js'
@@ -93,6 +93,23 @@ t.test('openssl verify accepts root → intermediate → leaf and nothing else',
   t.match(good.output, /leaf\.pem: OK/)
   t.notOk(verify('root.pem', '-purpose', 'sslserver').ok, 'a clientAuth-only leaf is no TLS server')
   t.notOk(verify('other-root.pem').ok, 'a chain to another root is refused')
+})
+
+t.test('an openssl-made CA can be loaded and issue', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pki-osslca-'))
+  for (const [name, newkey] of [['ec', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1']], ['rsa', ['-newkey', 'rsa:2048']]] as const) {
+    const certPath = join(dir, `${name}-ca.pem`)
+    const keyPath = join(dir, `${name}-ca.key`)
+    const made = openssl(['req', '-x509', ...newkey, '-nodes', '-days', '30', '-subj', `/O=Ext/CN=${name} openssl CA`,
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-keyout', keyPath, '-out', certPath])
+    t.ok(made.ok, made.output)
+    const issuer = loadIssuer(readFileSync(certPath, 'utf8'), readFileSync(keyPath, 'utf8'))
+    const leaf = issueCertificate({ commonName: 'leaf', publicKey: leafKeys.ec.publicKey, issuer, validityDays: 1, extKeyUsage: ['clientAuth'] })
+    writeFileSync(join(dir, `${name}-leaf.pem`), leaf.pem)
+    const v = openssl(['verify', '-x509_strict', '-purpose', 'sslclient', '-CAfile', certPath, join(dir, `${name}-leaf.pem`)])
+    t.ok(v.ok, v.output)
+    t.equal(new X509Certificate(leaf.pem).issuer, 'O=Ext\nCN=' + name + ' openssl CA')
+  }
 })
 
 t.test('1,000 issuances: unique serials, certificateId = fingerprint256', async (t) => {

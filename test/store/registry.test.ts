@@ -107,6 +107,14 @@ t.test('redis', async (t) => {
     // the first reconnect attempt (100 ms after the socket closed) is refused; that refusal is an 'error' event
     t.ok(await eventually(() => errors.length > 0, 1000), 'connection errors went to onError')
 
+    // now the connections are reconnecting, not merely holding a dead socket
+    started = performance.now()
+    t.equal(await b.ping(), false, 'ping false during a sustained outage')
+    t.ok(performance.now() - started < 1000, `ping answered in ${Math.round(performance.now() - started)} ms`)
+    started = performance.now()
+    await t.rejects(a.takeToken('any'), 'takeToken rejects during a sustained outage')
+    t.ok(performance.now() - started < 2000, `takeToken rejected in ${Math.round(performance.now() - started)} ms`)
+
     await fragile.restart()
     started = performance.now()
     t.ok(await eventually(async () => await a.ping() && await b.ping(), 5000), 'ping true again after restart')

@@ -1,0 +1,133 @@
+/**
+ * Provisioning templates: one JSON file per template in TEMPLATES_DIR, validated
+ * at start-up. A template names the JSON Schema of its parameters (compiled once),
+ * how the device id is formed from them, an optional pre-provisioning check, the
+ * initial configuration and what to do when the device id is already registered.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { basename, join, resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { Ajv, type ValidateFunction } from 'ajv'
+import { JitpError } from '../../broker/errors.js'
+
+export interface PreProvisioningRequest {
+  readonly templateName: string
+  readonly parameters: Readonly<Record<string, string>>
+  readonly clientId: string
+  readonly certificateId: string
+  readonly remoteAddress: string
+}
+export interface PreProvisioningAnswer { allow: boolean, parameterOverrides?: Record<string, string>, reason?: string }
+export type PreProvisioningHook = (request: PreProvisioningRequest) => Promise<PreProvisioningAnswer>
+
+export interface Template {
+  readonly name: string
+  readonly validateParameters: ValidateFunction
+  readonly deviceIdPattern: string
+  readonly configuration: Readonly<Record<string, unknown>>
+  readonly reprovision: 'deny' | 'replace'
+  /** allow-list: parameter name → accepted values */
+  readonly allowList: Readonly<Record<string, readonly string[]>> | null
+  readonly hook: PreProvisioningHook | null
+  /** manufacturer CA fingerprints this template registers devices for, or 'all' */
+  readonly manufacturerCas: 'all' | readonly string[] | null
+}
+
+const templateSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['parameters', 'deviceId', 'configuration'],
+  properties: {
+    description: { type: 'string' },
+    parameters: { type: 'object' },
+    deviceId: { type: 'string', minLength: 1, maxLength: 256 },
+    configuration: { type: 'object' },
+    reprovision: { enum: ['deny', 'replace'] },
+    preProvisioningCheck: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        allow: { type: 'object', additionalProperties: { type: 'array', items: { type: 'string' } } },
+        module: { type: 'string', minLength: 1 }
+      }
+    },
+    manufacturerCas: {
+      oneOf: [
+        { const: 'all' },
+        { type: 'array', items: { type: 'string', pattern: '^[0-9a-fA-F:]{64,95}$' } }
+      ]
+    }
+  }
+} as const
+
+interface TemplateFile {
+  parameters: object
+  deviceId: string
+  configuration: Record<string, unknown>
+  reprovision?: 'deny' | 'replace'
+  preProvisioningCheck?: { allow?: Record<string, string[]>, module?: string }
+  manufacturerCas?: 'all' | string[]
+}
+
+const TEMPLATE_NAME = /^[A-Za-z0-9_-]{1,64}$/
+const validateTemplate = new Ajv({ strict: true }).compile(templateSchema)
+
+export async function loadTemplates (dir: string): Promise<ReadonlyMap<string, Template>> {
+  const templates = new Map<string, Template>()
+  if (!existsSync(dir)) return templates
+  const ajv = new Ajv({ strict: true, allErrors: false })
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
+    const path = join(dir, file)
+    const name = basename(file, '.json')
+    if (!TEMPLATE_NAME.test(name)) throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}: template names are 1-64 of A-Z a-z 0-9 _ -`)
+    let raw: unknown
+    try {
+      raw = JSON.parse(readFileSync(path, 'utf8'))
+    } catch (err) {
+      throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path} is not valid JSON (${(err as Error).message})`)
+    }
+    if (!validateTemplate(raw)) {
+      const e = validateTemplate.errors?.[0]
+      throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}${e?.instancePath ?? ''} ${e?.message ?? 'invalid'}`)
+    }
+    const t = raw as TemplateFile
+    let validateParameters: ValidateFunction
+    try {
+      validateParameters = ajv.compile(t.parameters)
+    } catch (err) {
+      throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}: parameters is not a valid JSON Schema (${(err as Error).message})`)
+    }
+    let hook: PreProvisioningHook | null = null
+    const modulePath = t.preProvisioningCheck?.module
+    if (modulePath) {
+      const mod = await import(pathToFileURL(resolve(dir, modulePath)).href) as { default?: unknown }
+      if (typeof mod.default !== 'function') throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}: ${modulePath} must export a default async function`)
+      hook = mod.default as PreProvisioningHook
+    }
+    templates.set(name, Object.freeze({
+      name,
+      validateParameters,
+      deviceIdPattern: t.deviceId,
+      configuration: Object.freeze(t.configuration),
+      reprovision: t.reprovision ?? 'deny',
+      allowList: t.preProvisioningCheck?.allow ?? null,
+      hook,
+      manufacturerCas: t.manufacturerCas === 'all' ? 'all' : (t.manufacturerCas?.map((f) => f.replaceAll(':', '').toLowerCase()) ?? null)
+    }))
+  }
+  return templates
+}
+
+/** A device id is a single topic level: never a wildcard, separator or `$` prefix. */
+export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/
+
+/** Fills `${name}` from the parameters; null when a parameter is missing or the result is not a valid device id. */
+export function formDeviceId (pattern: string, parameters: Readonly<Record<string, string>>): string | null {
+  let missing = false
+  const id = pattern.replace(/\$\{([A-Za-z0-9_]+)\}/g, (_m, name: string) => {
+    const v = parameters[name]
+    if (v === undefined) missing = true
+    return v ?? ''
+  })
+  return !missing && DEVICE_ID.test(id) ? id : null
+}
