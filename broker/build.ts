@@ -16,6 +16,7 @@ import { validationPlugin } from '../plugins/validation.js'
 import { createAudit, type Audit } from './audit.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
+import { createFlowControl } from './flow-control.js'
 import { createHttpServer } from './http.js'
 import { createAppLogger, type AppLogger } from './logger.js'
 import { createMetrics, type Metrics } from './metrics.js'
@@ -94,11 +95,17 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const sessionStore = createSessionStore(config.redisUrl, onStoreError)
     releases.push(() => sessionStore.close())
 
+    // flow control (broker/flow-control.ts): bounded session queues, slow consumers, drain timeout
+    const flow = createFlowControl(config, { audit, metrics, persistence: sessionStore.aedesOptions.persistence })
+    releases.push(() => flow.close())
     const broker = await Aedes.createBroker({
       ...sessionStore.aedesOptions,
+      ...flow.aedesOptions,
       queueLimit: config.queueLimit,
       heartbeatInterval: 1000
     })
+    flow.attach(broker)
+    // end flow control
     const brokerEvents: NodeJS.EventEmitter = broker
     brokerEvents.on('error', (err: Error) => log.warn({ err: err.message }, 'broker error'))
     releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))

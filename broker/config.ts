@@ -26,6 +26,10 @@ const configSchema = {
     MAX_PAYLOAD_BYTES: { type: 'integer', minimum: 1, maximum: 268435455, default: 65536 },
     BAD_PAYLOADS_PER_MINUTE: { type: 'integer', minimum: 1, default: 30 },
     QUEUE_LIMIT: { type: 'integer', minimum: 1, default: 1000 },
+    // flow control (broker/flow-control.ts)
+    SESSION_QUEUE_LIMIT: { type: 'integer', minimum: 1, default: 1000 },
+    DRAIN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 30000 },
+    MAX_CLIENT_BUFFER_BYTES: { type: 'integer', minimum: 65536, default: 8388608 },
     CERT_VALIDITY_DAYS: { type: 'integer', minimum: 1, maximum: 3650, default: 90 },
     TOKEN_TTL_SECONDS: { type: 'integer', minimum: 1, default: 3600 },
     CLAIM_SESSION_MAX_SECONDS: { type: 'integer', minimum: 1, default: 300 },
@@ -51,6 +55,10 @@ export interface Config {
   readonly maxPayloadBytes: number
   readonly badPayloadsPerMinute: number
   readonly queueLimit: number
+  // flow control (broker/flow-control.ts)
+  readonly sessionQueueLimit: number
+  readonly drainTimeoutMs: number
+  readonly maxClientBufferBytes: number
   readonly certValidityDays: number
   readonly tokenTtlSeconds: number
   readonly claimSessionMaxSeconds: number
@@ -145,6 +153,10 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     maxPayloadBytes: c.MAX_PAYLOAD_BYTES,
     badPayloadsPerMinute: c.BAD_PAYLOADS_PER_MINUTE,
     queueLimit: c.QUEUE_LIMIT,
+    // flow control (broker/flow-control.ts)
+    sessionQueueLimit: c.SESSION_QUEUE_LIMIT,
+    drainTimeoutMs: c.DRAIN_TIMEOUT_MS,
+    maxClientBufferBytes: c.MAX_CLIENT_BUFFER_BYTES,
     certValidityDays: c.CERT_VALIDITY_DAYS,
     tokenTtlSeconds: c.TOKEN_TTL_SECONDS,
     claimSessionMaxSeconds: c.CLAIM_SESSION_MAX_SECONDS,

@@ -11,7 +11,7 @@
  */
 import type { Client } from 'aedes'
 import { Errors, JitpError, type ErrorCode } from '../broker/errors.js'
-import type { AuthenticateAnswer, AuthenticateEvent, Plugin, PluginContext, PluginHooks } from '../broker/plugin.js'
+import type { AuthenticateAnswer, AuthenticateEvent, Plugin, PluginHooks } from '../broker/plugin.js'
 import { stateOf, type ConnectionState, type Identity } from '../broker/session.js'
 import { configTopic } from '../broker/config-store.js'
 import { loadIssuer } from '../pki/certificate.js'

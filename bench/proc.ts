@@ -1,0 +1,41 @@
+/**
+ * What a process costs, read from /proc (Linux): CPU time and resident memory.
+ * Works for any child, Node or not (Mosquitto), so every broker is measured alike.
+ */
+import { readFileSync } from 'node:fs'
+
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on Linux x86/arm) */
+const TICKS_PER_SECOND = 100
+
+export interface ProcUsage {
+  /** user + system CPU time, milliseconds */
+  readonly cpuMs: number
+  /** resident set size, bytes */
+  readonly rssBytes: number
+}
+
+export function procUsage (pid: number): ProcUsage | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // the command name may hold spaces: fields are counted after its closing parenthesis
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const utime = Number(fields[11])
+    const stime = Number(fields[12])
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+    const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0)
+    return { cpuMs: ((utime + stime) * 1000) / TICKS_PER_SECOND, rssBytes: rssKb * 1024 }
+  } catch {
+    return null
+  }
+}
+
+/** CPU use between two readings, in percent of one core */
+export function cpuPercent (before: { cpuMs: number }, after: { cpuMs: number }, wallMs: number): number {
+  return wallMs > 0 ? (100 * (after.cpuMs - before.cpuMs)) / wallMs : 0
+}
+
+/** This process (the load generator with all its worker threads). */
+export function selfUsage (): ProcUsage {
+  const u = process.cpuUsage()
+  return { cpuMs: (u.user + u.system) / 1000, rssBytes: process.memoryUsage().rss }
+}

@@ -1,0 +1,242 @@
+/**
+ * Flow control: what keeps a flood (many publishers, a slow or vanished
+ * subscriber) from taking the broker down or its memory with it.
+ *
+ * - Aedes' own options first. `concurrency: 0` turns off mqemitter's internal
+ *   queue: with a limit, messages beyond it wait in an unbounded array, and when
+ *   the subscriber they waited for is gone they are handed on synchronously, one
+ *   inside the other, until `RangeError: Maximum call stack size exceeded`
+ *   (mqemitter 7, `released` → `_do` → `released`). Without it nothing queues
+ *   there: a publisher's next packets are read only when its previous ones were
+ *   delivered (Aedes' per-client parse batch), which is the backpressure.
+ *   `drainTimeout` disconnects a subscriber whose socket stops draining.
+ * - Session queues (QoS 1/2 messages kept for a persistent session, delivered
+ *   or not yet acknowledged) are bounded per client: the persistence is wrapped
+ *   so that beyond SESSION_QUEUE_LIMIT a message is not stored for that client,
+ *   counted in `queueDrops` and audited as `queue.dropped` (one line per client
+ *   per second, with the count). The oldest messages are kept.
+ * - A client with more than MAX_CLIENT_BUFFER_BYTES waiting in its socket is
+ *   disconnected (with Redis nothing ties publishers to a slow subscriber, so
+ *   its socket buffer would otherwise grow until the drain timeout).
+ */
+import type { Aedes, Client } from 'aedes'
+import memoryPersistenceModule from 'aedes-persistence'
+import { Redis } from 'ioredis'
+import type { Audit } from './audit.js'
+import type { Config } from './config.js'
+import type { Metrics } from './metrics.js'
+import { redisOptions } from './store/session-store.js'
+
+// CommonJS: at run time the default import is the factory itself (as in aedes.js), whatever the typings say
+const memoryPersistence = memoryPersistenceModule as unknown as () => unknown
+
+/** how often drops are summed into one audit line per client, and slow consumers looked for */
+const SWEEP_INTERVAL_MS = 1000
+/** at the limit with Redis, how long a queue length read from Redis is trusted */
+const RESYNC_MS = 100
+/** dropped deliveries remembered per live client, so the live copy is still written (see outgoingUpdate) */
+const MAX_REMEMBERED_DROPS = 65_536
+/** aedes-persistence-redis keeps a session queue in the list `outgoing:<clientId>` */
+const REDIS_QUEUE_KEY = 'outgoing:'
+
+interface QueuedPacket { brokerId?: string, brokerCounter?: number, topic?: string, qos?: number }
+interface Sub { clientId: string }
+
+/** the part of an Aedes persistence the session-queue bound wraps */
+interface SessionQueues {
+  outgoingEnqueue (sub: Sub, packet: QueuedPacket): Promise<void>
+  outgoingEnqueueCombi (subs: Sub[], packet: QueuedPacket): Promise<void>
+  outgoingUpdate (client: Client, packet: QueuedPacket): Promise<void>
+  outgoingClearMessageId (client: Client, packet: QueuedPacket): Promise<unknown>
+  cleanSubscriptions (client: Client): Promise<void>
+}
+
+interface ClientQueue {
+  /** messages stored for this client and not yet acknowledged (this process's view) */
+  length: number
+  /** when `length` was last read from Redis */
+  syncedAt: number
+  syncing: Promise<void> | null
+  /** packets not stored because the queue was full, while the client was connected */
+  dropped: Set<string> | null
+}
+
+export interface FlowControlDeps {
+  readonly audit: Audit
+  readonly metrics: Metrics
+  /** the session store's persistence; undefined for Aedes' in-memory default */
+  readonly persistence: unknown
+}
+
+export interface FlowControl {
+  /** options for Aedes.createBroker (persistence, concurrency, drainTimeout) */
+  readonly aedesOptions: { persistence: unknown, concurrency: number, drainTimeout: number }
+  /** starts the slow-consumer sweep for this broker */
+  attach (broker: Aedes): void
+  close (): Promise<void>
+}
+
+function packetKey (packet: QueuedPacket): string {
+  return `${packet.brokerId ?? ''}:${packet.brokerCounter ?? ''}`
+}
+
+export function createFlowControl (config: Config, deps: FlowControlDeps): FlowControl {
+  const { audit, metrics } = deps
+  const limit = config.sessionQueueLimit
+  const queues = new Map<string, ClientQueue>()
+  /** drops not yet audited, per client */
+  const unaudited = new Map<string, number>()
+  let broker: Aedes | null = null
+  let redis: Redis | null = null
+  if (config.redisUrl) {
+    const { onError: _onError, ...opts } = redisOptions(() => undefined)
+    redis = new Redis(config.redisUrl, opts)
+    redis.on('error', () => undefined) // the session store reports outages; a failed read here only means "assume full"
+  }
+
+  function queueOf (clientId: string): ClientQueue {
+    let q = queues.get(clientId)
+    if (!q) {
+      q = { length: 0, syncedAt: 0, syncing: null, dropped: null }
+      queues.set(clientId, q)
+    }
+    return q
+  }
+
+  function isLive (clientId: string): boolean {
+    const clients = (broker as unknown as { clients?: Record<string, Client> } | null)?.clients
+    return clients?.[clientId]?.connected === true
+  }
+
+  function recordDrop (clientId: string, q: ClientQueue, packet: QueuedPacket): void {
+    metrics.queueDrops.inc()
+    if (isLive(clientId)) {
+      q.dropped ??= new Set()
+      if (q.dropped.size >= MAX_REMEMBERED_DROPS) q.dropped.delete(q.dropped.values().next().value as string)
+      q.dropped.add(packetKey(packet))
+    }
+    const pending = unaudited.get(clientId)
+    if (pending === undefined) {
+      // the first drop of a burst is audited at once, the rest once a second with their count
+      audit.write('queue.dropped', { clientId, topic: packet.topic, qos: packet.qos, count: 1, errorCode: 'SessionQueueFull', reason: `session queue full (limit ${limit})` }, 'warn')
+      unaudited.set(clientId, 0)
+    } else {
+      unaudited.set(clientId, pending + 1)
+    }
+  }
+
+  /** With Redis other brokers acknowledge too: before dropping, read the real length (at most every RESYNC_MS). */
+  async function resync (clientId: string, q: ClientQueue): Promise<void> {
+    if (redis === null || Date.now() - q.syncedAt < RESYNC_MS) return
+    q.syncing ??= redis.llen(REDIS_QUEUE_KEY + clientId).then((len) => {
+      q.length = len
+    }, () => undefined).finally(() => {
+      q.syncedAt = Date.now()
+      q.syncing = null
+    })
+    await q.syncing
+  }
+
+  /** the subscriptions whose queue has room; counts them in */
+  async function admit (subs: Sub[], packet: QueuedPacket): Promise<Sub[]> {
+    const kept: Sub[] = []
+    for (const sub of subs) {
+      const q = queueOf(sub.clientId)
+      if (q.length >= limit) await resync(sub.clientId, q)
+      if (q.length >= limit) {
+        recordDrop(sub.clientId, q, packet)
+        continue
+      }
+      q.length++
+      kept.push(sub)
+    }
+    return kept
+  }
+
+  function boundSessionQueues (persistence: SessionQueues): SessionQueues {
+    const enqueueCombi = persistence.outgoingEnqueueCombi.bind(persistence)
+    const update = persistence.outgoingUpdate.bind(persistence)
+    const clear = persistence.outgoingClearMessageId.bind(persistence)
+    const clean = persistence.cleanSubscriptions.bind(persistence)
+    // own properties shadow the prototype's methods; the originals keep their `this`
+    persistence.outgoingEnqueueCombi = async function outgoingEnqueueCombi (subs, packet) {
+      if (!subs || subs.length === 0) return enqueueCombi(subs, packet)
+      const kept = await admit(subs, packet)
+      if (kept.length > 0) await enqueueCombi(kept, packet)
+    }
+    persistence.outgoingEnqueue = async function outgoingEnqueue (sub, packet) {
+      const kept = await admit([sub], packet)
+      if (kept.length > 0) await enqueueCombi(kept, packet)
+    }
+    persistence.outgoingUpdate = async function outgoingUpdate (client, packet) {
+      // a packet not stored for a live client is still written to it: Aedes asks
+      // to update it first, which would fail ("no such packet") and close the client
+      const dropped = queues.get(client.id)?.dropped
+      if (dropped?.delete(packetKey(packet))) return
+      return update(client, packet)
+    }
+    persistence.outgoingClearMessageId = async function outgoingClearMessageId (client, packet) {
+      const q = queues.get(client.id)
+      // a delivery authorizeForward refused is cleared instead of updated
+      q?.dropped?.delete(packetKey(packet))
+      const removed = await clear(client, packet)
+      if (removed && q && q.length > 0) q.length--
+      return removed
+    }
+    persistence.cleanSubscriptions = async function cleanSubscriptions (client) {
+      await clean(client)
+      // a clean session starts with an empty queue
+      queues.delete(client.id)
+    }
+    return persistence
+  }
+
+  const persistence = boundSessionQueues((deps.persistence ?? memoryPersistence()) as unknown as SessionQueues)
+
+  function sweep (): void {
+    for (const [clientId, count] of unaudited) {
+      if (count > 0) {
+        audit.write('queue.dropped', { clientId, count, errorCode: 'SessionQueueFull', reason: `session queue full (limit ${limit})` }, 'warn')
+        unaudited.set(clientId, 0)
+      } else {
+        unaudited.delete(clientId)
+      }
+    }
+    for (const [clientId, q] of queues) {
+      if (q.dropped !== null && !isLive(clientId)) q.dropped = null
+      if (q.length === 0 && q.dropped === null && q.syncing === null) queues.delete(clientId)
+    }
+    const clients = (broker as unknown as { clients?: Record<string, Client> } | null)?.clients
+    if (!clients) return
+    for (const client of Object.values(clients)) {
+      const buffered = (client.conn as { writableLength?: number }).writableLength ?? 0
+      if (buffered > config.maxClientBufferBytes) {
+        metrics.queueDrops.inc()
+        audit.write('queue.dropped', { clientId: client.id, errorCode: 'SlowConsumer', reason: `${buffered} bytes waiting in its socket (limit ${config.maxClientBufferBytes}): disconnected` }, 'warn')
+        client.close()
+      }
+    }
+  }
+
+  const timer = setInterval(sweep, SWEEP_INTERVAL_MS)
+  timer.unref()
+
+  return {
+    aedesOptions: {
+      persistence,
+      // 0: no mqemitter queue, so no recursion through it (see the top of this file)
+      concurrency: 0,
+      drainTimeout: config.drainTimeoutMs
+    },
+    attach (b) {
+      broker = b
+    },
+    async close () {
+      clearInterval(timer)
+      sweep()
+      broker = null
+      queues.clear()
+      if (redis) redis.disconnect()
+    }
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * Two broker processes sharing one real redis-server: a device provisioned
+ * through A connects to B, telemetry crosses brokers, and `aedes-jitp devices
+ * revoke` (the real CLI, a third process) disconnects it from B within 1 s.
+ * Needs `npm run build` (npm test's pretest does it).
+ */
+import t from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { resolve } from 'node:path'
+import { collect, connect, credentials, endClient, publish, RUN_AUDIT_FILE, sleep, startBroker, subscribe, waitFor } from '../helpers/broker.js'
+import { provision } from '../helpers/provisioning.js'
+import { freePort, startRedisServer } from '../helpers/redis-server.js'
+
+const CLI = resolve('dist/bin/aedes-jitp.js')
+
+function cli (args: string[], env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  return new Promise((resolve_) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    child.on('exit', (code) => resolve_({ code, stdout, stderr }))
+  })
+}
+
+async function startChildBroker (env: Record<string, string>, httpPort: number): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [CLI, 'start'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
+  const start = Date.now()
+  while (Date.now() - start < 30_000) {
+    if (child.exitCode !== null) throw new Error(`broker B exited with ${child.exitCode}`)
+    try {
+      if ((await fetch(`http://127.0.0.1:${httpPort}/readyz`)).status === 200) return child
+    } catch { /* not up yet */ }
+    await sleep(100)
+  }
+  throw new Error('broker B did not become ready')
+}
+
+t.test('two brokers, one Redis', async (t) => {
+  const redis = await startRedisServer()
+  t.teardown(() => redis.stop())
+  const a = await startBroker({ store: 'redis', redis })
+  t.teardown(() => a.close())
+  const [portB, httpB] = [await freePort(), await freePort()]
+  const env = { REDIS_URL: redis.url, CERTS_DIR: a.pki.dir, AUDIT_LOG: RUN_AUDIT_FILE, LOG_LEVEL: 'warn' }
+  const b = await startChildBroker({ ...env, MQTTS_PORT: String(portB), HTTP_PORT: String(httpB), HOST: '127.0.0.1', GENERATE_DEV_CERTS: 'false' }, httpB)
+  t.teardown(() => { if (b.exitCode === null) b.kill('SIGKILL') })
+  const onB = { port: portB, pki: a.pki }
+
+  const p = await provision(a, 'CLUSTER-1', 'ec')
+  const service = await connect(a, credentials(a.pki, 'service'))
+  await subscribe(service, 'devices/+/telemetry')
+  const seen = collect(service)
+
+  const device = await connect(onB, p.creds, { clientId: p.deviceId })
+  t.ok(device.connected, 'provisioned through A, connects to B')
+  const config = collect(device)
+  await subscribe(device, `devices/${p.deviceId}/config`)
+  await waitFor(() => config.length >= 1, 5000, 'retained config from the shared store')
+  await publish(device, `devices/${p.deviceId}/telemetry`, JSON.stringify({ ts: 1, seq: 1, values: { t: 1 } }))
+  await waitFor(() => seen.length >= 1, 5000, 'telemetry from B at a service on A')
+
+  const list = await cli(['devices', 'list'], env)
+  t.equal(list.code, 0)
+  t.match(list.stdout, new RegExp(`^${p.deviceId}\\tactive\\tsensor`, 'm'), 'devices list shows it')
+  const show = await cli(['devices', 'show', p.deviceId], env)
+  t.equal(show.code, 0)
+  t.equal((JSON.parse(show.stdout) as { certificates: unknown[] }).certificates.length, 2, 'devices show lists its certificates')
+  t.notMatch(show.stdout, /PRIVATE KEY/)
+
+  const closed = new Promise<number>((resolve_) => device.once('close', () => resolve_(Date.now())))
+  const revoke = await cli(['devices', 'revoke', p.deviceId], env)
+  const revokedAt = Date.now()
+  t.equal(revoke.code, 0, `revoke: ${revoke.stderr}`)
+  const closedAt = await Promise.race([closed, sleep(3000).then(() => Infinity)])
+  t.ok(closedAt - revokedAt <= 1000, `disconnected from B within 1 s (${closedAt - revokedAt} ms after the CLI returned)`)
+  const again = await connect(onB, p.creds, { clientId: p.deviceId }).then(() => 0, (e: Error & { code?: number }) => e.code)
+  t.equal(again, 5, 'later connects get CONNACK 5')
+  device.end(true)
+  await endClient(service)
+
+  const unknown = await cli(['devices', 'revoke', 'no-such-device'], env)
+  t.not(unknown.code, 0)
+  t.equal(unknown.stderr.trim().split('\n').length, 1, 'one-line error')
+  const noRedis = await cli(['devices', 'list'], { REDIS_URL: '' })
+  t.not(noRedis.code, 0)
+  t.match(noRedis.stderr, /REDIS_URL/)
+
+  b.kill('SIGTERM')
+  await new Promise((resolve_) => b.once('exit', resolve_))
+})
