@@ -41,9 +41,10 @@ export function connectPacket (clientId: string, opts: { clean: boolean, keepali
   return withHeader(0x10, Buffer.concat([head, utf8Field(clientId)]))
 }
 
-export function subscribePacket (messageId: number, topic: string, qos: 0 | 1): Buffer {
+export function subscribePacket (messageId: number, topics: string | readonly string[], qos: 0 | 1): Buffer {
   const id = Buffer.from([messageId >> 8, messageId & 0xff])
-  return withHeader(0x82, Buffer.concat([id, utf8Field(topic), Buffer.from([qos])]))
+  const filters = (typeof topics === 'string' ? [topics] : topics).flatMap((t) => [utf8Field(t), Buffer.from([qos])])
+  return withHeader(0x82, Buffer.concat([id, ...filters]))
 }
 
 /** topic pre-encoded once per device (see topicField), payload per message */

@@ -9,6 +9,7 @@ import type { Server as HttpServer } from 'node:http'
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls'
 import { devPkiComplete, generateDevPki } from '../certs-dev/generate.js'
 import { authorizationPlugin } from '../plugins/authorization.js'
+import { configAckPlugin } from '../plugins/config-ack.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
@@ -111,12 +112,13 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))
 
     const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })
-    // the fixed order of the chain: identity → authorization → validation → provisioning
+    // the fixed order of the chain: identity → authorization → validation → provisioning → observers
     const hooks: PluginHooks[] = [
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, {}),
-      await provisioningPlugin.setup(ctx, { policy })
+      await provisioningPlugin.setup(ctx, { policy }),
+      await configAckPlugin.setup(ctx, undefined)
     ]
     for (const h of hooks) if (h.close) releases.push(() => h.close!())
     const chain = installChain(ctx, hooks)

@@ -22,6 +22,11 @@ export async function startCommand (args: string[]): Promise<null> {
       process.exitCode = 1
     })
   }
+  // a stray rejected store call (e.g. Redis going away mid-command) must not take
+  // every device's connection down with it: log it, keep serving
+  process.on('unhandledRejection', (reason) => {
+    handle.ctx.log.error({ err: reason instanceof Error ? reason.message : String(reason) }, 'unhandled rejection')
+  })
   process.once('SIGTERM', () => stop('SIGTERM'))
   process.once('SIGINT', () => stop('SIGINT'))
   return null

@@ -116,6 +116,17 @@ for (const store of STORES) {
       await endClient(service)
     })
 
+    t.test('a config acknowledgement is audited', async (t) => {
+      const creds = await registerDevice(tb, 'dev-ack')
+      const d = await connect(tb, creds, { clientId: 'dev-ack' })
+      await publish(d, 'devices/dev-ack/config/ack', JSON.stringify({ version: 1, status: 'applied' }))
+      await waitFor(() => tb.events('config.acknowledged').some((l) => l.deviceId === 'dev-ack'))
+      const line = tb.events('config.acknowledged').find((l) => l.deviceId === 'dev-ack')
+      t.equal(line?.version, 1)
+      t.equal(line?.reason, 'applied')
+      await endClient(d)
+    })
+
     t.test('$SYS stays reserved', async (t) => {
       const service = await connect(tb, credentials(tb.pki, 'service'))
       t.same(await subscribe(service, '$SYS/#'), [128])

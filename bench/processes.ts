@@ -1,0 +1,240 @@
+/**
+ * Starting and stopping what the benchmark measures, each in its own process on
+ * loopback: broker children (this broker or bare Aedes), a private redis-server
+ * and Mosquitto. Never the system services on 6379 and 1883.
+ */
+import { spawn, fork, type ChildProcess } from 'node:child_process'
+import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { connect, createServer, type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { delimiter, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { BrokerChildOptions, ChildMessage } from './broker-child.js'
+import { procUsage, type ProcUsage } from './proc.js'
+
+const START_TIMEOUT_MS = 60_000
+const STOP_TIMEOUT_MS = 5_000
+const RESERVED_PORTS = new Set([1883, 6379, 8883])
+
+export interface Target {
+  readonly key: string
+  readonly pid: number
+  readonly port: number
+  readonly httpPort: number | null
+  /** null while running */
+  exitStatus (): string | null
+  stderrTail (): string
+  usage (): ProcUsage | null
+  /** a full GC in a Node child before a memory reading; no-op for Mosquitto */
+  gc (): Promise<void>
+  stop (): Promise<void>
+}
+
+export function onPath (bin: string): string | null {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (!dir) continue
+    try {
+      accessSync(join(dir, bin), constants.X_OK)
+      return join(dir, bin)
+    } catch {
+      // not here
+    }
+  }
+  return null
+}
+
+export async function freePort (): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer()
+      server.once('error', reject)
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as AddressInfo
+        server.close(() => resolve(port))
+      })
+    })
+    if (!RESERVED_PORTS.has(port)) return port
+  }
+  throw new Error('no free loopback port')
+}
+
+function accepts (port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port })
+    const done = (ok: boolean): void => {
+      socket.destroy()
+      resolve(ok)
+    }
+    socket.setTimeout(250, () => done(false))
+    socket.once('error', () => done(false))
+    socket.once('connect', () => done(true))
+  })
+}
+
+function exited (child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null
+}
+
+function exitStatusOf (child: ChildProcess): string | null {
+  if (child.exitCode !== null) return `exit code ${child.exitCode}`
+  if (child.signalCode !== null) return `signal ${child.signalCode}`
+  return null
+}
+
+async function terminate (child: ChildProcess): Promise<void> {
+  if (exited(child)) return
+  const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
+  await gone
+  clearTimeout(timer)
+}
+
+function keepTail (child: ChildProcess): () => string {
+  let tail = ''
+  child.stderr?.on('data', (chunk: Buffer) => {
+    tail = (tail + chunk.toString('utf8')).slice(-8000)
+  })
+  return () => tail
+}
+
+export interface ChildLaunch {
+  /** the child script; default: broker-child.js beside this file */
+  script?: string
+  /** node flags; --expose-gc is always added */
+  execArgv?: string[]
+}
+
+/** A broker child (this broker or bare Aedes); resolves once it listens. */
+export async function startBrokerChild (key: string, opts: BrokerChildOptions, launch: ChildLaunch = {}): Promise<Target> {
+  const script = launch.script ?? fileURLToPath(new URL('./broker-child.js', import.meta.url))
+  const child = fork(script, [JSON.stringify(opts)], {
+    execArgv: ['--expose-gc', ...(launch.execArgv ?? [])],
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc']
+  })
+  const stderrTail = keepTail(child)
+  const ready = await new Promise<{ port: number, httpPort: number | null }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${key}: not ready within ${START_TIMEOUT_MS} ms\n${stderrTail()}`)), START_TIMEOUT_MS)
+    child.on('message', function onReady (msg: ChildMessage) {
+      if (msg.type !== 'ready') return
+      clearTimeout(timer)
+      child.off('message', onReady)
+      resolve({ port: msg.port, httpPort: msg.httpPort })
+    })
+    child.once('exit', () => {
+      clearTimeout(timer)
+      reject(new Error(`${key}: exited at start (${exitStatusOf(child) ?? '?'})\n${stderrTail()}`))
+    })
+  })
+  const pid = child.pid!
+  return {
+    key,
+    pid,
+    port: ready.port,
+    httpPort: ready.httpPort,
+    exitStatus: () => exitStatusOf(child),
+    stderrTail,
+    usage: () => procUsage(pid),
+    gc () {
+      if (exited(child) || !child.connected) return Promise.resolve()
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 5000)
+        child.on('message', function onGc (msg: ChildMessage) {
+          if (msg.type !== 'gc') return
+          child.off('message', onGc)
+          clearTimeout(timer)
+          resolve()
+        })
+        child.send({ type: 'gc' })
+      })
+    },
+    async stop () {
+      if (exited(child)) return
+      const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+      if (child.connected) child.send({ type: 'stop' })
+      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
+      await gone
+      clearTimeout(timer)
+    }
+  }
+}
+
+/** Mosquitto with require_certificate on the same dev PKI, or null when it is not installed. */
+export async function startMosquitto (certsDir: string): Promise<Target | null> {
+  const bin = onPath('mosquitto')
+  if (bin === null) return null
+  const dir = mkdtempSync(join(tmpdir(), 'jitp-bench-mosquitto-'))
+  const port = await freePort()
+  const conf = join(dir, 'mosquitto.conf')
+  writeFileSync(conf, [
+    'per_listener_settings false',
+    'persistence false',
+    // started as root it would switch to the "mosquitto" user, who cannot read the dev keys
+    'user root',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    `listener ${port} 127.0.0.1`,
+    `cafile ${join(certsDir, 'ca-bundle.pem')}`,
+    `certfile ${join(certsDir, 'server.pem')}`,
+    `keyfile ${join(certsDir, 'server.key')}`,
+    'require_certificate true',
+    'use_identity_as_username true',
+    'allow_anonymous true',
+    ''
+  ].join('\n'))
+  const child = spawn(bin, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const stderrTail = keepTail(child)
+  const deadline = Date.now() + START_TIMEOUT_MS
+  while (!(await accepts(port))) {
+    if (exited(child) || Date.now() > deadline) {
+      await terminate(child)
+      rmSync(dir, { recursive: true, force: true })
+      throw new Error(`mosquitto did not start: ${stderrTail()}`)
+    }
+    await sleep(50)
+  }
+  const pid = child.pid!
+  return {
+    key: 'mosquitto',
+    pid,
+    port,
+    httpPort: null,
+    exitStatus: () => exitStatusOf(child),
+    stderrTail,
+    usage: () => procUsage(pid),
+    gc: () => Promise.resolve(),
+    async stop () {
+      await terminate(child)
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+export interface RedisServer { readonly url: string, stop (): Promise<void> }
+
+/** A throwaway redis-server on a free loopback port, no persistence. */
+export async function startRedis (): Promise<RedisServer> {
+  const bin = onPath('redis-server')
+  if (bin === null) throw new Error('redis-server not found on PATH (apt-get install redis-server)')
+  const dir = mkdtempSync(join(tmpdir(), 'jitp-bench-redis-'))
+  const port = await freePort()
+  const child = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const stderrTail = keepTail(child)
+  const deadline = Date.now() + 10_000
+  while (!(await accepts(port))) {
+    if (exited(child) || Date.now() > deadline) {
+      await terminate(child)
+      throw new Error(`redis-server did not start: ${stderrTail()}`)
+    }
+    await sleep(50)
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop () {
+      await terminate(child)
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * Turns the benchmark results into the markdown tables printed at the end of a
+ * run and kept in docs/PERFORMANCE.md.
+ */
+import type { OverloadResult, ScenarioResult } from './scenarios.js'
+
+export type TargetKey = 'aedes-memory' | 'jitp-memory' | 'aedes-redis' | 'jitp-redis' | 'mosquitto'
+
+export interface BenchResults {
+  startedAt: string
+  machine: { nproc: number, cpuModel: string, node: string, payloadBytes: number }
+  targets: Partial<Record<TargetKey, { scenarios: Record<string, ScenarioResult>, exit: string | null }>>
+  issuance: { perSecond: number, count: number } | null
+  noDelayOff: ScenarioResult | null
+  overload: Partial<Record<TargetKey, OverloadResult>>
+  provisioningBuilt: boolean
+  durationSeconds: number
+}
+
+interface Row {
+  readonly scenario: string
+  readonly label: string
+  readonly pick: (r: ScenarioResult) => number | null
+}
+
+const ROWS: readonly Row[] = [
+  { scenario: 'connects', label: 'mTLS connects/s, 64 concurrent', pick: (r) => r.value },
+  { scenario: 'connectLatency', label: 'connect time p50, one at a time, ms ↓', pick: (r) => r.value },
+  { scenario: 'qos0', label: 'QoS 0 fan-in, msg/s delivered', pick: (r) => r.value },
+  { scenario: 'qos1', label: 'QoS 1 fan-in, msg/s delivered', pick: (r) => r.value },
+  { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p50 ms ↓', pick: (r) => num(r.detail.p50Ms) },
+  { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p99 ms ↓', pick: (r) => r.value },
+  { scenario: 'idle', label: 'RSS per idle mTLS connection (2,000), KB ↓', pick: (r) => r.value },
+  { scenario: 'provisioning', label: 'JIT provisioning, devices/s end to end', pick: (r) => r.value },
+  { scenario: 'provisioning', label: 'certificates issued/s during provisioning', pick: (r) => num(r.detail.certificatesPerSecond) }
+]
+
+const COLUMNS: ReadonlyArray<{ key: TargetKey, title: string }> = [
+  { key: 'aedes-memory', title: 'bare Aedes, memory' },
+  { key: 'jitp-memory', title: 'aedes-jitp, memory' },
+  { key: 'aedes-redis', title: 'bare Aedes, Redis' },
+  { key: 'jitp-redis', title: 'aedes-jitp, Redis' },
+  { key: 'mosquitto', title: 'Mosquitto' }
+]
+
+function num (v: unknown): number | null {
+  return typeof v === 'number' && Number.isFinite(v) ? v : null
+}
+
+function fmt (v: number | null): string {
+  if (v === null) return 'n/a'
+  if (Math.abs(v) >= 100) return Math.round(v).toLocaleString('en-US')
+  if (Math.abs(v) >= 10) return v.toFixed(1)
+  return v.toFixed(2)
+}
+
+function ratio (a: number | null, b: number | null): string {
+  return a === null || b === null || b === 0 ? 'n/a' : `${(a / b).toFixed(2)}×`
+}
+
+function valueOf (results: BenchResults, key: TargetKey, row: Row): number | null {
+  const r = results.targets[key]?.scenarios[row.scenario]
+  return r ? row.pick(r) : null
+}
+
+function cell (results: BenchResults, key: TargetKey, row: Row): string {
+  const target = results.targets[key]
+  if (!target) return 'n/a'
+  const r = target.scenarios[row.scenario]
+  if (row.scenario === 'provisioning' && !results.provisioningBuilt) return 'n/a (provisioning not built yet)'
+  if (!r) return key.startsWith('jitp') || row.scenario !== 'provisioning' ? 'n/a' : '—'
+  if (r.error) return `failed: ${r.error}`
+  return fmt(row.pick(r))
+}
+
+export function renderReport (results: BenchResults): string {
+  const out: string[] = []
+  const m = results.machine
+  out.push(`Run ${results.startedAt}, ${results.durationSeconds} s: ${m.nproc} × ${m.cpuModel}, Node ${m.node}; telemetry payload ${m.payloadBytes} bytes (valid against schemas/telemetry.json).`, '')
+  out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} | jitp/Aedes memory | jitp/Aedes Redis | jitp memory/Mosquitto |`)
+  out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|---:|---:|---:|`)
+  for (const row of ROWS) {
+    const v = (k: TargetKey): number | null => valueOf(results, k, row)
+    out.push(`| ${row.label} | ${COLUMNS.map((c) => cell(results, c.key, row)).join(' | ')} | ${ratio(v('jitp-memory'), v('aedes-memory'))} | ${ratio(v('jitp-redis'), v('aedes-redis'))} | ${ratio(v('jitp-memory'), v('mosquitto'))} |`)
+  }
+  out.push('', '↓ lower is better. Ratios are aedes-jitp ÷ the other broker.', '')
+
+  out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads).', '')
+  out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} |`)
+  out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|`)
+  const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning']]
+  for (const [scenario, label] of cpuRows) {
+    const cells = COLUMNS.map((c) => {
+      const cpu = results.targets[c.key]?.scenarios[scenario]?.cpu
+      return cpu ? `${cpu.broker ?? '?'} / ${cpu.generator}` : 'n/a'
+    })
+    out.push(`| ${label} | ${cells.join(' | ')} |`)
+  }
+  out.push('')
+
+  const extra: string[] = []
+  if (results.issuance) extra.push(`- Certificate issuance alone (bench/issue-certificates.ts, EC P-256 signed by an EC P-256 CA, one thread): **${results.issuance.perSecond.toLocaleString('en-US')} certificates/s**.`)
+  const fanIn = (k: TargetKey, s: string): string => {
+    const d = results.targets[k]?.scenarios[s]?.detail
+    return d ? `${fmt(num(d.sentPerSecond))} sent/s` : 'n/a'
+  }
+  extra.push(`- Publishers' side of the fan-in (sent/s, QoS 0 | QoS 1): ${COLUMNS.map((c) => `${c.title} ${fanIn(c.key, 'qos0')} | ${fanIn(c.key, 'qos1')}`).join('; ')}.`)
+  if (results.noDelayOff) {
+    const on = results.targets['aedes-memory']?.scenarios.connectLatency
+    extra.push(`- TCP_NODELAY: connect time p50 / p99 one at a time, bare Aedes listener with noDelay **on** ${fmt(on?.value ?? null)} / ${fmt(num(on?.detail.p99Ms))} ms, **off** ${fmt(results.noDelayOff.value)} / ${fmt(num(results.noDelayOff.detail.p99Ms))} ms; aedes-jitp (noDelay on) ${fmt(results.targets['jitp-memory']?.scenarios.connectLatency?.value ?? null)} ms.`)
+  }
+  out.push(...extra, '')
+
+  const overloadKeys = Object.keys(results.overload) as TargetKey[]
+  if (overloadKeys.length > 0) {
+    out.push('Overload: 50 devices publish QoS 1 flat out (64 in flight each) for 10 s to one persistent-session subscriber that stops reading and disconnects after 3 s; then it reconnects for its queue.', '')
+    out.push('| broker | outcome | /healthz | peak RSS MB | published | redelivered on reconnect |')
+    out.push('|---|---|---|---:|---:|---:|')
+    for (const k of overloadKeys) {
+      const o = results.overload[k]!
+      out.push(`| ${COLUMNS.find((c) => c.key === k)?.title ?? k} | ${o.alive ? 'alive' : `**died** (${o.crash ?? '?'})`} | ${o.healthz ?? 'n/a'} | ${o.peakRssMB} | ${o.published.toLocaleString('en-US')} | ${o.redelivered ?? 'n/a'} |`)
+    }
+    out.push('')
+  }
+  return out.join('\n')
+}

@@ -1,0 +1,221 @@
+/**
+ * `npm run bench`: this broker (every plugin on) against bare Aedes 1.2 (same
+ * version, same persistence, same mutual-TLS listener, no hooks) and Mosquitto
+ * (require_certificate), each in its own process on loopback, in memory and with
+ * Redis. Prints markdown tables (docs/PERFORMANCE.md holds the latest) and
+ * writes every figure to bench/results-<timestamp>.json.
+ *
+ *   npm run bench                       the whole run (about 5 minutes)
+ *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys)
+ *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
+ */
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { loadConfig } from '../broker/config.js'
+import { generateDevPki } from '../certs-dev/generate.js'
+import { issueCertificate, loadIssuer } from '../pki/certificate.js'
+import { generateKeyPair, privateKeyToPem } from '../pki/keys.js'
+import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
+import { validatePayload } from '../plugins/validation.js'
+import type { BenchDevice, BrokerChildOptions } from './broker-child.js'
+import { benchIssuance } from './issue-certificates.js'
+import type { Identity } from './load-worker.js'
+import { telemetryPayload } from './load-worker.js'
+import { startBrokerChild, startMosquitto, startRedis, type RedisServer, type Target } from './processes.js'
+import { renderReport, type BenchResults, type TargetKey } from './report.js'
+import {
+  connectLatency, connectRate, fanInThroughput, idleMemory, overload, pacedLatency, provisioningRate, type BenchEnv, type ScenarioResult
+} from './scenarios.js'
+
+const TOTAL_BUDGET_MS = 10 * 60 * 1000
+const DEVICE_COUNT = 2000
+const OVERLOAD_MS = 10_000
+const OVERLOAD_DISCONNECT_AFTER_MS = 3000
+const projectDir = fileURLToPath(new URL('../../', import.meta.url))
+const startedAt = Date.now()
+
+function log (line: string): void {
+  process.stderr.write(`[bench ${((Date.now() - startedAt) / 1000).toFixed(0).padStart(3)}s] ${line}\n`)
+}
+
+/** the whole run is bounded: past the budget, the remaining steps are skipped */
+function overBudget (): boolean {
+  return Date.now() - startedAt > TOTAL_BUDGET_MS - 60_000
+}
+
+// a hard stop in case something hangs beyond every per-step timeout
+setTimeout(() => {
+  log('time budget exceeded: exiting')
+  process.exit(2)
+}, TOTAL_BUDGET_MS + 60_000).unref()
+
+function provisioningBuilt (): boolean {
+  try {
+    readFileSync(join(projectDir, 'plugins', 'provisioning.ts'))
+    return true
+  } catch {
+    return false
+  }
+}
+
+async function main (): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'jitp-bench-'))
+  const certsDir = join(work, 'pki')
+  const profileDir = process.env.BENCH_CPU_PROF ? join(projectDir, 'bench', 'profiles') : null
+  if (profileDir) mkdirSync(profileDir, { recursive: true })
+  const only = process.env.BENCH_ONLY?.split(',').map((s) => s.trim()).filter(Boolean) ?? null
+  const withProvisioning = provisioningBuilt()
+
+  log('generating the dev PKI and device certificates')
+  await generateDevPki({ outDir: certsDir })
+  const read = (f: string): string => readFileSync(join(certsDir, f), 'utf8')
+  const deviceCaPem = read('device-ca.pem')
+  const issuer = loadIssuer(deviceCaPem, read('device-ca.key'))
+  const devices: Identity[] = []
+  const registry: BenchDevice[] = []
+  for (let i = 0; i < DEVICE_COUNT; i++) {
+    const deviceId = `bench-${String(i).padStart(4, '0')}`
+    const keys = generateKeyPair('ec')
+    const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 7, extKeyUsage: ['clientAuth'] })
+    devices.push({ clientId: deviceId, cert: issued.pem + deviceCaPem, key: privateKeyToPem(keys.privateKey) })
+    registry.push({ deviceId, certificateId: issued.certificateId, serialNumber: issued.serialNumber, notAfter: issued.notAfter.getTime() })
+  }
+  const devicesFile = join(work, 'devices.json')
+  writeFileSync(devicesFile, JSON.stringify(registry))
+  const env: BenchEnv = {
+    ca: read('root-ca.pem'),
+    devices,
+    service: { clientId: 'bench-service', cert: read('service-chain.pem'), key: read('service.key') },
+    claim: { clientId: 'bench-claim', cert: read('claim-chain.pem'), key: read('claim.key') },
+    deviceCaPem
+  }
+
+  // the telemetry the devices send must pass this broker's validation, or nothing would be routed
+  const catalogue = loadSchemaCatalogue(loadConfig({ env: {}, overrides: { GENERATE_DEV_CERTS: false } }).schemasDir)
+  const sample = telemetryPayload(123456, Date.now() + 0.123)
+  const verdict = validatePayload(catalogue, 65536, 'devices/bench-0000/telemetry', sample)
+  if (verdict.verdict !== 'valid') throw new Error(`bench telemetry does not validate: ${JSON.stringify(verdict)}`)
+  log(`telemetry payload: ${sample.length} bytes, valid against schemas/telemetry.json`)
+
+  const results: BenchResults = {
+    startedAt: new Date(startedAt).toISOString(),
+    machine: {
+      nproc: cpus().length,
+      cpuModel: /model name\s*:\s*(.+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? 'unknown',
+      node: process.version,
+      payloadBytes: sample.length
+    },
+    targets: {},
+    issuance: null,
+    noDelayOff: null,
+    overload: {},
+    provisioningBuilt: withProvisioning,
+    durationSeconds: 0
+  }
+
+  log('certificate issuance micro-benchmark (bench/issue-certificates.ts)')
+  results.issuance = await benchIssuance(3000)
+
+  const jitpOverrides = {
+    // the provisioning scenario comes from one address and one claim certificate
+    PROVISION_RATE_PER_CLAIM_CERT: 100_000_000,
+    PROVISION_RATE_PER_ADDRESS: 100_000_000
+  }
+  const plan: Array<{ key: TargetKey, redis: boolean, start: (redis: RedisServer | null) => Promise<Target | null> }> = [
+    { key: 'aedes-memory', redis: false, start: () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }) },
+    { key: 'jitp-memory', redis: false, start: () => child('jitp-memory', { kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, 'audit-memory.log'), overrides: jitpOverrides }) },
+    { key: 'aedes-redis', redis: true, start: (r) => child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }) },
+    { key: 'jitp-redis', redis: true, start: (r) => child('jitp-redis', { kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-redis.log'), overrides: jitpOverrides }) },
+    { key: 'mosquitto', redis: false, start: () => startMosquitto(certsDir) }
+  ]
+
+  function child (key: string, opts: BrokerChildOptions): Promise<Target> {
+    return startBrokerChild(key, opts, { execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${key}-${Date.now()}.cpuprofile`] : [] })
+  }
+
+  for (const step of plan) {
+    if (only && !only.includes(step.key)) continue
+    if (overBudget()) {
+      log(`skipping ${step.key}: over the time budget`)
+      continue
+    }
+    const redis = step.redis ? await startRedis() : null
+    let target: Target | null = null
+    try {
+      target = await step.start(redis)
+      if (target === null) {
+        log(`${step.key}: not installed, skipped`)
+        continue
+      }
+      log(`${step.key}: pid ${target.pid}, port ${target.port}`)
+      const scenarios: Record<string, ScenarioResult> = {}
+      const run = async (name: string, fn: () => Promise<ScenarioResult>): Promise<void> => {
+        if (overBudget() || target!.exitStatus() !== null) return
+        const r = await fn()
+        scenarios[name] = r
+        log(`${step.key} ${name}: ${r.value ?? 'failed'} ${r.error ?? ''} ${JSON.stringify(r.detail)} cpu ${JSON.stringify(r.cpu)}`)
+      }
+      await run('connects', () => connectRate(target!, env))
+      await run('connectLatency', () => connectLatency(target!, env))
+      await run('qos0', () => fanInThroughput(target!, env, 0))
+      await run('qos1', () => fanInThroughput(target!, env, 1))
+      await run('paced', () => pacedLatency(target!, env))
+      await run('idle', () => idleMemory(target!, env))
+      if (withProvisioning && step.key.startsWith('jitp')) await run('provisioning', () => provisioningRate(target!, env, `B${Date.now().toString(36)}`))
+      results.targets[step.key] = { scenarios, exit: target.exitStatus() }
+    } catch (err) {
+      log(`${step.key}: ${(err as Error).message}`)
+      results.targets[step.key] = { scenarios: {}, exit: (err as Error).message.split('\n')[0] ?? 'failed' }
+    } finally {
+      await target?.stop()
+      await redis?.stop()
+    }
+  }
+
+  // TCP_NODELAY: the same bare Aedes listener with it off, connect latency one at a time
+  if (!only || only.includes('nodelay')) {
+    if (!overBudget()) {
+      const t = await child('aedes-memory-nodelay-off', { kind: 'aedes', store: 'memory', certsDir, noDelay: false })
+      try {
+        results.noDelayOff = await connectLatency(t, env)
+        log(`noDelay off: connect p50 ${results.noDelayOff.value} ms ${JSON.stringify(results.noDelayOff.detail)}`)
+      } finally {
+        await t.stop()
+      }
+    }
+  }
+
+  // overload: bare Aedes in memory is expected to die; this broker must not
+  const overloadPlan: Array<{ key: TargetKey, redis: boolean, opts: (r: RedisServer | null) => BrokerChildOptions }> = [
+    { key: 'aedes-memory', redis: false, opts: () => ({ kind: 'aedes', store: 'memory', certsDir }) },
+    { key: 'jitp-memory', redis: false, opts: () => ({ kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, 'audit-overload-memory.log') }) },
+    { key: 'jitp-redis', redis: true, opts: (r) => ({ kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-overload-redis.log') }) }
+  ]
+  for (const step of overloadPlan) {
+    if ((only && !only.includes('overload')) || overBudget()) continue
+    const redis = step.redis ? await startRedis() : null
+    const t = await child(`overload-${step.key}`, step.opts(redis))
+    try {
+      log(`overload ${step.key}: ${OVERLOAD_MS / 1000} s QoS 1 flood, subscriber stops reading, gone after ${OVERLOAD_DISCONNECT_AFTER_MS / 1000} s`)
+      results.overload[step.key] = await overload(t, env, OVERLOAD_MS, OVERLOAD_DISCONNECT_AFTER_MS)
+      log(`overload ${step.key}: ${JSON.stringify(results.overload[step.key])}`)
+    } finally {
+      await t.stop()
+      await redis?.stop()
+    }
+  }
+
+  results.durationSeconds = Math.round((Date.now() - startedAt) / 1000)
+  const file = join(projectDir, 'bench', `results-${new Date(startedAt).toISOString().replace(/[:.]/g, '-')}.json`)
+  writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
+  process.stdout.write(renderReport(results) + '\n')
+  log(`results written to ${file}`)
+  rmSync(work, { recursive: true, force: true })
+}
+
+main().then(() => process.exit(0), (err: unknown) => {
+  log(`failed: ${(err as Error).stack ?? String(err)}`)
+  process.exit(1)
+})

@@ -1,0 +1,409 @@
+/**
+ * The measured scenarios. Each drives load-generator worker threads
+ * (bench/load-worker.ts) against one broker under test and reads the broker's
+ * and the generator's CPU over the measured window, so a generator bottleneck
+ * shows in the results.
+ */
+import { Worker } from 'node:worker_threads'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Identity, WorkerTask } from './load-worker.js'
+import { cpuPercent, selfUsage, type ProcUsage } from './proc.js'
+import type { Target } from './processes.js'
+
+export interface BenchEnv {
+  /** what clients trust: the dev root */
+  readonly ca: string
+  /** device identities from the dev device CA (registered in this broker's registry) */
+  readonly devices: readonly Identity[]
+  /** the dev service certificate, allowed to read every device's telemetry */
+  readonly service: Identity
+  /** the dev claim certificate */
+  readonly claim: Identity
+  readonly deviceCaPem: string
+}
+
+export interface Cpu {
+  /** percent of one core over the measured window */
+  readonly broker: number | null
+  readonly generator: number
+  readonly wallMs: number
+}
+
+export interface ScenarioResult {
+  readonly value: number | null
+  readonly detail: Record<string, number | string | null>
+  readonly cpu: Cpu | null
+  readonly error?: string
+}
+
+export const WARMUP_MS = 1000
+export const MEASURE_MS = 5000
+const FAN_IN_DEVICES = 50
+const GENERATOR_THREADS = 2
+const CONNECT_CONCURRENCY = 64
+const PACED_RATE = 5000
+const IDLE_CONNECTIONS = 2000
+const STEP_TIMEOUT_MS = 60_000
+
+type FromWorker = { type: string, [k: string]: unknown }
+
+/** A worker thread running one task, with a mailbox to await its messages by type. */
+class LoadWorker {
+  private readonly worker: Worker
+  private readonly inbox: FromWorker[] = []
+  private readonly waiting: Array<{ type: string, resolve: (m: FromWorker) => void, reject: (e: Error) => void }> = []
+  private failure: Error | null = null
+
+  constructor (task: WorkerTask) {
+    this.worker = new Worker(new URL('./load-worker.js', import.meta.url), { workerData: task })
+    this.worker.on('message', (msg: FromWorker) => this.deliver(msg))
+    this.worker.on('error', (err) => this.fail(err))
+    this.worker.on('exit', () => this.fail(new Error('load worker exited')))
+  }
+
+  private deliver (msg: FromWorker): void {
+    if (msg.type === 'error') return this.fail(new Error(String(msg.message)))
+    const i = this.waiting.findIndex((w) => w.type === msg.type)
+    if (i >= 0) this.waiting.splice(i, 1)[0]!.resolve(msg)
+    else this.inbox.push(msg)
+  }
+
+  private fail (err: Error): void {
+    this.failure ??= err
+    for (const w of this.waiting.splice(0)) w.reject(err)
+  }
+
+  send (cmd: string): void {
+    this.worker.postMessage({ cmd })
+  }
+
+  next<T = FromWorker> (type: string, timeoutMs = STEP_TIMEOUT_MS): Promise<T> {
+    const i = this.inbox.findIndex((m) => m.type === type)
+    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0] as T)
+    if (this.failure) return Promise.reject(this.failure)
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`load worker: no '${type}' within ${timeoutMs} ms`)), timeoutMs)
+      this.waiting.push({
+        type,
+        resolve: (m) => { clearTimeout(timer); resolve(m as T) },
+        reject: (e) => { clearTimeout(timer); reject(e) }
+      })
+    })
+  }
+
+  async stop (): Promise<void> {
+    this.worker.removeAllListeners('exit')
+    await this.worker.terminate()
+  }
+}
+
+interface Snapshot { t: number, broker: ProcUsage | null, gen: ProcUsage }
+
+function snapshot (target: Target): Snapshot {
+  return { t: performance.now(), broker: target.usage(), gen: selfUsage() }
+}
+
+function cpuBetween (a: Snapshot, b: Snapshot): Cpu {
+  const wallMs = b.t - a.t
+  return {
+    broker: a.broker && b.broker ? round(cpuPercent(a.broker, b.broker, wallMs)) : null,
+    generator: round(cpuPercent(a.gen, b.gen, wallMs)),
+    wallMs: Math.round(wallMs)
+  }
+}
+
+export function round (n: number, digits = 0): number {
+  const f = 10 ** digits
+  return Math.round(n * f) / f
+}
+
+export function percentile (values: ArrayLike<number>, p: number): number | null {
+  if (values.length === 0) return null
+  const sorted = Float64Array.from(values).sort()
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
+}
+
+function split<T> (items: readonly T[], parts: number): T[][] {
+  const out: T[][] = Array.from({ length: parts }, () => [])
+  items.forEach((item, i) => out[i % parts]!.push(item))
+  return out
+}
+
+async function withWorkers<T> (workers: LoadWorker[], body: () => Promise<T>): Promise<T> {
+  try {
+    return await body()
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()))
+  }
+}
+
+function failed (err: unknown): ScenarioResult {
+  return { value: null, detail: {}, cpu: null, error: (err as Error).message.split('\n')[0] }
+}
+
+/** mTLS connects per second: CONNECT → CONNACK 0 → DISCONNECT, 64 at a time, full handshakes. */
+export async function connectRate (target: Target, env: BenchEnv): Promise<ScenarioResult> {
+  const lanes = split(env.devices.slice(0, CONNECT_CONCURRENCY), GENERATOR_THREADS)
+  const workers = lanes.map((identities) => new LoadWorker({
+    task: 'connects', port: target.port, ca: env.ca, identities, concurrency: identities.length, durationMs: MEASURE_MS, maxCount: 100_000
+  }))
+  return withWorkers(workers, async () => {
+    try {
+      await Promise.all(workers.map((w) => w.next('ready')))
+      const a = snapshot(target)
+      for (const w of workers) w.send('go')
+      const results = await Promise.all(workers.map((w) => w.next<{ count: number, errors: number, firstError: string | null, latencies: number[] }>('result')))
+      const b = snapshot(target)
+      const count = results.reduce((s, r) => s + r.count, 0)
+      const latencies = results.flatMap((r) => r.latencies)
+      return {
+        value: round(count / ((b.t - a.t) / 1000)),
+        detail: { connects: count, errors: results.reduce((s, r) => s + r.errors, 0), firstError: results.find((r) => r.firstError)?.firstError ?? null, p50Ms: round(percentile(latencies, 50) ?? 0, 2), p99Ms: round(percentile(latencies, 99) ?? 0, 2) },
+        cpu: cpuBetween(a, b)
+      }
+    } catch (err) {
+      return failed(err)
+    }
+  })
+}
+
+/** Connect latency one at a time (no queueing): shows a Nagle/delayed-ACK stall if TCP_NODELAY were off. */
+export async function connectLatency (target: Target, env: BenchEnv): Promise<ScenarioResult> {
+  const worker = new LoadWorker({ task: 'connects', port: target.port, ca: env.ca, identities: [env.devices[0]!], concurrency: 1, durationMs: 3000, maxCount: 300 })
+  return withWorkers([worker], async () => {
+    try {
+      await worker.next('ready')
+      const a = snapshot(target)
+      worker.send('go')
+      const r = await worker.next<{ count: number, errors: number, latencies: number[] }>('result')
+      const b = snapshot(target)
+      return {
+        value: round(percentile(r.latencies, 50) ?? 0, 2),
+        detail: { connects: r.count, errors: r.errors, p99Ms: round(percentile(r.latencies, 99) ?? 0, 2), maxMs: round(Math.max(...r.latencies), 2) },
+        cpu: cpuBetween(a, b)
+      }
+    } catch (err) {
+      return failed(err)
+    }
+  })
+}
+
+interface FanInOptions { qos: 0 | 1, ratePerSecond: number, latency: boolean }
+
+/** 50 devices → `devices/<id>/telemetry` → one service subscriber on `devices/+/telemetry`. */
+async function fanIn (target: Target, env: BenchEnv, opts: FanInOptions): Promise<ScenarioResult> {
+  const subscriber = new LoadWorker({
+    task: 'subscriber', port: target.port, ca: env.ca, identity: env.service, clean: true, topic: 'devices/+/telemetry', qos: opts.qos,
+    maxLatencies: opts.latency ? Math.ceil((opts.ratePerSecond * MEASURE_MS) / 1000) * 2 : 0
+  })
+  const groups = split(env.devices.slice(0, FAN_IN_DEVICES), GENERATOR_THREADS)
+  const publishers = groups.map((identities) => new LoadWorker({
+    task: 'publishers', port: target.port, ca: env.ca, identities, qos: opts.qos, window: 32,
+    ratePerSecond: opts.ratePerSecond / GENERATOR_THREADS, durationMs: WARMUP_MS + MEASURE_MS, maxCount: 10_000_000
+  }))
+  return withWorkers([subscriber, ...publishers], async () => {
+    try {
+      await subscriber.next('ready')
+      const ready = await Promise.all(publishers.map((w) => w.next<{ connected: number, errors: number, firstError: string | null }>('ready')))
+      const connected = ready.reduce((s, r) => s + r.connected, 0)
+      if (connected < FAN_IN_DEVICES) throw new Error(`only ${connected} of ${FAN_IN_DEVICES} devices connected: ${ready.find((r) => r.firstError)?.firstError ?? ''}`)
+      for (const w of publishers) w.send('go')
+      await sleep(WARMUP_MS)
+      const mark = async (): Promise<{ received: number, sent: number, at: number, snap: Snapshot }> => {
+        for (const w of [subscriber, ...publishers]) w.send('mark')
+        const [s, ...p] = await Promise.all([subscriber, ...publishers].map((w) => w.next<{ received?: number, sent?: number, at: number }>('mark')))
+        return { received: s!.received ?? 0, sent: p.reduce((sum, m) => sum + (m.sent ?? 0), 0), at: s!.at, snap: snapshot(target) }
+      }
+      const m0 = await mark()
+      if (opts.latency) subscriber.send('record')
+      await sleep(MEASURE_MS)
+      const m1 = await mark()
+      const latencies = opts.latency ? (subscriber.send('latencies'), (await subscriber.next<{ values: Float64Array }>('latencies')).values) : new Float64Array(0)
+      const done = await Promise.all(publishers.map((w) => w.next<{ sent: number, acked: number }>('done', 15_000)))
+      for (const w of publishers) w.send('close')
+      await Promise.all(publishers.map((w) => w.next('closed', 15_000)))
+      subscriber.send('close')
+      const closed = await subscriber.next<{ received: number }>('closed', 15_000)
+      const seconds = (m1.at - m0.at) / 1000
+      const sent = done.reduce((s, d) => s + d.sent, 0)
+      const detail: ScenarioResult['detail'] = {
+        sentPerSecond: round((m1.sent - m0.sent) / seconds),
+        sent,
+        acked: opts.qos === 1 ? done.reduce((s, d) => s + d.acked, 0) : null,
+        receivedTotal: closed.received
+      }
+      if (opts.latency) {
+        detail.p50Ms = round(percentile(latencies, 50) ?? 0, 3)
+        detail.p99Ms = round(percentile(latencies, 99) ?? 0, 3)
+        detail.maxMs = round(latencies.length > 0 ? Math.max(...latencies) : 0, 3)
+        detail.samples = latencies.length
+      }
+      return { value: round((m1.received - m0.received) / seconds), detail, cpu: cpuBetween(m0.snap, m1.snap) }
+    } catch (err) {
+      return failed(err)
+    }
+  })
+}
+
+export function fanInThroughput (target: Target, env: BenchEnv, qos: 0 | 1): Promise<ScenarioResult> {
+  return fanIn(target, env, { qos, ratePerSecond: 0, latency: false })
+}
+
+/** 5,000 msg/s QoS 1 spread over 50 devices; value = p99 end-to-end latency in ms. */
+export async function pacedLatency (target: Target, env: BenchEnv): Promise<ScenarioResult> {
+  const r = await fanIn(target, env, { qos: 1, ratePerSecond: PACED_RATE, latency: true })
+  if (r.value === null) return r
+  return { value: r.detail.p99Ms as number, detail: { ...r.detail, deliveredPerSecond: r.value }, cpu: r.cpu }
+}
+
+/** Broker RSS per idle mTLS device connection, 2,000 of them (full GC before each reading). */
+export async function idleMemory (target: Target, env: BenchEnv): Promise<ScenarioResult> {
+  const groups = split(env.devices.slice(0, IDLE_CONNECTIONS), GENERATOR_THREADS)
+  await target.gc()
+  await sleep(500)
+  const before = target.usage()
+  const a = snapshot(target)
+  const workers = groups.map((identities) => new LoadWorker({ task: 'idle', port: target.port, ca: env.ca, identities, concurrency: 32 }))
+  return withWorkers(workers, async () => {
+    try {
+      const ready = await Promise.all(workers.map((w) => w.next<{ connected: number, errors: number, firstError: string | null }>('ready', 120_000)))
+      const b = snapshot(target)
+      const connected = ready.reduce((s, r) => s + r.connected, 0)
+      await sleep(1000)
+      await target.gc()
+      await sleep(500)
+      const after = target.usage()
+      for (const w of workers) w.send('close')
+      await Promise.all(workers.map((w) => w.next('closed', 30_000)))
+      if (!before || !after) throw new Error('broker process gone')
+      return {
+        value: round((after.rssBytes - before.rssBytes) / connected / 1024, 1),
+        detail: {
+          connected,
+          errors: ready.reduce((s, r) => s + r.errors, 0),
+          firstError: ready.find((r) => r.firstError)?.firstError ?? null,
+          rssBeforeMB: round(before.rssBytes / 1048576, 1),
+          rssAfterMB: round(after.rssBytes / 1048576, 1),
+          connectsPerSecond: round(connected / ((b.t - a.t) / 1000))
+        },
+        cpu: cpuBetween(a, b)
+      }
+    } catch (err) {
+      return failed(err)
+    }
+  })
+}
+
+/**
+ * Just-in-time provisioning end to end (CONTRACT §3): claim certificate connects,
+ * create-from-csr, register with template `sensor`, then the device reconnects with
+ * its new certificate and gets CONNACK 0. The broker issues two certificates per
+ * device (the create step's and the final one naming the device).
+ */
+export async function provisioningRate (target: Target, env: BenchEnv, prefix: string): Promise<ScenarioResult> {
+  const workers = Array.from({ length: GENERATOR_THREADS }, (_v, i) => new LoadWorker({
+    task: 'provision', port: target.port, ca: env.ca, claim: env.claim, deviceCaPem: env.deviceCaPem,
+    prefix: `${prefix}${i}`, concurrency: 8, durationMs: MEASURE_MS, maxCount: 1500
+  }))
+  return withWorkers(workers, async () => {
+    try {
+      await Promise.all(workers.map((w) => w.next('ready', 120_000)))
+      const a = snapshot(target)
+      for (const w of workers) w.send('go')
+      const results = await Promise.all(workers.map((w) => w.next<{ count: number, errors: number, firstError: string | null, latencies: number[] }>('result', 120_000)))
+      const b = snapshot(target)
+      const devices = results.reduce((s, r) => s + r.count, 0)
+      const seconds = (b.t - a.t) / 1000
+      const latencies = results.flatMap((r) => r.latencies)
+      return {
+        value: round(devices / seconds, 1),
+        detail: {
+          devices,
+          errors: results.reduce((s, r) => s + r.errors, 0),
+          firstError: results.find((r) => r.firstError)?.firstError ?? null,
+          certificatesPerSecond: round((2 * devices) / seconds, 1),
+          p50Ms: round(percentile(latencies, 50) ?? 0, 1),
+          p99Ms: round(percentile(latencies, 99) ?? 0, 1)
+        },
+        cpu: cpuBetween(a, b)
+      }
+    } catch (err) {
+      return failed(err)
+    }
+  })
+}
+
+export interface OverloadResult {
+  readonly alive: boolean
+  readonly crash: string | null
+  readonly healthz: number | null
+  readonly peakRssMB: number
+  readonly published: number
+  readonly redelivered: number | null
+}
+
+/**
+ * 50 devices publish QoS 1 flat out to one persistent-session subscriber that
+ * stops reading, then disconnects mid-run; afterwards it comes back for its queue.
+ */
+export async function overload (target: Target, env: BenchEnv, durationMs: number, disconnectAfterMs: number): Promise<OverloadResult> {
+  const slowIdentity = { ...env.service, clientId: 'bench-slow-service' }
+  const slow = new LoadWorker({ task: 'subscriber', port: target.port, ca: env.ca, identity: slowIdentity, clean: false, topic: 'devices/+/telemetry', qos: 1, maxLatencies: 0 })
+  const groups = split(env.devices.slice(0, FAN_IN_DEVICES), GENERATOR_THREADS)
+  const publishers = groups.map((identities) => new LoadWorker({
+    task: 'publishers', port: target.port, ca: env.ca, identities, qos: 1, window: 64, ratePerSecond: 0, durationMs, maxCount: 2_000_000
+  }))
+  let peak = target.usage()?.rssBytes ?? 0
+  const sampler = setInterval(() => { peak = Math.max(peak, target.usage()?.rssBytes ?? 0) }, 100)
+  let published = 0
+  try {
+    await withWorkers([slow, ...publishers], async () => {
+      await slow.next('ready')
+      slow.send('pause')
+      await slow.next('paused')
+      await Promise.all(publishers.map((w) => w.next('ready')))
+      for (const w of publishers) w.send('go')
+      await sleep(disconnectAfterMs)
+      slow.send('destroy')
+      await slow.next('closed')
+      const done = await Promise.all(publishers.map((w) => w.next<{ sent: number }>('done', durationMs + 30_000)))
+      published = done.reduce((s, d) => s + d.sent, 0)
+      for (const w of publishers) w.send('close')
+      await Promise.all(publishers.map((w) => w.next('closed', 15_000).catch(() => undefined)))
+    }).catch(() => undefined)
+  } finally {
+    clearInterval(sampler)
+  }
+  await sleep(500)
+  const alive = target.exitStatus() === null
+  let healthz: number | null = null
+  if (alive && target.httpPort !== null) {
+    healthz = await fetch(`http://127.0.0.1:${target.httpPort}/healthz`, { signal: AbortSignal.timeout(5000) }).then((r) => r.status, () => null)
+  }
+  let redelivered: number | null = null
+  if (alive) {
+    const back = new LoadWorker({ task: 'subscriber', port: target.port, ca: env.ca, identity: slowIdentity, clean: false, topic: 'devices/+/telemetry', qos: 1, maxLatencies: 0 })
+    redelivered = await withWorkers([back], async () => {
+      await back.next('ready')
+      // bounded: whatever the queue held arrives in well under 5 s
+      let last = -1
+      for (let i = 0; i < 50; i++) {
+        await sleep(200)
+        back.send('mark')
+        const { received } = await back.next<{ received: number }>('mark')
+        if (received === last) return received
+        last = received
+      }
+      return last
+    }).catch(() => null)
+  }
+  const crashLine = target.stderrTail().split('\n').find((l) => /Error|error/.test(l)) ?? null
+  return {
+    alive,
+    crash: alive ? null : `${target.exitStatus() ?? ''}${crashLine ? `: ${crashLine.trim()}` : ''}`,
+    healthz,
+    peakRssMB: round(peak / 1048576),
+    published,
+    redelivered
+  }
+}
