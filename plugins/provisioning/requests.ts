@@ -10,26 +10,24 @@ export interface ProvisioningRequest {
   readonly aws: boolean
 }
 
+/** the two families differ only in their root and the name of the templates level */
+const FAMILIES = [
+  { root: '$provision', templates: 'templates', aws: false },
+  { root: '$aws', templates: 'provisioning-templates', aws: true }
+] as const
+
+const CERTIFICATE_KINDS: Readonly<Record<string, RequestKind>> = { create: 'create', 'create-from-csr': 'createFromCsr' }
+
 export function parseRequestTopic (topic: string, awsTopics: boolean): ProvisioningRequest | null {
   const l = topic.split('/')
-  if (l[0] === '$provision') {
-    if (l.length === 4 && l[1] === 'certificates' && l[3] === 'json') {
-      if (l[2] === 'create') return { kind: 'create', topic, template: null, aws: false }
-      if (l[2] === 'create-from-csr') return { kind: 'createFromCsr', topic, template: null, aws: false }
-    }
-    if (l.length === 5 && l[1] === 'templates' && l[3] === 'provision' && l[4] === 'json') {
-      return { kind: 'register', topic, template: l[2] ?? '', aws: false }
-    }
-    return null
+  const family = FAMILIES.find((f) => f.root === l[0] && (awsTopics || !f.aws))
+  if (!family || l[l.length - 1] !== 'json') return null
+  if (l.length === 4 && l[1] === 'certificates') {
+    const kind = CERTIFICATE_KINDS[l[2] ?? '']
+    return kind ? { kind, topic, template: null, aws: family.aws } : null
   }
-  if (awsTopics && l[0] === '$aws') {
-    if (l.length === 4 && l[1] === 'certificates' && l[3] === 'json') {
-      if (l[2] === 'create') return { kind: 'create', topic, template: null, aws: true }
-      if (l[2] === 'create-from-csr') return { kind: 'createFromCsr', topic, template: null, aws: true }
-    }
-    if (l.length === 5 && l[1] === 'provisioning-templates' && l[3] === 'provision' && l[4] === 'json') {
-      return { kind: 'register', topic, template: l[2] ?? '', aws: true }
-    }
+  if (l.length === 5 && l[1] === family.templates && l[3] === 'provision') {
+    return { kind: 'register', topic, template: l[2] ?? '', aws: family.aws }
   }
   return null
 }

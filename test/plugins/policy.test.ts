@@ -49,3 +49,14 @@ t.test('POLICY_FILE is validated', async (t) => {
   writeFileSync(bad, JSON.stringify({ rules: [{ name: 'r', role: 'admin', actions: ['publish'], topics: ['x'] }] }))
   t.throws(() => loadPolicy(bad, { awsTopics: false }), /POLICY_FILE/)
 })
+
+t.test('provisioning request topics', async (t) => {
+  const { parseRequestTopic } = await import('../../plugins/provisioning/requests.js')
+  t.same(parseRequestTopic('$provision/certificates/create/json', false)?.kind, 'create')
+  t.same(parseRequestTopic('$provision/certificates/create-from-csr/json', false)?.kind, 'createFromCsr')
+  t.same(parseRequestTopic('$provision/templates/sensor/provision/json', false)?.template, 'sensor')
+  t.equal(parseRequestTopic('$aws/certificates/create/json', false), null, '$aws off unless enabled')
+  t.same(parseRequestTopic('$aws/provisioning-templates/sensor/provision/json', true), { kind: 'register', topic: '$aws/provisioning-templates/sensor/provision/json', template: 'sensor', aws: true })
+  t.equal(parseRequestTopic('$provision/certificates/create/json/accepted', false), null)
+  t.equal(parseRequestTopic('$provision/certificates/delete/json', false), null)
+})
