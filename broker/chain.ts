@@ -50,6 +50,8 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   const disconnectedHooks = hooksWith(plugins, 'disconnected')
   const rejectedHooks = hooksWith(plugins, 'rejected')
   const refusals = new WeakMap<Client, JitpError>()
+  // bound once: a label lookup per message would cost more than the count
+  const publishCounters = new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, metrics.publishes.labels(role)]))
 
   function auditFields (client: Client | null, state: ConnectionState | undefined) {
     const identity = state?.identity
@@ -205,7 +207,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
         return done(null)
       }
     }
-    metrics.publishes.inc({ role: ev.identity?.role ?? 'unknown' })
+    publishCounters.get(ev.identity?.role ?? 'unknown')?.inc()
     done(null)
   }
 

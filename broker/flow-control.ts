@@ -54,6 +54,8 @@ interface SessionQueues {
 interface ClientQueue {
   /** messages stored for this client and not yet acknowledged (this process's view) */
   length: number
+  /** enqueues admitted here and not yet written to the store */
+  pending: number
   /** when `length` was last read from Redis */
   syncedAt: number
   syncing: Promise<void> | null
@@ -97,7 +99,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   function queueOf (clientId: string): ClientQueue {
     let q = queues.get(clientId)
     if (!q) {
-      q = { length: 0, syncedAt: 0, syncing: null, dropped: null }
+      q = { length: 0, pending: 0, syncedAt: 0, syncing: null, dropped: null }
       queues.set(clientId, q)
     }
     return q
@@ -129,7 +131,8 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   async function resync (clientId: string, q: ClientQueue): Promise<void> {
     if (redis === null || Date.now() - q.syncedAt < RESYNC_MS) return
     q.syncing ??= redis.llen(REDIS_QUEUE_KEY + clientId).then((len) => {
-      q.length = len
+      // admitted but not yet pushed count too, or a burst would slip past the limit
+      q.length = len + q.pending
     }, () => undefined).finally(() => {
       q.syncedAt = Date.now()
       q.syncing = null
@@ -153,6 +156,18 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     return kept
   }
 
+  /** stores for the admitted subscriptions, counting them as pending until the store has them */
+  async function enqueueAdmitted (kept: Sub[], packet: QueuedPacket, enqueue: (subs: Sub[], packet: QueuedPacket) => Promise<void>): Promise<void> {
+    if (kept.length === 0) return
+    const qs = kept.map((sub) => queueOf(sub.clientId))
+    for (const q of qs) q.pending++
+    try {
+      await enqueue(kept, packet)
+    } finally {
+      for (const q of qs) q.pending--
+    }
+  }
+
   function boundSessionQueues (persistence: SessionQueues): SessionQueues {
     const enqueueCombi = persistence.outgoingEnqueueCombi.bind(persistence)
     const update = persistence.outgoingUpdate.bind(persistence)
@@ -161,12 +176,10 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     // own properties shadow the prototype's methods; the originals keep their `this`
     persistence.outgoingEnqueueCombi = async function outgoingEnqueueCombi (subs, packet) {
       if (!subs || subs.length === 0) return enqueueCombi(subs, packet)
-      const kept = await admit(subs, packet)
-      if (kept.length > 0) await enqueueCombi(kept, packet)
+      await enqueueAdmitted(await admit(subs, packet), packet, enqueueCombi)
     }
     persistence.outgoingEnqueue = async function outgoingEnqueue (sub, packet) {
-      const kept = await admit([sub], packet)
-      if (kept.length > 0) await enqueueCombi(kept, packet)
+      await enqueueAdmitted(await admit([sub], packet), packet, enqueueCombi)
     }
     persistence.outgoingUpdate = async function outgoingUpdate (client, packet) {
       // a packet not stored for a live client is still written to it: Aedes asks
@@ -204,7 +217,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     }
     for (const [clientId, q] of queues) {
       if (q.dropped !== null && !isLive(clientId)) q.dropped = null
-      if (q.length === 0 && q.dropped === null && q.syncing === null) queues.delete(clientId)
+      if (q.length === 0 && q.pending === 0 && q.dropped === null && q.syncing === null) queues.delete(clientId)
     }
     const clients = (broker as unknown as { clients?: Record<string, Client> } | null)?.clients
     if (!clients) return

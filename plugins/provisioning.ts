@@ -220,7 +220,8 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
         claimTimers.delete(client)
       },
       intercept ({ client, identity, state, packet }) {
-        if (client === null || identity === null || !state) return false
+        // hot path: every publish passes here, and only `$...` topics can be requests
+        if (packet.topic.charCodeAt(0) !== 36 || client === null || identity === null || !state) return false
         const request = parseRequestTopic(packet.topic, config.provisioningAwsTopics)
         if (request === null || identity.role !== 'claim') return false
         const raw = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload

@@ -5,7 +5,7 @@
  * defaults otherwise. Every Redis connection gets an error listener: an outage
  * must turn /readyz red, never crash the process.
  */
-import persistenceRedis, { type RedisPersistence } from 'aedes-persistence-redis'
+import persistenceRedis from 'aedes-persistence-redis'
 import { Redis } from 'ioredis'
 import MQEmitterRedis from 'mqemitter-redis'
 
@@ -35,6 +35,14 @@ function connect (url: string, onError: (err: Error) => void): Redis {
   return conn
 }
 
+async function quitGracefully (conn: Redis): Promise<void> {
+  if (conn.status === 'ready') {
+    const quit = conn.quit().catch(() => undefined)
+    await Promise.race([quit, new Promise((resolve) => setTimeout(resolve, 500).unref())])
+  }
+  conn.disconnect()
+}
+
 export function createSessionStore (redisUrl: string | undefined, onError: (err: Error) => void): SessionStore {
   if (!redisUrl) {
     return { kind: 'memory', aedesOptions: {}, ping: async () => true, async close () {} }
@@ -43,9 +51,20 @@ export function createSessionStore (redisUrl: string | undefined, onError: (err:
   const pubConn = connect(redisUrl, onError)
   const subConn = connect(redisUrl, onError)
   const pingConn = connect(redisUrl, onError)
+  // mqemitter-redis closes with a bare `conn.quit()`; when the socket closes before
+  // QUIT's reply is read, that promise rejects with no handler and the process would
+  // die of an unhandled rejection at shutdown. Its 'end' listener still fires.
+  for (const conn of [pubConn, subConn]) {
+    const quit = conn.quit.bind(conn)
+    conn.quit = ((...args: Parameters<typeof quit>) => {
+      const p = quit(...args)
+      p.catch(() => undefined)
+      return p
+    }) as typeof conn.quit
+  }
   const mq = MQEmitterRedis({ pubConn, subConn })
   ;(mq as unknown as { state: NodeJS.EventEmitter }).state.on('error', onError)
-  const persistence: RedisPersistence = persistenceRedis({ conn: persistenceConn })
+  const persistence = persistenceRedis({ conn: persistenceConn })
   let closed = false
 
   return {
@@ -68,10 +87,10 @@ export function createSessionStore (redisUrl: string | undefined, onError: (err:
     async close () {
       if (closed) return
       closed = true
-      // mq is closed by aedes.close(); the rest is ours
-      // the promise form: the callback form waits for a 'ready' event Aedes 1.x never causes
-      await Promise.resolve(persistence.destroy()).catch(() => undefined)
-      for (const conn of [persistenceConn, pubConn, subConn, pingConn]) conn.disconnect()
+      // QUIT, not disconnect(): it is queued behind commands already sent, so their
+      // promises settle instead of being rejected with "Connection is closed" by a
+      // flushed queue. mqemitter-redis quits pub/sub itself when Aedes closes it.
+      await Promise.all([persistenceConn, pubConn, subConn, pingConn].map(quitGracefully))
     }
   }
 }

@@ -3,7 +3,7 @@
  * against a real redis-server (CONTRACT §3).
  */
 import t, { type Test } from 'tap'
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { generateKeyPairSync } from 'node:crypto'
@@ -20,7 +20,7 @@ writeFileSync(join(templatesDir, 'allowlisted.json'), JSON.stringify({ ...sensor
 writeFileSync(join(templatesDir, 'replaceable.json'), JSON.stringify({ ...sensor, deviceId: 'repl-${serialNumber}', reprovision: 'replace' }))
 writeFileSync(join(templatesDir, 'hooked.json'), JSON.stringify({ ...sensor, deviceId: 'hook-${serialNumber}', preProvisioningCheck: { module: 'checks/hook.mjs' } }))
 writeFileSync(join(templatesDir, 'hung.json'), JSON.stringify({ ...sensor, deviceId: 'hung-${serialNumber}', preProvisioningCheck: { module: 'checks/hang.mjs' } }))
-cpSync(resolve('templates/checks'), join(templatesDir, 'checks'), { recursive: true })
+mkdirSync(join(templatesDir, 'checks'), { recursive: true })
 writeFileSync(join(templatesDir, 'checks/hook.mjs'), `export default async function check (request) {
   if (request.parameters.serialNumber.startsWith('DENY')) return { allow: false, reason: 'serial on deny list' }
   return { allow: true, parameterOverrides: { serialNumber: request.parameters.serialNumber + '-X' } }
