@@ -6,22 +6,35 @@
  *   worker → parent  {type:'ready'|'mark'|'done'|'closed'|'result'|'error', ...}
  */
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls'
-import { parentPort, workerData } from 'node:worker_threads'
+import { isMainThread, parentPort, workerData } from 'node:worker_threads'
 import { createCsr, generateKeyPair, privateKeyToPem } from '../pki/keys.js'
 import {
   DISCONNECT, PacketReader, PacketType, connectPacket, parsePublish, publishPacket, pubackPacket, subscribePacket, topicField
 } from './mqtt-wire.js'
+import { telemetryPayload } from './telemetry.js'
 
 export interface Identity { readonly clientId: string, readonly cert: string, readonly key: string }
 
 interface Common { readonly port: number, readonly ca: string }
 export type WorkerTask = Common & (
   | { task: 'connects', identities: Identity[], concurrency: number, durationMs: number, maxCount: number }
-  | { task: 'publishers', identities: Identity[], qos: 0 | 1, window: number, ratePerSecond: number, durationMs: number, maxCount: number }
-  | { task: 'subscriber', identity: Identity, clean: boolean, topic: string, qos: 0 | 1, maxLatencies: number }
+  | { task: 'publishers', identities: Identity[], qos: 0 | 1, window: number, ratePerSecond: number, durationMs: number, maxCount: number, progress?: SharedArrayBuffer, maxAhead?: number }
+  | { task: 'subscriber', identity: Identity, clean: boolean, topic: string, qos: 0 | 1, maxLatencies: number, progress?: SharedArrayBuffer }
   | { task: 'idle', identities: Identity[], concurrency: number }
-  | { task: 'provision', claim: Identity, deviceCaPem: string, prefix: string, concurrency: number, durationMs: number, maxCount: number }
+  | { task: 'provision', claim: Identity, deviceCaPem: string, prefix: string, concurrency: number, durationMs: number, devices: Array<{ key: string, csr: string }> }
 )
+
+/**
+ * Shared between the publishers and the subscriber of one fan-in: [0] messages
+ * received, [1] messages sent. Flat-out publishers stay at most `maxAhead` ahead of
+ * the subscriber, so the kernel's socket buffers never hold a backlog that would
+ * outlive the measurement (with QoS 0 nothing else bounds it).
+ */
+export const RECEIVED = 0
+export const SENT = 1
+/** [2]: messages given up on (QoS 0 may be lost): a subscriber that stops advancing does not stall the publishers */
+export const FORGIVEN = 2
+const STALL_MS = 500
 
 const CONNECT_TIMEOUT_MS = 15_000
 const REPLY_TIMEOUT_MS = 15_000
@@ -124,11 +137,6 @@ function contextFor (ca: string, id: { cert: string, key: string }): SecureConte
   return ctx
 }
 
-/** ~200 bytes of telemetry valid against schemas/telemetry.json; sentAt (ms, µs precision) gives the latency */
-export function telemetryPayload (seq: number, sentAt: number): Buffer {
-  return Buffer.from(`{"ts":${Math.floor(sentAt)},"seq":${seq},"values":{"temperature":21.5,"humidity":40.2,"pressure":1013.25,"battery":3.71,"rssi":-67,"door":"closed","motion":false,"firmware":"1.4.2","sentAt":${sentAt.toFixed(3)}}}`)
-}
-
 const SENT_AT = Buffer.from('"sentAt":')
 
 /** the next command from the parent (the next one named `name`, if given) */
@@ -218,9 +226,30 @@ async function publishers (task: Extract<WorkerTask, { task: 'publishers' }>): P
   const start = Date.now()
   const deadline = start + task.durationMs
   const more = (): boolean => !stopped && sent < task.maxCount && Date.now() < deadline
+  const progress = task.progress ? new Int32Array(task.progress) : null
+  const maxAhead = task.maxAhead ?? Number.POSITIVE_INFINITY
+  let lastReceived = -1
+  let stalledSince = 0
+  /** false while the subscriber is too far behind */
+  const mayRun = (): boolean => {
+    if (progress === null) return true
+    const received = Atomics.load(progress, RECEIVED)
+    if (Atomics.load(progress, SENT) - received - Atomics.load(progress, FORGIVEN) < maxAhead) return true
+    const t = Date.now()
+    if (received !== lastReceived) {
+      lastReceived = received
+      stalledSince = t
+    } else if (t - stalledSince > STALL_MS) {
+      // nothing arrived for a while although plenty is on its way: count the window as lost
+      Atomics.add(progress, FORGIVEN, Math.floor(maxAhead / 2))
+      stalledSince = t
+    }
+    return false
+  }
 
   function one (i: number): Buffer {
     const seq = ++sent
+    if (progress) Atomics.add(progress, SENT, 1)
     if (task.qos === 1) inFlight[i]!++
     return publishPacket(topics[i]!, telemetryPayload(seq, now()), task.qos, task.qos === 1 ? conns[i]!.messageId() : 0)
   }
@@ -229,6 +258,10 @@ async function publishers (task: Extract<WorkerTask, { task: 'publishers' }>): P
   function pump (i: number): void {
     const conn = conns[i]!
     if (conn.socket.destroyed || !more()) return
+    if (!mayRun()) {
+      setTimeout(pump, 1, i)
+      return
+    }
     const batch: Buffer[] = []
     if (task.qos === 1) {
       while (inFlight[i]! < task.window && batch.length < task.window && more()) batch.push(one(i))
@@ -305,8 +338,10 @@ async function subscriber (task: Extract<WorkerTask, { task: 'subscriber' }>): P
       if (at >= 0) latencies[latencyCount++] = now() - Number.parseFloat(payload.toString('latin1', at + SENT_AT.length, at + SENT_AT.length + 24))
     }
   }
+  const progress = task.progress ? new Int32Array(task.progress) : null
   // one write of all PUBACKs per chunk read
   conn.socket.on('data', () => {
+    if (progress) Atomics.store(progress, RECEIVED, received)
     if (acks.length === 0 || conn.socket.destroyed) return
     conn.socket.write(acks.length === 1 ? acks[0]! : Buffer.concat(acks))
     acks = []
@@ -348,11 +383,8 @@ interface ProvisionReply { topic: string, body: Record<string, unknown> }
 
 async function provision (task: Extract<WorkerTask, { task: 'provision' }>): Promise<void> {
   const claimContext = contextFor(task.ca, task.claim)
-  // device side work (key, CSR) is done before the clock starts
-  const csrs = Array.from({ length: task.maxCount }, () => {
-    const keys = generateKeyPair('ec')
-    return { key: privateKeyToPem(keys.privateKey), csr: createCsr({ commonName: 'bench-device', ...keys }) }
-  })
+  // device keys and CSRs come ready made (see deviceRequests): the clock measures the broker
+  const csrs = task.devices
   post({ type: 'ready', connected: 0, errors: 0 })
   await nextCommand('go')
   const deadline = Date.now() + task.durationMs
@@ -383,7 +415,7 @@ async function provision (task: Extract<WorkerTask, { task: 'provision' }>): Pro
   }
 
   async function lane (): Promise<void> {
-    while (Date.now() < deadline && next < task.maxCount) {
+    while (Date.now() < deadline && next < csrs.length) {
       const n = next++
       const { key, csr } = csrs[n]!
       const serialNumber = `${task.prefix}-${n}`.toUpperCase()
@@ -417,8 +449,20 @@ async function provision (task: Extract<WorkerTask, { task: 'provision' }>): Pro
   post({ type: 'result', count: devices, errors, firstError, latencies })
 }
 
-const task = workerData as WorkerTask
-const run = {
-  connects, publishers, subscriber, idle, provision
-}[task.task] as (t: WorkerTask) => Promise<void>
-run(task).catch((err: unknown) => post({ type: 'error', message: (err as Error).stack ?? String(err) }))
+/**
+ * Keys and CSRs for provisioning devices, made in the main thread: key generation
+ * inside worker threads that come and go has deadlocked OpenSSL 3 in Node 20
+ * here (a worker stuck on a futex, and the process with it at exit).
+ */
+export function deviceRequests (count: number): Array<{ key: string, csr: string }> {
+  return Array.from({ length: count }, () => {
+    const keys = generateKeyPair('ec')
+    return { key: privateKeyToPem(keys.privateKey), csr: createCsr({ commonName: 'bench-device', ...keys }) }
+  })
+}
+
+if (!isMainThread) {
+  const task = workerData as WorkerTask
+  const run = { connects, publishers, subscriber, idle, provision }[task.task] as (t: WorkerTask) => Promise<void>
+  run(task).catch((err: unknown) => post({ type: 'error', message: (err as Error).stack ?? String(err) }))
+}

@@ -39,3 +39,20 @@ export function selfUsage (): ProcUsage {
   const u = process.cpuUsage()
   return { cpuMs: (u.user + u.system) / 1000, rssBytes: process.memoryUsage().rss }
 }
+
+/** Machine-wide CPU ticks from /proc/stat: `steal` is time the hypervisor gave to someone else. */
+export function machineTicks (): { steal: number, total: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? ''
+    const f = line.trim().split(/\s+/).slice(1, 9).map(Number)
+    return { steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) }
+  } catch {
+    return { steal: 0, total: 0 }
+  }
+}
+
+/** share of the machine's CPU time stolen by the hypervisor between two readings, percent */
+export function stealPercent (a: { steal: number, total: number }, b: { steal: number, total: number }): number {
+  const total = b.total - a.total
+  return total > 0 ? (100 * (b.steal - a.steal)) / total : 0
+}

@@ -111,6 +111,8 @@ export async function startBrokerChild (key: string, opts: BrokerChildOptions, l
   const script = launch.script ?? fileURLToPath(new URL('./broker-child.js', import.meta.url))
   const child = fork(script, [JSON.stringify(opts)], {
     execArgv: ['--expose-gc', ...(launch.execArgv ?? [])],
+    // a test runner's loaders (NODE_OPTIONS) would be measured as the broker's memory
+    env: { ...process.env, NODE_OPTIONS: '' },
     stdio: ['ignore', 'ignore', 'pipe', 'ipc']
   })
   const stderrTail = keepTail(child)
@@ -180,6 +182,8 @@ export async function startMosquitto (certsDir: string): Promise<Target | null> 
     `certfile ${join(certsDir, 'server.pem')}`,
     `keyfile ${join(certsDir, 'server.key')}`,
     'require_certificate true',
+    // like our listener (noDelay): without it every handshake and QoS 1 round trip waits on a delayed ACK
+    'set_tcp_nodelay true',
     'use_identity_as_username true',
     'allow_anonymous true',
     ''

@@ -8,7 +8,7 @@ export type TargetKey = 'aedes-memory' | 'jitp-memory' | 'aedes-redis' | 'jitp-r
 
 export interface BenchResults {
   startedAt: string
-  machine: { nproc: number, cpuModel: string, node: string, payloadBytes: number }
+  machine: { nproc: number, cpuModel: string, node: string, payloadBytes: number, loadAverageAtStart: string, loadAverageAtEnd: string }
   targets: Partial<Record<TargetKey, { scenarios: Record<string, ScenarioResult>, exit: string | null }>>
   issuance: { perSecond: number, count: number } | null
   noDelayOff: ScenarioResult | null
@@ -28,6 +28,9 @@ const ROWS: readonly Row[] = [
   { scenario: 'connectLatency', label: 'connect time p50, one at a time, ms ↓', pick: (r) => r.value },
   { scenario: 'qos0', label: 'QoS 0 fan-in, msg/s delivered', pick: (r) => r.value },
   { scenario: 'qos1', label: 'QoS 1 fan-in, msg/s delivered', pick: (r) => r.value },
+  { scenario: 'connects', label: 'connects per broker CPU-second', pick: perCpuSecond },
+  { scenario: 'qos0', label: 'QoS 0 msg per broker CPU-second', pick: perCpuSecond },
+  { scenario: 'qos1', label: 'QoS 1 msg per broker CPU-second', pick: perCpuSecond },
   { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p50 ms ↓', pick: (r) => num(r.detail.p50Ms) },
   { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p99 ms ↓', pick: (r) => r.value },
   { scenario: 'idle', label: 'RSS per idle mTLS connection (2,000), KB ↓', pick: (r) => r.value },
@@ -42,6 +45,12 @@ const COLUMNS: ReadonlyArray<{ key: TargetKey, title: string }> = [
   { key: 'jitp-redis', title: 'aedes-jitp, Redis' },
   { key: 'mosquitto', title: 'Mosquitto' }
 ]
+
+/** throughput divided by the broker's CPU use: what one core of broker buys, whatever the hypervisor took */
+function perCpuSecond (r: ScenarioResult): number | null {
+  const cpu = r.cpu?.broker
+  return r.value === null || !cpu ? null : (r.value * 100) / cpu
+}
 
 function num (v: unknown): number | null {
   return typeof v === 'number' && Number.isFinite(v) ? v : null
@@ -76,7 +85,7 @@ function cell (results: BenchResults, key: TargetKey, row: Row): string {
 export function renderReport (results: BenchResults): string {
   const out: string[] = []
   const m = results.machine
-  out.push(`Run ${results.startedAt}, ${results.durationSeconds} s: ${m.nproc} × ${m.cpuModel}, Node ${m.node}; telemetry payload ${m.payloadBytes} bytes (valid against schemas/telemetry.json).`, '')
+  out.push(`Run ${results.startedAt}, ${results.durationSeconds} s: ${m.nproc} × ${m.cpuModel}, Node ${m.node}; load average ${m.loadAverageAtStart} at the start, ${m.loadAverageAtEnd} at the end; telemetry payload ${m.payloadBytes} bytes (valid against schemas/telemetry.json).`, '')
   out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} | jitp/Aedes memory | jitp/Aedes Redis | jitp memory/Mosquitto |`)
   out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|---:|---:|---:|`)
   for (const row of ROWS) {
@@ -85,14 +94,14 @@ export function renderReport (results: BenchResults): string {
   }
   out.push('', '↓ lower is better. Ratios are aedes-jitp ÷ the other broker.', '')
 
-  out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads).', '')
+  out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads) / stolen by the hypervisor (% of the whole machine).', '')
   out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} |`)
   out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|`)
   const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning']]
   for (const [scenario, label] of cpuRows) {
     const cells = COLUMNS.map((c) => {
       const cpu = results.targets[c.key]?.scenarios[scenario]?.cpu
-      return cpu ? `${cpu.broker ?? '?'} / ${cpu.generator}` : 'n/a'
+      return cpu ? `${cpu.broker ?? '?'} / ${cpu.generator} / ${cpu.steal ?? '?'}` : 'n/a'
     })
     out.push(`| ${label} | ${cells.join(' | ')} |`)
   }

@@ -10,9 +10,10 @@
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { cpus, tmpdir } from 'node:os'
+import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { loadConfig } from '../broker/config.js'
 import { generateDevPki } from '../certs-dev/generate.js'
 import { issueCertificate, loadIssuer } from '../pki/certificate.js'
@@ -21,8 +22,9 @@ import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validatePayload } from '../plugins/validation.js'
 import type { BenchDevice, BrokerChildOptions } from './broker-child.js'
 import { benchIssuance } from './issue-certificates.js'
-import type { Identity } from './load-worker.js'
-import { telemetryPayload } from './load-worker.js'
+import { deviceRequests, type Identity } from './load-worker.js'
+import { telemetryPayload } from './telemetry.js'
+import { cpuPercent } from './proc.js'
 import { startBrokerChild, startMosquitto, startRedis, type RedisServer, type Target } from './processes.js'
 import { renderReport, type BenchResults, type TargetKey } from './report.js'
 import {
@@ -30,7 +32,10 @@ import {
 } from './scenarios.js'
 
 const TOTAL_BUDGET_MS = 10 * 60 * 1000
+const SCENARIO_TIMEOUT_MS = 150_000
 const DEVICE_COUNT = 2000
+/** at most this many devices are provisioned per target (the scenario also stops after 5 s) */
+const PROVISIONING_DEVICES = 800
 const OVERLOAD_MS = 10_000
 const OVERLOAD_DISCONNECT_AFTER_MS = 3000
 const projectDir = fileURLToPath(new URL('../../', import.meta.url))
@@ -50,6 +55,21 @@ setTimeout(() => {
   log('time budget exceeded: exiting')
   process.exit(2)
 }, TOTAL_BUDGET_MS + 60_000).unref()
+
+/** waits (bounded) until the broker is idle, so one scenario's tail does not run into the next */
+async function settle (target: Target): Promise<void> {
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline) {
+    const a = target.usage()
+    await sleep(250)
+    const b = target.usage()
+    if (!a || !b || cpuPercent(a, b, 250) < 15) return
+  }
+}
+
+function loadAverage (): string {
+  return loadavg().map((l) => l.toFixed(2)).join(' ')
+}
 
 function provisioningBuilt (): boolean {
   try {
@@ -89,7 +109,8 @@ async function main (): Promise<void> {
     devices,
     service: { clientId: 'bench-service', cert: read('service-chain.pem'), key: read('service.key') },
     claim: { clientId: 'bench-claim', cert: read('claim-chain.pem'), key: read('claim.key') },
-    deviceCaPem
+    deviceCaPem,
+    provisioningRequests: withProvisioning ? deviceRequests(PROVISIONING_DEVICES) : []
   }
 
   // the telemetry the devices send must pass this broker's validation, or nothing would be routed
@@ -105,7 +126,9 @@ async function main (): Promise<void> {
       nproc: cpus().length,
       cpuModel: /model name\s*:\s*(.+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? 'unknown',
       node: process.version,
-      payloadBytes: sample.length
+      payloadBytes: sample.length,
+      loadAverageAtStart: loadAverage(),
+      loadAverageAtEnd: ''
     },
     targets: {},
     issuance: null,
@@ -153,16 +176,25 @@ async function main (): Promise<void> {
       const scenarios: Record<string, ScenarioResult> = {}
       const run = async (name: string, fn: () => Promise<ScenarioResult>): Promise<void> => {
         if (overBudget() || target!.exitStatus() !== null) return
-        const r = await fn()
+        await settle(target!)
+        log(`${step.key} ${name}...`)
+        // bounded: a scenario that hangs is reported as failed and the run goes on
+        let timer: NodeJS.Timeout | undefined
+        const r = await Promise.race([
+          fn(),
+          new Promise<ScenarioResult>((resolve) => { timer = setTimeout(() => resolve({ value: null, detail: {}, cpu: null, error: `no result within ${SCENARIO_TIMEOUT_MS / 1000} s` }), SCENARIO_TIMEOUT_MS) })
+        ])
+        clearTimeout(timer)
         scenarios[name] = r
         log(`${step.key} ${name}: ${r.value ?? 'failed'} ${r.error ?? ''} ${JSON.stringify(r.detail)} cpu ${JSON.stringify(r.cpu)}`)
       }
+      // memory first, on a fresh process: after the floods the heap would already be grown and the reading flattered
+      await run('idle', () => idleMemory(target!, env))
       await run('connects', () => connectRate(target!, env))
       await run('connectLatency', () => connectLatency(target!, env))
       await run('qos0', () => fanInThroughput(target!, env, 0))
       await run('qos1', () => fanInThroughput(target!, env, 1))
       await run('paced', () => pacedLatency(target!, env))
-      await run('idle', () => idleMemory(target!, env))
       if (withProvisioning && step.key.startsWith('jitp')) await run('provisioning', () => provisioningRate(target!, env, `B${Date.now().toString(36)}`))
       results.targets[step.key] = { scenarios, exit: target.exitStatus() }
     } catch (err) {
@@ -208,6 +240,7 @@ async function main (): Promise<void> {
   }
 
   results.durationSeconds = Math.round((Date.now() - startedAt) / 1000)
+  results.machine.loadAverageAtEnd = loadAverage()
   const file = join(projectDir, 'bench', `results-${new Date(startedAt).toISOString().replace(/[:.]/g, '-')}.json`)
   writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
   process.stdout.write(renderReport(results) + '\n')

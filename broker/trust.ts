@@ -3,7 +3,7 @@
  * client certificate to the role of its issuing CA. Roles are decided by the
  * issuer certificate's fingerprint and signature, never by names.
  */
-import { X509Certificate } from 'node:crypto'
+import { createHash, X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
@@ -51,6 +51,9 @@ export function commonNameOf (cert: X509Certificate): string | null {
   return null
 }
 
+/** certificates whose classification is remembered (see classify) */
+const MAX_CLASSIFIED = 10_000
+
 function readRequired (dir: string, file: string): string {
   const path = join(dir, file)
   if (!existsSync(path)) throw new JitpError('InvalidConfig', `CERTS_DIR: missing ${path}`)
@@ -89,6 +92,7 @@ export function loadTrust (dir: string): Trust {
   const rootPath = join(dir, TRUST_FILES.rootCa)
   const roots = existsSync(rootPath) ? splitPem(readFileSync(rootPath, 'utf8')) : []
   const deviceCaCertPem = splitPem(readRequired(dir, TRUST_FILES.deviceCa))[0] ?? ''
+  const classified = new Map<string, PeerCertificate | null>()
 
   return Object.freeze({
     serverCertPem: readRequired(dir, TRUST_FILES.serverCert),
@@ -101,21 +105,32 @@ export function loadTrust (dir: string): Trust {
       if (!socket.authorized) return null
       const leaf = socket.getPeerX509Certificate()
       if (!leaf) return null
+      // hashing the DER ourselves is several times cheaper than X509Certificate.fingerprint256
+      const certificateId = createHash('sha256').update(leaf.raw).digest('hex')
+      // the same certificate always gets the same answer (the CAs are fixed at start):
+      // a device that reconnects is not verified again (a signature check per connect)
+      const known = classified.get(certificateId)
+      if (known !== undefined) return known
+      let peer: PeerCertificate | null = null
       for (const ca of cas) {
         // name/key-id match first (cheap), then the signature proves it
         if (leaf.checkIssued(ca.cert) && leaf.verify(ca.cert.publicKey)) {
-          return {
+          peer = Object.freeze({
             issuerRole: ca.role,
             issuerFingerprint: ca.fingerprint,
-            certificateId: fingerprintHex(leaf),
+            certificateId,
             commonName: commonNameOf(leaf),
             serialNumber: leaf.serialNumber.toLowerCase(),
             notAfter: Date.parse(leaf.validTo),
             pem: leaf.toString()
-          }
+          })
+          break
         }
       }
-      return null
+      // bounded: a fleet larger than the cache only loses the shortcut
+      if (classified.size >= MAX_CLASSIFIED) classified.clear()
+      classified.set(certificateId, peer)
+      return peer
     }
   })
 }
