@@ -15,6 +15,7 @@ import pino from 'pino'
 import { buildBroker } from '../broker/build.js'
 import { loadConfig } from '../broker/config.js'
 import { createSessionStore } from '../broker/store/session-store.js'
+import { tlsServerOptions } from '../broker/tls.js'
 import { loadTrust } from '../broker/trust.js'
 
 export interface BenchDevice { deviceId: string, certificateId: string, serialNumber: string, notAfter: number }
@@ -82,15 +83,7 @@ async function startBareAedes (opts: BrokerChildOptions): Promise<Running> {
   const store = createSessionStore(opts.store === 'redis' ? opts.redisUrl : undefined, () => undefined)
   const broker = await Aedes.createBroker({ ...store.aedesOptions })
   ;(broker as NodeJS.EventEmitter).on('error', () => undefined)
-  const server = createTlsServer({
-    key: trust.serverKeyPem,
-    cert: trust.serverCertPem,
-    ca: [...trust.caPems],
-    requestCert: true,
-    rejectUnauthorized: true,
-    minVersion: 'TLSv1.2',
-    noDelay: opts.noDelay ?? true
-  }, (socket) => broker.handle(socket))
+  const server = createTlsServer(tlsServerOptions(trust, { noDelay: opts.noDelay ?? true }), (socket) => broker.handle(socket))
   server.on('tlsClientError', () => undefined)
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   return {

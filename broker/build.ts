@@ -25,6 +25,7 @@ import type { PluginContext, PluginHooks } from './plugin.js'
 import { createRegistry } from './store/create-registry.js'
 import type { Registry } from './store/registry.js'
 import { createSessionStore } from './store/session-store.js'
+import { tlsServerOptions } from './tls.js'
 import { loadTrust } from './trust.js'
 
 export interface BuildOptions {
@@ -123,17 +124,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     for (const h of hooks) if (h.close) releases.push(() => h.close!())
     const chain = installChain(ctx, hooks)
 
-    const tlsServer = createTlsServer({
-      key: trust.serverKeyPem,
-      cert: trust.serverCertPem,
-      ca: [...trust.caPems],
-      requestCert: true,
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.2',
-      // without it every handshake waits on a delayed ACK (~40 ms)
-      noDelay: true
-      // no ALPNProtocols: offers we do not know (AWS SDKs send x-amzn-mqtt-ca) are ignored
-    }, (socket) => broker.handle(socket))
+    const tlsServer = createTlsServer(tlsServerOptions(trust), (socket) => broker.handle(socket))
     tlsServer.on('tlsClientError', (err: Error & { code?: string }, socket) => {
       metrics.connectRefusals.inc({ reason: 'TlsHandshakeFailed' })
       audit.write('connect.refused', { remoteAddress: socket.remoteAddress, errorCode: 'TlsHandshakeFailed', reason: err.code ?? err.message })
