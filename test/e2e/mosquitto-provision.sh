@@ -28,7 +28,8 @@ ask '$provision/certificates/create-from-csr/json' "$W/create-req.json" "$W/crea
 TOKEN=$(json certificateOwnershipToken < "$W/create.json")
 [ -n "$TOKEN" ] || { echo "create failed: $(cat "$W/create.json")" >&2; exit 1; }
 
-node -e 'process.stdout.write(JSON.stringify({ certificateOwnershipToken: process.argv[1], parameters: { serialNumber: process.argv[2] } }))' "$TOKEN" "$SERIAL" > "$W/register-req.json"
+# through the environment: a token may start with '-', which node would take for an option
+TOKEN="$TOKEN" SERIAL="$SERIAL" node -e 'process.stdout.write(JSON.stringify({ certificateOwnershipToken: process.env.TOKEN, parameters: { serialNumber: process.env.SERIAL } }))' > "$W/register-req.json"
 ask '$provision/templates/sensor/provision/json' "$W/register-req.json" "$W/register.json"
 DEVICE=$(json deviceId < "$W/register.json")
 [ -n "$DEVICE" ] || { echo "register failed: $(cat "$W/register.json")" >&2; exit 1; }
