@@ -11,9 +11,9 @@ export type AuditEvent =
   | 'connect.accepted' | 'connect.refused' | 'disconnect'
   | 'subscribe.denied' | 'publish.denied' | 'payload.rejected' | 'client.disconnected.offender'
   | 'provision.certificate.issued' | 'provision.accepted' | 'provision.rejected'
-  | 'device.registered' | 'device.revoked' | 'certificate.revoked' | 'certificate.rotated'
+  | 'device.registered' | 'device.revoked' | 'certificate.revoked'
   | 'config.published' | 'config.acknowledged' | 'config.rolledback'
-  | 'queue.dropped' | 'claim.session.expired' | 'store.unavailable' | 'store.recovered'
+  | 'queue.dropped' | 'claim.session.expired'
   | 'broker.started' | 'broker.stopped'
 
 export interface AuditFields {

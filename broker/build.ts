@@ -110,6 +110,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // end flow control
     const brokerEvents: NodeJS.EventEmitter = broker
     brokerEvents.on('error', (err: Error) => log.warn({ err: err.message }, 'broker error'))
+    // for a build that fails before the listener exists; closing twice is a no-op
     releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))
 
     const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })

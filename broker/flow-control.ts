@@ -25,7 +25,8 @@ import { Redis } from 'ioredis'
 import type { Audit } from './audit.js'
 import type { Config } from './config.js'
 import type { Metrics } from './metrics.js'
-import { redisOptions } from './store/session-store.js'
+import { liveClients } from './session.js'
+import { REDIS_OPTIONS } from './store/session-store.js'
 
 // CommonJS: at run time the default import is the factory itself (as in aedes.js), whatever the typings say
 const memoryPersistence = memoryPersistenceModule as unknown as () => unknown
@@ -91,8 +92,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   let broker: Aedes | null = null
   let redis: Redis | null = null
   if (config.redisUrl) {
-    const { onError: _onError, ...opts } = redisOptions(() => undefined)
-    redis = new Redis(config.redisUrl, opts)
+    redis = new Redis(config.redisUrl, { ...REDIS_OPTIONS })
     redis.on('error', () => undefined) // the session store reports outages; a failed read here only means "assume full"
   }
 
@@ -106,8 +106,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   }
 
   function isLive (clientId: string): boolean {
-    const clients = (broker as unknown as { clients?: Record<string, Client> } | null)?.clients
-    return clients?.[clientId]?.connected === true
+    return broker !== null && liveClients(broker)[clientId]?.connected === true
   }
 
   function recordDrop (clientId: string, q: ClientQueue, packet: QueuedPacket): void {
@@ -219,9 +218,9 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
       if (q.dropped !== null && !isLive(clientId)) q.dropped = null
       if (q.length === 0 && q.pending === 0 && q.dropped === null && q.syncing === null) queues.delete(clientId)
     }
-    const clients = (broker as unknown as { clients?: Record<string, Client> } | null)?.clients
-    if (!clients) return
-    for (const client of Object.values(clients)) {
+    if (broker === null) return
+    for (const client of Object.values(liveClients(broker))) {
+      if (!client) continue
       const buffered = (client.conn as { writableLength?: number }).writableLength ?? 0
       if (buffered > config.maxClientBufferBytes) {
         metrics.queueDrops.inc()

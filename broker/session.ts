@@ -2,7 +2,7 @@
  * What the broker knows about one connection, kept off Aedes' client object:
  * a WeakMap keyed by the client, so it disappears with the client.
  */
-import type { Client } from 'aedes'
+import type { Aedes, Client } from 'aedes'
 
 export type IssuerRole = 'device' | 'claim' | 'service' | 'manufacturer'
 /** what a connection acts as once authenticated; manufacturer devices act as devices */
@@ -52,6 +52,11 @@ export function setState (client: Client, state: ConnectionState): void {
 
 export function stateOf (client: Client | null | undefined): ConnectionState | undefined {
   return client ? states.get(client) : undefined
+}
+
+/** Aedes' live clients by client id (a map its typings do not expose). */
+export function liveClients (broker: Aedes): Readonly<Record<string, Client | undefined>> {
+  return (broker as unknown as { clients: Record<string, Client | undefined> }).clients
 }
 
 export function identityOf (client: Client | null | undefined): Identity | null {

@@ -11,7 +11,7 @@
  */
 import type { Client } from 'aedes'
 import type { Identity } from '../broker/session.js'
-import { stateOf } from '../broker/session.js'
+import { liveClients, stateOf } from '../broker/session.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
 import type { Policy } from './policy.js'
 import { permissionsFor } from './policy.js'
@@ -43,10 +43,8 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
 
 function closeSessions (ctx: PluginContext, match: (client: Client) => boolean): number {
   let closed = 0
-  // Aedes keeps live clients by id; the map is not typed publicly
-  const clients = (ctx.broker as unknown as { clients: Record<string, Client> }).clients
-  for (const client of Object.values(clients)) {
-    if (match(client)) {
+  for (const client of Object.values(liveClients(ctx.broker))) {
+    if (client && match(client)) {
       closed++
       client.close()
     }

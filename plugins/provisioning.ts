@@ -12,7 +12,7 @@
 import type { Client } from 'aedes'
 import { Errors, JitpError, type ErrorCode } from '../broker/errors.js'
 import type { AuthenticateAnswer, AuthenticateEvent, Plugin, PluginHooks } from '../broker/plugin.js'
-import { stateOf, type ConnectionState, type Identity } from '../broker/session.js'
+import { liveClients, stateOf, type ConnectionState, type Identity } from '../broker/session.js'
 import { configTopic } from '../broker/config-store.js'
 import { loadIssuer } from '../pki/certificate.js'
 import { CsrError } from '../pki/csr.js'
@@ -54,8 +54,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
      */
     function companionOf (rc: RequestContext): Client | null {
       if (!config.provisionReplyCompanion) return null
-      const clients = (broker as unknown as { clients: Record<string, Client | undefined> }).clients
-      const companion = clients[`${rc.client.id}-replies`]
+      const companion = liveClients(broker)[`${rc.client.id}-replies`]
       const identity = stateOf(companion)?.identity
       return companion && identity?.role === 'claim' && identity.certificateId === rc.identity.certificateId ? companion : null
     }

@@ -17,20 +17,17 @@ export interface SessionStore {
   close (): Promise<void>
 }
 
-export function redisOptions (onError: (err: Error) => void) {
-  return {
-    // fail calls fast while Redis is away instead of queueing them forever
-    maxRetriesPerRequest: 1,
-    retryStrategy: (times: number) => Math.min(times * 100, 1000),
-    connectTimeout: 2000,
-    lazyConnect: false,
-    onError
-  }
-}
+/** ioredis options for every broker-side connection */
+export const REDIS_OPTIONS = Object.freeze({
+  // fail calls fast while Redis is away instead of queueing them forever
+  maxRetriesPerRequest: 1,
+  retryStrategy: (times: number) => Math.min(times * 100, 1000),
+  connectTimeout: 2000,
+  lazyConnect: false
+})
 
 function connect (url: string, onError: (err: Error) => void): Redis {
-  const { onError: _, ...opts } = redisOptions(onError)
-  const conn = new Redis(url, opts)
+  const conn = new Redis(url, { ...REDIS_OPTIONS })
   conn.on('error', onError)
   return conn
 }
