@@ -125,7 +125,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     for (const h of hooks) if (h.close) releases.push(() => h.close!())
     const chain = installChain(ctx, hooks)
 
-    const tlsServer = createTlsServer(tlsServerOptions(trust), (socket) => broker.handle(socket))
+    const tlsServer = createTlsServer(tlsServerOptions(trust, { sessionTickets: config.tlsSessionTickets }), (socket) => broker.handle(socket))
     tlsServer.on('tlsClientError', (err: Error & { code?: string }, socket) => {
       metrics.connectRefusals.inc({ reason: 'TlsHandshakeFailed' })
       audit.write('connect.refused', { remoteAddress: socket.remoteAddress, errorCode: 'TlsHandshakeFailed', reason: err.code ?? err.message })

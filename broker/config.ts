@@ -17,6 +17,7 @@ const configSchema = {
     HTTP_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9100 },
     REDIS_URL: { type: 'string', pattern: '^rediss?://' },
     CERTS_DIR: { type: 'string', minLength: 1, default: 'certs-dev' },
+    TLS_SESSION_TICKETS: { type: 'boolean', default: false },
     GENERATE_DEV_CERTS: { type: 'boolean', default: true },
     SCHEMAS_DIR: { type: 'string', minLength: 1, default: 'schemas' },
     TEMPLATES_DIR: { type: 'string', minLength: 1, default: 'templates' },
@@ -46,6 +47,7 @@ export interface Config {
   readonly httpPort: number
   readonly redisUrl: string | undefined
   readonly certsDir: string
+  readonly tlsSessionTickets: boolean
   readonly generateDevCerts: boolean
   readonly schemasDir: string
   readonly templatesDir: string
@@ -69,6 +71,8 @@ export interface Config {
 }
 
 export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
+// the environment only has strings: these take 1/0, true/false, yes/no, on/off
+const BOOLEAN_KEYS = CONFIG_KEYS.filter((key) => (configSchema.properties as Record<string, { type?: string }>)[key]?.type === 'boolean')
 
 const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: false, strict: true })
 const validateConfig = ajv.compile(configSchema)
@@ -126,7 +130,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     ...fromEnv(opts.env ?? process.env),
     ...(opts.overrides ?? {})
   }
-  for (const key of ['GENERATE_DEV_CERTS', 'PROVISIONING_AWS_TOPICS', 'PROVISION_REPLY_COMPANION']) {
+  for (const key of BOOLEAN_KEYS) {
     if (key in merged) merged[key] = toBool(merged[key])
   }
   if (!validateConfig(merged)) {
@@ -144,6 +148,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     httpPort: c.HTTP_PORT,
     redisUrl: c.REDIS_URL,
     certsDir: resolve(c.CERTS_DIR),
+    tlsSessionTickets: c.TLS_SESSION_TICKETS,
     generateDevCerts: c.GENERATE_DEV_CERTS,
     schemasDir: resolve(c.SCHEMAS_DIR),
     templatesDir: resolve(c.TEMPLATES_DIR),

@@ -2,10 +2,17 @@
  * The mutual-TLS listener's options, in one place so the broker and the
  * benchmark's bare-Aedes baseline are served the same way.
  */
+import { constants } from 'node:crypto'
 import type { TlsOptions } from 'node:tls'
 import type { Trust } from './trust.js'
 
-export function tlsServerOptions (trust: Trust, opts: { noDelay?: boolean } = {}): TlsOptions & { noDelay: boolean } {
+export interface ListenerOptions {
+  readonly noDelay?: boolean
+  /** TLS 1.3 session tickets for resumption (TLS_SESSION_TICKETS) */
+  readonly sessionTickets?: boolean
+}
+
+export function tlsServerOptions (trust: Trust, opts: ListenerOptions = {}): TlsOptions & { noDelay: boolean } {
   return {
     key: trust.serverKeyPem,
     cert: trust.serverCertPem,
@@ -13,6 +20,11 @@ export function tlsServerOptions (trust: Trust, opts: { noDelay?: boolean } = {}
     requestCert: true,
     rejectUnauthorized: true,
     minVersion: 'TLSv1.2',
+    // Node 20's OpenSSL 3.0 serializes and re-parses the session, client certificate
+    // chain included, for each of the two tickets it sends after every handshake:
+    // about a quarter of a handshake's CPU, for resumptions that a provisioning
+    // device (claim certificate, then its own) never makes
+    secureOptions: opts.sessionTickets === true ? 0 : constants.SSL_OP_NO_TICKET,
     // without it every handshake waits on a delayed ACK (~40 ms)
     noDelay: opts.noDelay ?? true
     // no ALPNProtocols: offers we do not know (AWS SDKs send x-amzn-mqtt-ca) are ignored

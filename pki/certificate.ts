@@ -37,7 +37,8 @@ export type ExtendedKeyUsage = 'serverAuth' | 'clientAuth'
 
 export interface IssueOptions {
   commonName: string
-  publicKey: KeyObject
+  /** the subject's key, or its SubjectPublicKeyInfo DER as already validated (a CSR's, say) */
+  publicKey: KeyObject | Buffer
   issuer: Issuer | 'self'
   /** the key that signs a self-signed certificate; must match publicKey */
   signingKey?: KeyObject
@@ -126,8 +127,7 @@ export function issueCertificate (opts: IssueOptions): IssuedCertificate {
   if (opts.organization !== undefined) checkName('organization', opts.organization)
   if (!Number.isFinite(opts.validityDays) || opts.validityDays <= 0) throw new RangeError('validityDays must be a positive number')
 
-  const publicKey = opts.publicKey.type === 'public' ? opts.publicKey : createPublicKey(opts.publicKey)
-  const spki = spkiOf(publicKey)
+  const spki = subjectPublicKeyInfo(opts.publicKey)
   const subjectKeyId = keyIdentifier(spki)
   const subject = distinguishedName(opts.commonName, opts.organization)
   const signer = opts.issuer === 'self' ? selfSigner(opts, spki, subject, subjectKeyId) : opts.issuer.signer
@@ -147,7 +147,7 @@ export function issueCertificate (opts: IssueOptions): IssuedCertificate {
     seq([x509Time(notBefore), x509Time(notAfter)]),
     subject,
     spki,
-    forge.asn1.create(Class.CONTEXT_SPECIFIC, 3, true, [seq(extensions(opts, publicKey, subjectKeyId, signer))])
+    forge.asn1.create(Class.CONTEXT_SPECIFIC, 3, true, [seq(extensions(opts, isRsa(spki), subjectKeyId, signer))])
   ])
   const tbsDer = toDerBuffer(tbs)
   // ECDSA signatures come out DER-encoded (dsaEncoding 'der'), the form X.509 carries
@@ -160,6 +160,19 @@ export function issueCertificate (opts: IssueOptions): IssuedCertificate {
     serialNumber: hex,
     notAfter: new Date(notAfter)
   }
+}
+
+/**
+ * Given bytes are embedded as they are: decoding them with OpenSSL 3 would cost
+ * more than signing the certificate, and the caller has already vetted them.
+ */
+function subjectPublicKeyInfo (key: KeyObject | Buffer): Asn1 {
+  if (Buffer.isBuffer(key)) return parseDer(key)
+  return spkiOf(key.type === 'public' ? key : createPublicKey(key))
+}
+
+function isRsa (spki: Asn1): boolean {
+  return oidOf(children(children(spki)?.[0])?.[0]) === OID.rsaEncryption
 }
 
 function selfSigner (opts: IssueOptions, spki: Asn1, subject: Asn1, keyId: Buffer): IssuerSigner {
@@ -253,7 +266,7 @@ const KEY_USAGE = Object.freeze({
 })
 const NOT_CA = extension(OID.basicConstraints, true, seq([]))
 
-function extensions (opts: IssueOptions, publicKey: KeyObject, subjectKeyId: Buffer, signer: IssuerSigner): Asn1[] {
+function extensions (opts: IssueOptions, rsaKey: boolean, subjectKeyId: Buffer, signer: IssuerSigner): Asn1[] {
   const exts: Asn1[] = []
   if (opts.isCa === true) {
     const constraints = [forge.asn1.create(Class.UNIVERSAL, Type.BOOLEAN, false, '\xff')]
@@ -263,7 +276,7 @@ function extensions (opts: IssueOptions, publicKey: KeyObject, subjectKeyId: Buf
     }
     exts.push(extension(OID.basicConstraints, true, seq(constraints)), KEY_USAGE.ca)
   } else {
-    exts.push(NOT_CA, publicKey.asymmetricKeyType === 'rsa' ? KEY_USAGE.rsa : KEY_USAGE.ec)
+    exts.push(NOT_CA, rsaKey ? KEY_USAGE.rsa : KEY_USAGE.ec)
   }
   if (opts.extKeyUsage !== undefined && opts.extKeyUsage.length > 0) {
     exts.push(extension(OID.extKeyUsage, false, seq(opts.extKeyUsage.map((u) => oid(OID[u])))))

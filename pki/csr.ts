@@ -5,7 +5,7 @@
  */
 import { createPublicKey, verify, type KeyObject } from 'node:crypto'
 import {
-  asString, children, Class, firstChildRaw, fromPem, OID, oidOf, parseDer, SCHEMES, toDerBuffer, Type, type Asn1, type Asn1Type
+  asString, children, Class, firstChildRaw, fromPem, OID, oidOf, parseDer, SCHEMES, spkiOf, toDerBuffer, Type, type Asn1, type Asn1Type
 } from './der.js'
 
 export type CsrErrorReason =
@@ -23,6 +23,8 @@ export class CsrError extends Error {
 
 export interface ParsedCsr {
   publicKey: KeyObject
+  /** SubjectPublicKeyInfo DER to put in a certificate (EC points uncompressed) */
+  spki: Buffer
   commonName: string | null
   keyType: 'ec-p256' | 'rsa'
   keyBits: number
@@ -57,9 +59,10 @@ function parse (pem: string): ParsedCsr {
   const signed = firstChildRaw(der)
   if (signed === null || !signed.equals(toDerBuffer(info))) throw new CsrError('malformed', 'the CSR is not DER-encoded')
 
-  const { publicKey, keyType, keyBits } = checkKey(spki)
+  const spkiDer = toDerBuffer(spki)
+  const { publicKey, keyType, keyBits } = checkKey(spkiDer)
   checkSignature(algorithm, signatureBits, signed, publicKey)
-  return { publicKey, commonName: commonNameOf(subject), keyType, keyBits }
+  return { publicKey, spki: certificateSpki(spkiDer, keyType, publicKey), commonName: commonNameOf(subject), keyType, keyBits }
 }
 
 function expectSequence (node: Asn1, min: number, max = min): Asn1[] & { 0: Asn1, 1: Asn1, 2: Asn1 } {
@@ -74,10 +77,22 @@ function isUniversal (node: Asn1, type: Asn1Type): boolean {
   return node.tagClass === Class.UNIVERSAL && node.type === type
 }
 
-function checkKey (spki: Asn1): { publicKey: KeyObject, keyType: ParsedCsr['keyType'], keyBits: number } {
+/** a P-256 SubjectPublicKeyInfo with an uncompressed point is 91 bytes, the point at its end */
+const P256_SPKI_BYTES = 91
+
+/**
+ * The request's own bytes when they are already the form certificates carry;
+ * otherwise (a compressed EC point, which some TLS stacks cannot read) re-encoded.
+ */
+function certificateSpki (der: Buffer, keyType: ParsedCsr['keyType'], publicKey: KeyObject): Buffer {
+  if (keyType === 'rsa' || (der.length === P256_SPKI_BYTES && der[P256_SPKI_BYTES - 65] === 0x04)) return der
+  return toDerBuffer(spkiOf(publicKey))
+}
+
+function checkKey (spki: Buffer): { publicKey: KeyObject, keyType: ParsedCsr['keyType'], keyBits: number } {
   let publicKey: KeyObject
   try {
-    publicKey = createPublicKey({ key: toDerBuffer(spki), format: 'der', type: 'spki' })
+    publicKey = createPublicKey({ key: spki, format: 'der', type: 'spki' })
   } catch {
     throw new CsrError('unsupported-key', 'the CSR public key is not a supported key')
   }

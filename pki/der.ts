@@ -31,7 +31,8 @@ export const OID = Object.freeze({
   sha256WithRsa: '1.2.840.113549.1.1.11',
   sha384WithRsa: '1.2.840.113549.1.1.12',
   sha512WithRsa: '1.2.840.113549.1.1.13',
-  ed25519: '1.3.101.112'
+  ed25519: '1.3.101.112',
+  rsaEncryption: '1.2.840.113549.1.1.1'
 })
 
 /** DER bytes → forge tree; BIT STRING contents are kept opaque (no guessing at nested ASN.1) */
@@ -183,7 +184,7 @@ const EC_CURVES: Readonly<Record<string, { algorithm: Asn1, size: number }>> = O
   'P-256': { algorithm: seq([oid('1.2.840.10045.2.1'), oid('1.2.840.10045.3.1.7')]), size: 32 },
   'P-384': { algorithm: seq([oid('1.2.840.10045.2.1'), oid('1.3.132.0.34')]), size: 48 }
 })
-const RSA_ENCRYPTION = seq([oid('1.2.840.113549.1.1.1'), nullValue()])
+const RSA_ENCRYPTION = seq([oid(OID.rsaEncryption), nullValue()])
 
 /**
  * SubjectPublicKeyInfo of a key, as a forge tree ready to embed. OpenSSL 3's DER

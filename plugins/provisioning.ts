@@ -17,7 +17,7 @@ import { configTopic } from '../broker/config-store.js'
 import { loadIssuer } from '../pki/certificate.js'
 import { CsrError } from '../pki/csr.js'
 import { permissionsFor, type Policy } from './policy.js'
-import { issueFor, issueFromCsr, issueWithGeneratedKey, newOwnershipToken, publicKeyFromPem, type Issued } from './provisioning/issuance.js'
+import { issueFor, issueFromCsr, issueWithGeneratedKey, newOwnershipToken, storedPublicKey, type Issued } from './provisioning/issuance.js'
 import { commitRegistration, decideDeviceId } from './provisioning/register.js'
 import { parseRequestTopic, type ProvisioningRequest } from './provisioning/requests.js'
 import { loadTemplates, type Template } from './provisioning/templates.js'
@@ -127,7 +127,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       })
       const provisional = await registry.getCertificate(token.certificateId)
       // the certificate the device keeps must name it: issue the final one now that the id is known
-      const final = issueFor(issuer, publicKeyFromPem(token.publicKeyPem), deviceId, config.certValidityDays)
+      const final = issueFor(issuer, storedPublicKey(token.publicKeyPem), deviceId, config.certValidityDays)
       const certificates = [{ certificateId: final.certificateId, serialNumber: final.serialNumber, notAfter: final.notAfter.getTime() }]
       // firmware written for AWS keeps the certificate from the create step: it works too
       if (provisional) certificates.push({ certificateId: provisional.certificateId, serialNumber: provisional.serialNumber, notAfter: provisional.notAfter })

@@ -10,6 +10,8 @@ t.test('defaults, env coercion and freezing', async (t) => {
   t.equal(c.httpPort, 9100)
   t.equal(c.provisioningAwsTopics, true)
   t.equal(c.redisUrl, undefined)
+  t.equal(c.tlsSessionTickets, false, 'session tickets are off unless asked for')
+  t.equal(loadConfig({ env: { TLS_SESSION_TICKETS: 'on' } }).tlsSessionTickets, true)
   t.ok(Object.isFrozen(c))
 })
 

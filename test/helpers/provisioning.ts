@@ -57,7 +57,8 @@ export async function provision (tb: TestBroker, serial: string, mode: 'ec' | 'r
     const deviceCa = tb.pki.read('device-ca.pem')
     return {
       deviceId: String(reg.body.deviceId),
-      creds: { cert: String(reg.body.certificatePem) + deviceCa, key: keyPem },
+      // the leaf alone, as returned: what fleet-provisioning firmware presents
+      creds: { cert: String(reg.body.certificatePem), key: keyPem },
       createCertificatePem: String(created.body.certificatePem) + deviceCa,
       register: reg.body
     }

@@ -29,11 +29,13 @@ const leafKeys = { ec: generateKeyPair('ec'), rsa: generateKeyPair('rsa') }
 
 for (const caAlg of ['ec', 'rsa'] as const) {
   for (const leafAlg of ['ec', 'rsa'] as const) {
-    t.test(`${leafAlg} leaf signed by ${caAlg} CA`, async (t) => {
+    for (const keyForm of ['KeyObject', 'SPKI DER'] as const) {
+    t.test(`${leafAlg} leaf (${keyForm}) signed by ${caAlg} CA`, async (t) => {
       const ca = cas[caAlg]
+      const leafKey = leafKeys[leafAlg].publicKey
       const issued = issueCertificate({
         commonName: 'device-ü-1',
-        publicKey: leafKeys[leafAlg].publicKey,
+        publicKey: keyForm === 'KeyObject' ? leafKey : leafKey.export({ type: 'spki', format: 'der' }),
         issuer: ca.issuer,
         validityDays: 30,
         extKeyUsage: ['clientAuth', 'serverAuth'],
@@ -62,6 +64,7 @@ for (const caAlg of ['ec', 'rsa'] as const) {
       t.match(text, /Subject Key Identifier/)
       t.match(text, /Authority Key Identifier/)
     })
+    }
   }
 }
 

@@ -34,6 +34,21 @@ t.test('EC P-256 CSR is accepted', async (t) => {
   t.ok(parsed.publicKey.equals(ec.publicKey))
 })
 
+t.test('the key a certificate gets: the request\'s own SPKI bytes, a compressed EC point expanded', async (t) => {
+  const uncompressed = ec.publicKey.export({ type: 'spki', format: 'der' })
+  t.ok(parseCsr(ecCsr).spki.equals(uncompressed), 'uncompressed: the bytes as sent')
+  const { x, y } = ec.publicKey.export({ format: 'jwk' })
+  const yOdd = (Buffer.from(y ?? '', 'base64url').at(-1) ?? 0) & 1
+  // SubjectPublicKeyInfo { id-ecPublicKey, prime256v1 } with a 33-byte compressed point
+  const compressed = Buffer.concat([
+    Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'),
+    Buffer.of(0x02 | yOdd), Buffer.from(x ?? '', 'base64url')
+  ])
+  const parsed = parseCsr(createCsr({ commonName: 'compressed', ...ec, spki: compressed }))
+  t.ok(parsed.publicKey.equals(ec.publicKey), 'the same key')
+  t.ok(parsed.spki.equals(uncompressed), 'expanded to the uncompressed point every TLS stack reads')
+})
+
 t.test('RSA-2048 CSR is accepted', async (t) => {
   const rsa = generateKeyPair('rsa')
   const parsed = parseCsr(createCsr({ commonName: 'rsa-device', ...rsa }))
