@@ -51,7 +51,7 @@ class Conn {
   private readonly reader: PacketReader
   private nextId = 0
 
-  private constructor (readonly socket: TLSSocket) {
+  private constructor (readonly socket: TLSSocket, readonly clientId: string) {
     this.reader = new PacketReader((type, flags, body) => this.onPacket(type, flags, body))
     socket.on('data', (chunk: Buffer) => this.reader.push(chunk))
   }
@@ -64,7 +64,7 @@ class Conn {
   static open (port: number, context: SecureContext, clientId: string, clean = true, keepalive = 0): Promise<Conn> {
     return new Promise((resolve, reject) => {
       const socket = tlsConnect({ host: '127.0.0.1', port, secureContext: context })
-      const conn = new Conn(socket)
+      const conn = new Conn(socket, clientId)
       let settled = false
       const fail = (err: Error): void => {
         if (settled) return
@@ -203,7 +203,8 @@ async function connects (task: Extract<WorkerTask, { task: 'connects' }>): Promi
 
 async function publishers (task: Extract<WorkerTask, { task: 'publishers' }>): Promise<void> {
   const { conns, errors, firstError } = await openAll(task, task.identities, 16)
-  const topics = conns.map((_c, i) => topicField(`devices/${task.identities[i]!.clientId}/telemetry`))
+  // conns come in the order their handshakes finished: each publishes on its own device's topic
+  const topics = conns.map((conn) => topicField(`devices/${conn.clientId}/telemetry`))
   let sent = 0
   let acked = 0
   let stopped = false

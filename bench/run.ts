@@ -8,6 +8,7 @@
  *   npm run bench                       the whole run (about 5 minutes)
  *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys)
  *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning)
+ *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -246,7 +247,8 @@ async function main (): Promise<void> {
   writeFileSync(file, JSON.stringify(results, null, 2) + '\n')
   process.stdout.write(renderReport(results) + '\n')
   log(`results written to ${file}`)
-  rmSync(work, { recursive: true, force: true })
+  if (process.env.BENCH_KEEP_WORK) log(`kept the work folder (PKI, audit logs): ${work}`)
+  else rmSync(work, { recursive: true, force: true })
 }
 
 main().then(() => process.exit(0), (err: unknown) => {
