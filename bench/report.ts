@@ -13,6 +13,8 @@ export interface BenchResults {
   issuance: { perSecond: number, count: number } | null
   noDelayOff: ScenarioResult | null
   overload: Partial<Record<TargetKey, OverloadResult>>
+  /** every fan-in round, keyed `<target> qos0|qos1`: delivered msg/s and broker CPU % */
+  fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null }>>
   provisioningBuilt: boolean
   durationSeconds: number
 }
@@ -61,6 +63,13 @@ function fmt (v: number | null): string {
   if (Math.abs(v) >= 100) return Math.round(v).toLocaleString('en-US')
   if (Math.abs(v) >= 10) return v.toFixed(1)
   return v.toFixed(2)
+}
+
+function median (values: readonly number[]): number | null {
+  if (values.length === 0) return null
+  const sorted = [...values].sort((x, y) => x - y)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
 }
 
 function ratio (a: number | null, b: number | null): string {
@@ -119,6 +128,35 @@ export function renderReport (results: BenchResults): string {
     extra.push(`- TCP_NODELAY: connect time p50 / p99 one at a time, bare Aedes listener with noDelay **on** ${fmt(on?.value ?? null)} / ${fmt(num(on?.detail.p99Ms))} ms, **off** ${fmt(results.noDelayOff.value)} / ${fmt(num(results.noDelayOff.detail.p99Ms))} ms; aedes-jitp (noDelay on) ${fmt(results.targets['jitp-memory']?.scenarios.connectLatency?.value ?? null)} ms.`)
   }
   out.push(...extra, '')
+
+  const roundRows: string[] = []
+  for (const [store, a, j] of [['memory', 'aedes-memory', 'jitp-memory'], ['Redis', 'aedes-redis', 'jitp-redis']] as const) {
+    for (const qos of ['qos0', 'qos1']) {
+      const ra = results.fanInRounds[`${a} ${qos}`] ?? []
+      const rj = results.fanInRounds[`${j} ${qos}`] ?? []
+      if (ra.length === 0 || rj.length === 0) continue
+      type Round = (typeof ra)[number]
+      const pairs = ra.flatMap((x, i): Array<readonly [Round, Round]> => (rj[i] === undefined ? [] : [[x, rj[i]]]))
+      const ratios = pairs.map(([x, y]) => (x.value && y.value !== null ? y.value / x.value : null)).filter((v): v is number => v !== null)
+      const perCpu = pairs.map(([x, y]) => (x.value && y.value !== null && x.brokerCpu && y.brokerCpu ? (y.value / y.brokerCpu) / (x.value / x.brokerCpu) : null)).filter((v): v is number => v !== null)
+      const list = (r: typeof ra): string => r.map((x) => fmt(x.value)).join(', ')
+      roundRows.push(`| ${store} | ${qos === 'qos0' ? 'QoS 0' : 'QoS 1'} | ${list(ra)} | ${list(rj)} | ${ratios.map((v) => v.toFixed(2)).join(', ')} | **${fmt(median(ratios))}×** | ${fmt(median(perCpu))}× |`)
+    }
+  }
+  if (roundRows.length > 0) {
+    out.push('Fan-in rounds (msg/s delivered; the brokers of one store take turns, and the tables above show each one\'s median round):', '')
+    out.push('| store | QoS | bare Aedes, each round | aedes-jitp, each round | jitp ÷ Aedes, each round | median ratio | median ratio per broker CPU-second |')
+    out.push('|---|---|---|---|---|---:|---:|')
+    out.push(...roundRows, '')
+  }
+
+  const bareConnects = results.targets['aedes-memory']?.scenarios.connects
+  const provisioned = results.targets['jitp-memory']?.scenarios.provisioning
+  const bareCpuPerConnect = bareConnects?.value && bareConnects.cpu?.broker ? (10 * bareConnects.cpu.broker) / bareConnects.value : null
+  if (bareCpuPerConnect !== null) {
+    const perDevice = provisioned?.value && provisioned.cpu?.broker ? (10 * provisioned.cpu.broker) / provisioned.value : null
+    out.push(`JIT provisioning against its floor: a device costs two full mutual-TLS connects (claim certificate, then its own). Bare Aedes, memory, spends **${fmt(bareCpuPerConnect)} ms** of broker CPU per connect (connect, CONNACK, disconnect), so one broker core tops out at **${fmt(1000 / (2 * bareCpuPerConnect))} devices/s** with no provisioning work at all. aedes-jitp, memory, spends ${perDevice === null ? 'n/a' : `**${fmt(perDevice)} ms** per provisioned device (two connects, CSR check, two certificates, registration, retained config, replies, audit)`}.`, '')
+  }
 
   const overloadKeys = Object.keys(results.overload) as TargetKey[]
   if (overloadKeys.length > 0) {

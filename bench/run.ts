@@ -38,6 +38,8 @@ const SCENARIO_TIMEOUT_MS = 150_000
 const DEVICE_COUNT = 2000
 /** at most this many devices are provisioned per target (the scenario also stops after 5 s) */
 const PROVISIONING_DEVICES = 2000
+/** fan-in windows per broker and QoS, alternating between bare Aedes and this broker */
+const FAN_IN_ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const OVERLOAD_MS = 10_000
 const OVERLOAD_DISCONNECT_AFTER_MS = 3000
 const projectDir = fileURLToPath(new URL('../../', import.meta.url))
@@ -67,6 +69,12 @@ async function settle (target: Target): Promise<void> {
     const b = target.usage()
     if (!a || !b || cpuPercent(a, b, 250) < 15) return
   }
+}
+
+/** the result whose value is the median (the lower middle one of an even count) */
+function medianResult (list: readonly ScenarioResult[]): ScenarioResult | null {
+  const ok = list.filter((r) => r.value !== null).sort((a, b) => a.value! - b.value!)
+  return ok[Math.floor((ok.length - 1) / 2)] ?? list[0] ?? null
 }
 
 function loadAverage (): string {
@@ -136,6 +144,7 @@ async function main (): Promise<void> {
     issuance: null,
     noDelayOff: null,
     overload: {},
+    fanInRounds: {},
     provisioningBuilt: withProvisioning,
     durationSeconds: 0
   }
@@ -148,63 +157,103 @@ async function main (): Promise<void> {
     PROVISION_RATE_PER_CLAIM_CERT: 100_000_000,
     PROVISION_RATE_PER_ADDRESS: 100_000_000
   }
-  const plan: Array<{ key: TargetKey, redis: boolean, start: (redis: RedisServer | null) => Promise<Target | null> }> = [
-    { key: 'aedes-memory', redis: false, start: () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }) },
-    { key: 'jitp-memory', redis: false, start: () => child('jitp-memory', { kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, 'audit-memory.log'), overrides: jitpOverrides }) },
-    { key: 'aedes-redis', redis: true, start: (r) => child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }) },
-    { key: 'jitp-redis', redis: true, start: (r) => child('jitp-redis', { kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-redis.log'), overrides: jitpOverrides }) },
-    { key: 'mosquitto', redis: false, start: () => startMosquitto(certsDir) }
+  const starters: Record<TargetKey, (redis: RedisServer | null) => Promise<Target | null>> = {
+    'aedes-memory': () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),
+    'jitp-memory': () => child('jitp-memory', { kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, 'audit-memory.log'), overrides: jitpOverrides }),
+    'aedes-redis': (r) => child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }),
+    'jitp-redis': (r) => child('jitp-redis', { kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-redis.log'), overrides: jitpOverrides }),
+    mosquitto: () => startMosquitto(certsDir)
+  }
+  // bare Aedes and this broker side by side, both alive, so that their fan-in rounds alternate
+  const groups: Array<{ keys: TargetKey[], redis: boolean }> = [
+    { keys: ['aedes-memory', 'jitp-memory'], redis: false },
+    { keys: ['aedes-redis', 'jitp-redis'], redis: true },
+    { keys: ['mosquitto'], redis: false }
   ]
 
   function child (key: string, opts: BrokerChildOptions): Promise<Target> {
     return startBrokerChild(key, opts, { execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${key}-${Date.now()}.cpuprofile`] : [] })
   }
 
-  for (const step of plan) {
-    if (only && !only.includes(step.key)) continue
+  async function runScenario (key: TargetKey, target: Target, name: string, fn: () => Promise<ScenarioResult>): Promise<ScenarioResult | null> {
+    const scenario = name.split(' ')[0] ?? name
+    if (overBudget() || target.exitStatus() !== null || (onlyScenarios && !onlyScenarios.includes(scenario))) return null
+    await settle(target)
+    log(`${key} ${name}...`)
+    // bounded: a scenario that hangs is reported as failed and the run goes on
+    let timer: NodeJS.Timeout | undefined
+    const r = await Promise.race([
+      fn(),
+      new Promise<ScenarioResult>((resolve) => { timer = setTimeout(() => resolve({ value: null, detail: {}, cpu: null, error: `no result within ${SCENARIO_TIMEOUT_MS / 1000} s` }), SCENARIO_TIMEOUT_MS) })
+    ])
+    clearTimeout(timer)
+    log(`${key} ${name}: ${r.value ?? 'failed'} ${r.error ?? ''} ${JSON.stringify(r.detail)} cpu ${JSON.stringify(r.cpu)}`)
+    return r
+  }
+
+  for (const group of groups) {
+    const keys = group.keys.filter((k) => !only || only.includes(k))
+    if (keys.length === 0) continue
     if (overBudget()) {
-      log(`skipping ${step.key}: over the time budget`)
+      log(`skipping ${keys.join(', ')}: over the time budget`)
       continue
     }
-    const redis = step.redis ? await startRedis() : null
-    let target: Target | null = null
+    const redisServers: RedisServer[] = []
+    const live = new Map<TargetKey, Target>()
     try {
-      target = await step.start(redis)
-      if (target === null) {
-        log(`${step.key}: not installed, skipped`)
-        continue
+      for (const key of keys) {
+        // each broker its own Redis: neither sees the other's traffic
+        const redis = group.redis ? await startRedis() : null
+        if (redis) redisServers.push(redis)
+        const target = await starters[key](redis)
+        if (target === null) {
+          log(`${key}: not installed, skipped`)
+          continue
+        }
+        log(`${key}: pid ${target.pid}, port ${target.port}`)
+        live.set(key, target)
+        results.targets[key] = { scenarios: {}, exit: null }
       }
-      log(`${step.key}: pid ${target.pid}, port ${target.port}`)
-      const scenarios: Record<string, ScenarioResult> = {}
-      const run = async (name: string, fn: () => Promise<ScenarioResult>): Promise<void> => {
-        if (overBudget() || target!.exitStatus() !== null || (onlyScenarios && !onlyScenarios.includes(name))) return
-        await settle(target!)
-        log(`${step.key} ${name}...`)
-        // bounded: a scenario that hangs is reported as failed and the run goes on
-        let timer: NodeJS.Timeout | undefined
-        const r = await Promise.race([
-          fn(),
-          new Promise<ScenarioResult>((resolve) => { timer = setTimeout(() => resolve({ value: null, detail: {}, cpu: null, error: `no result within ${SCENARIO_TIMEOUT_MS / 1000} s` }), SCENARIO_TIMEOUT_MS) })
-        ])
-        clearTimeout(timer)
-        scenarios[name] = r
-        log(`${step.key} ${name}: ${r.value ?? 'failed'} ${r.error ?? ''} ${JSON.stringify(r.detail)} cpu ${JSON.stringify(r.cpu)}`)
+      const record = async (key: TargetKey, name: string, fn: () => Promise<ScenarioResult>): Promise<void> => {
+        const r = await runScenario(key, live.get(key)!, name, fn)
+        if (r !== null) results.targets[key]!.scenarios[name] = r
       }
       // memory first, on a fresh process: after the floods the heap would already be grown and the reading flattered
-      await run('idle', () => idleMemory(target!, env))
-      await run('connects', () => connectRate(target!, env))
-      await run('connectLatency', () => connectLatency(target!, env))
-      await run('qos0', () => fanInThroughput(target!, env, 0))
-      await run('qos1', () => fanInThroughput(target!, env, 1))
-      await run('paced', () => pacedLatency(target!, env))
-      if (withProvisioning && step.key.startsWith('jitp')) await run('provisioning', () => provisioningRate(target!, env, `B${Date.now().toString(36)}`))
-      results.targets[step.key] = { scenarios, exit: target.exitStatus() }
+      for (const [key, target] of live) await record(key, 'idle', () => idleMemory(target, env))
+      for (const [key, target] of live) await record(key, 'connects', () => connectRate(target, env))
+      for (const [key, target] of live) await record(key, 'connectLatency', () => connectLatency(target, env))
+      // throughput moves by ±20 % from one window to the next on this machine: the
+      // brokers take turns, round after round, and each one's median counts
+      for (const qos of [0, 1] as const) {
+        const name = `qos${qos}`
+        const rounds = new Map<TargetKey, ScenarioResult[]>([...live.keys()].map((k) => [k, []]))
+        for (let round = 0; round < FAN_IN_ROUNDS; round++) {
+          const order = round % 2 === 0 ? [...live] : [...live].reverse()
+          for (const [key, target] of order) {
+            const r = await runScenario(key, target, `${name} round ${round + 1}`, () => fanInThroughput(target, env, qos))
+            if (r !== null) rounds.get(key)!.push(r)
+          }
+        }
+        for (const [key, list] of rounds) {
+          const median = medianResult(list)
+          if (median === null) continue
+          results.targets[key]!.scenarios[name] = median
+          results.fanInRounds[`${key} ${name}`] = list.map((r) => ({ value: r.value, brokerCpu: r.cpu?.broker ?? null }))
+        }
+      }
+      for (const [key, target] of live) await record(key, 'paced', () => pacedLatency(target, env))
+      for (const [key, target] of live) {
+        if (withProvisioning && key.startsWith('jitp')) await record(key, 'provisioning', () => provisioningRate(target, env, `B${Date.now().toString(36)}`))
+      }
     } catch (err) {
-      log(`${step.key}: ${(err as Error).message}`)
-      results.targets[step.key] = { scenarios: {}, exit: (err as Error).message.split('\n')[0] ?? 'failed' }
+      log(`${keys.join(', ')}: ${(err as Error).message}`)
+      for (const key of keys) results.targets[key] ??= { scenarios: {}, exit: (err as Error).message.split('\n')[0] ?? 'failed' }
     } finally {
-      await target?.stop()
-      await redis?.stop()
+      for (const [key, target] of live) {
+        results.targets[key]!.exit = target.exitStatus()
+        await target.stop()
+      }
+      for (const redis of redisServers) await redis.stop()
     }
   }
 

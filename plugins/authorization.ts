@@ -26,9 +26,40 @@ export function checkPublish (rules: CompiledRules, topic: string, retain: boole
   return deny('PublishDenied', 'default-deny')
 }
 
+/** per connection: topics it recently published or received, with their answers */
+interface Decisions { readonly publish: Map<string, Allow | Deny>, readonly forward: Map<string, boolean> }
+
+// a device publishes on a handful of topics; a service receives every device's
+const MAX_PUBLISH_DECISIONS = 32
+const MAX_FORWARD_DECISIONS = 4096
+
+function remember<V> (map: Map<string, V>, max: number, key: string, value: V): V {
+  // bounded: past the limit the memo starts over (topics are checked again, never trusted)
+  if (map.size >= max) map.clear()
+  map.set(key, value)
+  return value
+}
+
+function mayReceive (rules: CompiledRules, topic: string): boolean {
+  const levels = topic.split('/')
+  return rules.subscribe.some((rule) => matches(rule.levels, levels))
+}
+
 export const authorizationPlugin: Plugin<AuthorizationOptions> = {
   name: 'authorization',
   setup (_ctx, { policy }): PluginHooks {
+    // the rules of a connection are fixed when it connects, so an answer for a
+    // topic stays right for that connection: the hot path asks a Map, not the rules
+    const decisions = new WeakMap<ConnectionState, Decisions>()
+    const decisionsOf = (state: ConnectionState): Decisions => {
+      let d = decisions.get(state)
+      if (d === undefined) {
+        d = { publish: new Map(), forward: new Map() }
+        decisions.set(state, d)
+      }
+      return d
+    }
+
     return {
       name: 'authorization',
       connected (_client, state) {
@@ -41,7 +72,10 @@ export const authorizationPlugin: Plugin<AuthorizationOptions> = {
           // when the device connected (see chain.ts), so let them through
           return client === null ? ALLOW : deny('PublishDenied', 'no-identity')
         }
-        return checkPublish(rules, packet.topic, packet.retain === true)
+        const retain = packet.retain === true
+        const memo = decisionsOf(state!).publish
+        const key = retain ? `r:${packet.topic}` : packet.topic
+        return memo.get(key) ?? remember(memo, MAX_PUBLISH_DECISIONS, key, checkPublish(rules, packet.topic, retain))
       },
       authorizeSubscribe ({ subscription, state }) {
         const rules = rulesOf(state)
@@ -55,11 +89,9 @@ export const authorizationPlugin: Plugin<AuthorizationOptions> = {
       authorizeForward ({ packet, state }) {
         const rules = rulesOf(state)
         if (rules === null) return deny('SubscribeDenied', 'no-identity')
-        const levels = packet.topic.split('/')
-        for (const rule of rules.subscribe) {
-          if (matches(rule.levels, levels)) return ALLOW
-        }
-        return deny('SubscribeDenied', 'forward-default-deny')
+        const memo = decisionsOf(state).forward
+        const allowed = memo.get(packet.topic) ?? remember(memo, MAX_FORWARD_DECISIONS, packet.topic, mayReceive(rules, packet.topic))
+        return allowed ? ALLOW : deny('SubscribeDenied', 'forward-default-deny')
       }
     }
   }

@@ -1,0 +1,53 @@
+import t from 'tap'
+import type { AedesPublishPacket, Client, PublishPacket } from 'aedes'
+import type { PluginContext } from '../../broker/plugin.js'
+import type { ConnectionState, Identity } from '../../broker/session.js'
+import { authorizationPlugin } from '../../plugins/authorization.js'
+import { defaultPolicy, permissionsFor } from '../../plugins/policy.js'
+
+const policy = defaultPolicy({ awsTopics: false })
+
+async function connection (identity: Identity) {
+  // the plugin reads neither the context nor the client: only the connection state
+  const hooks = await authorizationPlugin.setup({} as PluginContext, { policy })
+  const state: ConnectionState = {
+    peer: { issuerRole: identity.role === 'service' ? 'service' : 'device', issuerFingerprint: 'ca', certificateId: identity.certificateId, commonName: identity.name, serialNumber: '01', notAfter: 0, pem: '' },
+    remoteAddress: '127.0.0.1',
+    connectedAt: 0,
+    identity,
+    rules: null,
+    offences: { windowStart: 0, count: 0 }
+  }
+  const client = {} as Client
+  hooks.connected!(client, state)
+  return {
+    publish: (topic: string, retain = false) => hooks.authorizePublish!({ client, identity, state, packet: { topic, retain } as PublishPacket, isWill: false }).verdict,
+    receive: (topic: string) => hooks.authorizeForward!({ client, identity, state, packet: { topic } as AedesPublishPacket }).verdict
+  }
+}
+
+const device = (id: string): Identity => ({ role: 'device', clientId: id, certificateId: `cert-${id}`, name: id, permissions: permissionsFor(policy, 'device') })
+
+t.test('remembered answers stay per topic and per retain flag', async (t) => {
+  const d = await connection(device('d1'))
+  for (let round = 0; round < 3; round++) {
+    t.equal(d.publish('devices/d1/telemetry'), 'allow')
+    t.equal(d.publish('devices/d2/telemetry'), 'deny', 'another device\'s topic, asked again')
+    t.equal(d.publish('devices/d1/state', true), 'allow', 'retain allowed on state')
+    t.equal(d.publish('devices/d1/telemetry', true), 'deny', 'retain refused on telemetry, though telemetry itself was allowed')
+    t.equal(d.receive('devices/d1/config'), 'allow')
+    t.equal(d.receive('devices/d2/config'), 'deny')
+  }
+})
+
+t.test('past the memo\'s bound every topic still gets its own answer', async (t) => {
+  const d = await connection(device('d1'))
+  const service = await connection({ role: 'service', clientId: 'svc', certificateId: 'cert-svc', name: 'svc', permissions: permissionsFor(policy, 'service') })
+  for (let i = 0; i < 10_000; i++) {
+    const own = i % 2 === 0
+    const topic = own ? `devices/d1/telemetry/s${i}` : `devices/other${i}/telemetry/s${i}`
+    if (d.publish(topic) !== (own ? 'allow' : 'deny')) return t.fail(`wrong answer for ${topic}`)
+    if (service.receive(`devices/d${i}/telemetry`) !== 'allow' || service.receive(`devices/d${i}/commands/x`) !== 'deny') return t.fail(`wrong delivery answer for device d${i}`)
+  }
+  t.pass('10,000 distinct topics answered by the rules')
+})
