@@ -10,7 +10,8 @@ export const configAckPlugin: Plugin = {
     return {
       name: 'config-ack',
       published ({ client, identity, packet }) {
-        if (identity?.role !== 'device' || packet.topic !== `devices/${identity.name ?? ''}/config/ack`) return
+        // every routed publish passes here: the cheap test first
+        if (!packet.topic.endsWith('/config/ack') || identity?.role !== 'device' || packet.topic !== `devices/${identity.name ?? ''}/config/ack`) return
         let ack: { version?: unknown, status?: unknown }
         try {
           ack = JSON.parse(packet.payload.toString()) as typeof ack
