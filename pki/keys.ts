@@ -53,7 +53,7 @@ export async function generateKeyPairAsync (alg: KeyAlgorithm): Promise<KeyPair>
   }
 }
 
-/** PKCS#8 PEM ("BEGIN PRIVATE KEY") */
+/** PKCS#8, PEM-encoded */
 export function privateKeyToPem (k: KeyObject): string {
   if (k.type !== 'private') throw new TypeError('privateKeyToPem needs a private key')
   return k.export({ type: 'pkcs8', format: 'pem' }).toString()

