@@ -22,7 +22,7 @@ export function tlsServerOptions (trust: Trust, opts: ListenerOptions = {}): Tls
     minVersion: 'TLSv1.2',
     // Node 20's OpenSSL 3.0 serializes and re-parses the session, client certificate
     // chain included, for each of the two tickets it sends after every handshake:
-    // about a quarter of a handshake's CPU, for resumptions that a provisioning
+    // a quarter to a third of a handshake's CPU, for resumptions that a provisioning
     // device (claim certificate, then its own) never makes
     secureOptions: opts.sessionTickets === true ? 0 : constants.SSL_OP_NO_TICKET,
     // without it every handshake waits on a delayed ACK (~40 ms)
