@@ -20,16 +20,12 @@
  *   its socket buffer would otherwise grow until the drain timeout).
  */
 import type { Aedes, Client } from 'aedes'
-import memoryPersistenceModule from 'aedes-persistence'
 import { Redis } from 'ioredis'
 import type { Audit } from './audit.js'
 import type { Config } from './config.js'
 import type { Metrics } from './metrics.js'
 import { liveClients } from './session.js'
 import { REDIS_OPTIONS } from './store/session-store.js'
-
-// CommonJS: at run time the default import is the factory itself (as in aedes.js), whatever the typings say
-const memoryPersistence = memoryPersistenceModule as unknown as () => unknown
 
 /** how often drops are summed into one audit line per client, and slow consumers looked for */
 const SWEEP_INTERVAL_MS = 1000
@@ -67,7 +63,7 @@ interface ClientQueue {
 export interface FlowControlDeps {
   readonly audit: Audit
   readonly metrics: Metrics
-  /** the session store's persistence; undefined for Aedes' in-memory default */
+  /** the session store's persistence (broker/store/session-store.ts) */
   readonly persistence: unknown
 }
 
@@ -203,7 +199,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     return persistence
   }
 
-  const persistence = boundSessionQueues((deps.persistence ?? memoryPersistence()) as unknown as SessionQueues)
+  const persistence = boundSessionQueues(deps.persistence as SessionQueues)
 
   function sweep (): void {
     for (const [clientId, count] of unaudited) {

@@ -12,3 +12,13 @@ declare module 'aedes-persistence-redis' {
   function persistenceRedis (opts?: PersistenceRedisOptions): RedisPersistence
   export default persistenceRedis
 }
+
+declare module 'qlobber' {
+  interface QlobberOptions { separator?: string, wildcard_one?: string, wildcard_some?: string, match_empty_levels?: boolean }
+  /** a topic matcher that only answers whether anything added matches */
+  export class QlobberTrue {
+    constructor (options?: QlobberOptions)
+    add (topic: string): this
+    test (topic: string): boolean
+  }
+}

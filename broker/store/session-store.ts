@@ -2,12 +2,15 @@
  * Where Aedes keeps sessions, retained messages and offline queues, and how
  * brokers talk to each other: Redis (aedes-persistence-redis + mqemitter-redis)
  * when REDIS_URL is set, so several processes share them; Aedes' in-memory
- * defaults otherwise. Every Redis connection gets an error listener: an outage
- * must turn /readyz red, never crash the process.
+ * persistence otherwise, with retained messages indexed by topic level. Every
+ * Redis connection gets an error listener: an outage must turn /readyz red,
+ * never crash the process.
  */
+import memoryPersistence from 'aedes-persistence'
 import persistenceRedis from 'aedes-persistence-redis'
 import { Redis } from 'ioredis'
 import MQEmitterRedis from 'mqemitter-redis'
+import { indexRetained, type RetainedStore } from './retained-index.js'
 
 export interface SessionStore {
   readonly kind: 'memory' | 'redis'
@@ -42,7 +45,9 @@ async function quitGracefully (conn: Redis): Promise<void> {
 
 export function createSessionStore (redisUrl: string | undefined, onError: (err: Error) => void): SessionStore {
   if (!redisUrl) {
-    return { kind: 'memory', aedesOptions: {}, ping: async () => true, async close () {} }
+    // CommonJS: at run time the default import is the factory itself (as in aedes.js), whatever the typings say
+    const persistence = indexRetained((memoryPersistence as unknown as () => RetainedStore)())
+    return { kind: 'memory', aedesOptions: { persistence }, ping: async () => true, async close () {} }
   }
   // every message is a PUBLISH (and, at QoS 1, session-store commands): the commands
   // of one event-loop turn go out in one write instead of a syscall each, which took
