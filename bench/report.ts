@@ -2,6 +2,7 @@
  * Turns the benchmark results into the markdown tables printed at the end of a
  * run and kept in docs/PERFORMANCE.md.
  */
+import type { RetainedLookupResult } from './retained-lookup.js'
 import type { OverloadResult, ScenarioResult } from './scenarios.js'
 
 export type TargetKey = 'aedes-memory' | 'jitp-memory' | 'aedes-redis' | 'jitp-redis' | 'mosquitto'
@@ -11,6 +12,7 @@ export interface BenchResults {
   machine: { nproc: number, cpuModel: string, node: string, payloadBytes: number, loadAverageAtStart: string, loadAverageAtEnd: string }
   targets: Partial<Record<TargetKey, { scenarios: Record<string, ScenarioResult>, exit: string | null }>>
   issuance: { perSecond: number, count: number } | null
+  retainedLookup: RetainedLookupResult | null
   noDelayOff: ScenarioResult | null
   overload: Partial<Record<TargetKey, OverloadResult>>
   /** every fan-in round, keyed `<target> qos0|qos1`: delivered msg/s and broker CPU % */
@@ -118,6 +120,10 @@ export function renderReport (results: BenchResults): string {
 
   const extra: string[] = []
   if (results.issuance) extra.push(`- Certificate issuance alone (bench/issue-certificates.ts, EC P-256 signed by an EC P-256 CA, one thread): **${results.issuance.perSecond.toLocaleString('en-US')} certificates/s**.`)
+  if (results.retainedLookup) {
+    const { devices, rows } = results.retainedLookup
+    extra.push(`- Retained lookups per SUBSCRIBE with ${devices.toLocaleString('en-US')} provisioned devices (one retained config each; bench/retained-lookup.ts), Aedes' memory store → the same store with the retained index: ${rows.map((r) => `${r.label} ${fmt(r.aedesMs)} → ${fmt(r.indexedMs)} ms (${r.indexedMs > 0 ? Math.round(r.aedesMs / r.indexedMs) : 'n/a'}× faster)`).join('; ')}.`)
+  }
   const fanIn = (k: TargetKey, s: string): string => {
     const d = results.targets[k]?.scenarios[s]?.detail
     return d ? `${fmt(num(d.sentPerSecond))} sent/s` : 'n/a'

@@ -24,6 +24,7 @@ import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validatePayload } from '../plugins/validation.js'
 import type { BenchDevice, BrokerChildOptions } from './broker-child.js'
 import { benchIssuance } from './issue-certificates.js'
+import { benchRetainedLookup } from './retained-lookup.js'
 import { deviceRequests, type Identity } from './load-worker.js'
 import { telemetryPayload } from './telemetry.js'
 import { cpuPercent } from './proc.js'
@@ -40,6 +41,8 @@ const DEVICE_COUNT = 2000
 const PROVISIONING_DEVICES = 2000
 /** fan-in windows per broker and QoS, alternating between bare Aedes and this broker */
 const FAN_IN_ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+/** retained configs (one per provisioned device) in the retained-lookup micro-benchmark */
+const RETAINED_CONFIGS = 50_000
 const OVERLOAD_MS = 10_000
 const OVERLOAD_DISCONNECT_AFTER_MS = 3000
 const projectDir = fileURLToPath(new URL('../../', import.meta.url))
@@ -142,6 +145,7 @@ async function main (): Promise<void> {
     },
     targets: {},
     issuance: null,
+    retainedLookup: null,
     noDelayOff: null,
     overload: {},
     fanInRounds: {},
@@ -151,6 +155,8 @@ async function main (): Promise<void> {
 
   log('certificate issuance micro-benchmark (bench/issue-certificates.ts)')
   results.issuance = await benchIssuance(3000)
+  log('retained lookups per subscribe with a provisioned fleet (bench/retained-lookup.ts)')
+  results.retainedLookup = await benchRetainedLookup(RETAINED_CONFIGS)
 
   const jitpOverrides = {
     // the provisioning scenario comes from one address and one claim certificate
