@@ -3,9 +3,10 @@
  * answers every SUBSCRIBE by testing the filter against every retained message it
  * holds, exact topics included; with one retained configuration per provisioned
  * device, a subscribe then costs time in proportion to the fleet (25 ms with
- * 50,000 devices, on the event loop). Here the literal levels of a filter lead
- * straight to the few candidates, which are then tested exactly as the store
- * tests them, so the answers are the same.
+ * 50,000 devices, on the event loop). Here retained messages live in a tree of
+ * topic levels instead of the store's flat map: the literal levels of a filter
+ * lead straight to the few candidates, which are then tested exactly as the
+ * store tests them, so the answers are the same.
  * Redis needs none of this: aedes-persistence-redis reads exact topics with HGET
  * and scans only a filter's literal prefix.
  */
@@ -88,12 +89,10 @@ function * matchingAll (root: Level, patterns: readonly string[]): Generator<Ret
   for (const pattern of patterns) yield * matching(root, pattern)
 }
 
-/** Wraps a persistence's retained operations with the index; its own store still holds every message. */
+/** Takes over a persistence's retained messages (its own map stays empty). */
 export function indexRetained<P extends RetainedStore> (persistence: P): P {
   const root = newLevel()
-  const store = persistence.storeRetained.bind(persistence)
   persistence.storeRetained = async function storeRetained (packet) {
-    await store(packet)
     // an empty payload clears the topic [MQTT-3.3.1-10]
     if (packet.payload.length === 0) remove(root, packet.topic)
     else put(root, packet.topic, { ...packet })
