@@ -158,9 +158,14 @@ export function renderReport (results: BenchResults): string {
 
   const bareConnects = results.targets['aedes-memory']?.scenarios.connects
   const provisioned = results.targets['jitp-memory']?.scenarios.provisioning
-  const bareCpuPerConnect = bareConnects?.value && bareConnects.cpu?.broker ? (10 * bareConnects.cpu.broker) / bareConnects.value : null
+  // ms of broker CPU per connect / per device: the inverse of what one broker CPU-second buys
+  const msEach = (r: ScenarioResult | undefined): number | null => {
+    const perSecond = r ? perCpuSecond(r) : null
+    return perSecond ? 1000 / perSecond : null
+  }
+  const bareCpuPerConnect = msEach(bareConnects)
   if (bareCpuPerConnect !== null) {
-    const perDevice = provisioned?.value && provisioned.cpu?.broker ? (10 * provisioned.cpu.broker) / provisioned.value : null
+    const perDevice = msEach(provisioned)
     out.push(`JIT provisioning against its floor: a device costs two full mutual-TLS connects (claim certificate, then its own). Bare Aedes, memory, spends **${fmt(bareCpuPerConnect)} ms** of broker CPU per connect (connect, CONNACK, disconnect), so one broker core tops out at **${fmt(1000 / (2 * bareCpuPerConnect))} devices/s** with no provisioning work at all. aedes-jitp, memory, spends ${perDevice === null ? 'n/a' : `**${fmt(perDevice)} ms** per provisioned device (two connects, CSR check, two certificates, registration, retained config, replies, audit)`}.`, '')
   }
 

@@ -5,10 +5,9 @@
  * retained index (broker/store/retained-index.ts), side by side in one run.
  * Run: npm run build && node dist/bench/retained-lookup.js [devices]
  */
-import memoryPersistence from 'aedes-persistence'
 import type { Readable } from 'node:stream'
 import { pathToFileURL } from 'node:url'
-import { indexRetained, type RetainedStore } from '../broker/store/retained-index.js'
+import { createMemoryPersistence, indexRetained, type RetainedStore } from '../broker/store/retained-index.js'
 
 /** the subscriptions of a provisioning flow: a claim's reply topics, then the new device's own */
 const SUBSCRIPTIONS: ReadonlyArray<{ label: string, filters: string[] }> = [
@@ -34,10 +33,8 @@ async function msPerSubscribe (store: RetainedStore, filters: string[]): Promise
 }
 
 export async function benchRetainedLookup (devices: number): Promise<RetainedLookupResult> {
-  // CommonJS: at run time the default import is the factory itself
-  const create = memoryPersistence as unknown as () => RetainedStore
-  const plain = create()
-  const indexed = indexRetained(create())
+  const plain = createMemoryPersistence()
+  const indexed = indexRetained(createMemoryPersistence())
   const payload = Buffer.from('{"version":1,"config":{"telemetryIntervalSeconds":60,"reportState":true}}')
   for (let i = 0; i < devices; i++) {
     const packet = { cmd: 'publish', topic: `devices/sensor-${i}/config`, payload, qos: 1, retain: true, brokerId: 'bench', brokerCounter: i }

@@ -33,13 +33,17 @@ export function generateEncodedKeyPair (alg: KeyAlgorithm): EncodedKeyPair {
   return { spki: publicKey, privateKeyPem: privateKey }
 }
 
-/** KeyObjects of a new key pair, decoded from the encoded form (see generateEncodedKeyPair) */
-export function generateKeyPair (alg: KeyAlgorithm): KeyPair {
-  const encoded = generateEncodedKeyPair(alg)
+/** fresh KeyObjects, not shared with the generation job (see generateEncodedKeyPair) */
+function decoded (spki: Buffer, privateKeyPem: string): KeyPair {
   return {
-    privateKey: createPrivateKey(encoded.privateKeyPem),
-    publicKey: createPublicKey({ key: encoded.spki, format: 'der', type: 'spki' })
+    privateKey: createPrivateKey(privateKeyPem),
+    publicKey: createPublicKey({ key: spki, format: 'der', type: 'spki' })
   }
+}
+
+export function generateKeyPair (alg: KeyAlgorithm): KeyPair {
+  const { spki, privateKeyPem } = generateEncodedKeyPair(alg)
+  return decoded(spki, privateKeyPem)
 }
 
 /** same keys as generateKeyPair, off the event loop (RSA generation takes 50-500 ms) */
@@ -47,10 +51,7 @@ export async function generateKeyPairAsync (alg: KeyAlgorithm): Promise<KeyPair>
   const { publicKey, privateKey } = alg === 'rsa'
     ? await generateAsync('rsa', { modulusLength: 2048, publicKeyEncoding: SPKI_DER, privateKeyEncoding: PKCS8_PEM })
     : await generateAsync('ec', { namedCurve: 'prime256v1', publicKeyEncoding: SPKI_DER, privateKeyEncoding: PKCS8_PEM })
-  return {
-    privateKey: createPrivateKey(privateKey),
-    publicKey: createPublicKey({ key: publicKey, format: 'der', type: 'spki' })
-  }
+  return decoded(publicKey, privateKey)
 }
 
 /** PKCS#8, PEM-encoded */

@@ -10,6 +10,7 @@
  * Redis needs none of this: aedes-persistence-redis reads exact topics with HGET
  * and scans only a filter's literal prefix.
  */
+import memoryPersistence from 'aedes-persistence'
 import { Readable } from 'node:stream'
 import { QlobberTrue } from 'qlobber'
 
@@ -22,6 +23,9 @@ export interface RetainedStore {
   createRetainedStream (pattern: string): Readable
   createRetainedStreamCombi (patterns: string[]): Readable
 }
+
+/** Aedes' in-memory persistence (CommonJS: at run time the default import is the factory itself, whatever the typings say) */
+export const createMemoryPersistence = memoryPersistence as unknown as () => RetainedStore
 
 // the options aedes-persistence gives its own matcher, so both agree on every filter
 const QLOBBER_OPTIONS = { separator: '/', wildcard_one: '+', wildcard_some: '#' }

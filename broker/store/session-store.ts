@@ -6,11 +6,10 @@
  * Redis connection gets an error listener: an outage must turn /readyz red,
  * never crash the process.
  */
-import memoryPersistence from 'aedes-persistence'
 import persistenceRedis from 'aedes-persistence-redis'
 import { Redis } from 'ioredis'
 import MQEmitterRedis from 'mqemitter-redis'
-import { indexRetained, type RetainedStore } from './retained-index.js'
+import { createMemoryPersistence, indexRetained } from './retained-index.js'
 
 export interface SessionStore {
   readonly kind: 'memory' | 'redis'
@@ -45,8 +44,7 @@ async function quitGracefully (conn: Redis): Promise<void> {
 
 export function createSessionStore (redisUrl: string | undefined, onError: (err: Error) => void): SessionStore {
   if (!redisUrl) {
-    // CommonJS: at run time the default import is the factory itself (as in aedes.js), whatever the typings say
-    const persistence = indexRetained((memoryPersistence as unknown as () => RetainedStore)())
+    const persistence = indexRetained(createMemoryPersistence())
     return { kind: 'memory', aedesOptions: { persistence }, ping: async () => true, async close () {} }
   }
   // every message is a PUBLISH (and, at QoS 1, session-store commands): the commands

@@ -1,10 +1,6 @@
 import t from 'tap'
-import memoryPersistence from 'aedes-persistence'
 import type { Readable } from 'node:stream'
-import { indexRetained, type RetainedPacket, type RetainedStore } from '../../broker/store/retained-index.js'
-
-// CommonJS: at run time the default import is the factory itself
-const newStore = (): RetainedStore => (memoryPersistence as unknown as () => RetainedStore)()
+import { createMemoryPersistence as newStore, indexRetained, type RetainedPacket } from '../../broker/store/retained-index.js'
 
 function packet (topic: string, payload: string): RetainedPacket {
   return { cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: true, brokerId: 'b', brokerCounter: 1 }
