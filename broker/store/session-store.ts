@@ -47,12 +47,12 @@ export function createSessionStore (redisUrl: string | undefined, onError: (err:
     const persistence = indexRetained(createMemoryPersistence())
     return { kind: 'memory', aedesOptions: { persistence }, ping: async () => true, async close () {} }
   }
-  // every message is a PUBLISH (and, at QoS 1, session-store commands): the commands
-  // of one event-loop turn go out in one write instead of a syscall each, which took
-  // a fifth to a third of the broker's CPU in the fan-in benchmark (mqemitter-redis
-  // asks for it too, but only on connections it creates itself)
+  // the session store's commands of one event-loop turn go out in one write instead
+  // of a syscall each. Not the PUBLISH connection: pipelined there, the broker takes
+  // in a flood faster than its deliveries drain, and in the overload test (slow
+  // subscriber, Redis) its RSS rose from 250-270 MB to 295-315 MB, past the 300 MB bound
   const persistenceConn = connect(redisUrl, onError, { autoPipelining: true })
-  const pubConn = connect(redisUrl, onError, { autoPipelining: true })
+  const pubConn = connect(redisUrl, onError)
   const subConn = connect(redisUrl, onError)
   const pingConn = connect(redisUrl, onError)
   // mqemitter-redis closes with a bare `conn.quit()`; when the socket closes before
