@@ -8,10 +8,10 @@ import { dirname } from 'node:path'
 import pino from 'pino'
 
 export type AuditEvent =
-  | 'connect.accepted' | 'connect.refused' | 'disconnect'
+  | 'connect.accepted' | 'connect.refused' | 'disconnect' | 'connection.closed'
   | 'subscribe.denied' | 'publish.denied' | 'payload.rejected' | 'client.disconnected.offender'
   | 'provision.certificate.issued' | 'provision.accepted' | 'provision.rejected'
-  | 'device.registered' | 'device.revoked' | 'certificate.revoked'
+  | 'device.registered' | 'device.revoked' | 'certificate.revoked' | 'ca.revoked' | 'crl.loaded'
   | 'config.published' | 'config.acknowledged' | 'config.rolledback'
   | 'queue.dropped' | 'claim.session.expired'
   | 'broker.started' | 'broker.stopped'
@@ -31,11 +31,15 @@ export interface AuditFields {
   count?: number | undefined
   qos?: number | undefined
   brokerId?: string | undefined
+  /** the operator (CN of the admin certificate, or the CLI user) behind an admin action */
+  actor?: string | undefined
+  issuer?: string | undefined
+  serialNumber?: string | undefined
 }
 
 const ALLOWED: ReadonlyArray<keyof AuditFields> = [
   'clientId', 'deviceId', 'role', 'certificateId', 'remoteAddress', 'topic', 'reason',
-  'errorCode', 'statusCode', 'template', 'version', 'count', 'qos', 'brokerId'
+  'errorCode', 'statusCode', 'template', 'version', 'count', 'qos', 'brokerId', 'actor', 'issuer', 'serialNumber'
 ]
 
 /** Caps attacker-chosen strings (client ids, topics) so one line stays one line of sane size. */

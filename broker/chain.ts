@@ -19,6 +19,7 @@ import { setState, stateOf, type ConnectionState } from './session.js'
 
 export const QUARANTINE_TOPIC = '$jitp/quarantine'
 const SYS_PREFIX = '$SYS/'
+const EMPTY = Buffer.alloc(0)
 
 export interface ErrorReport { topic: string, errorCode: string, errors: readonly PayloadProblem[], at: number }
 
@@ -105,8 +106,14 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   }
 
   function quarantine (packet: PublishPacket): void {
+    // the patched publish handler (patches/aedes+1.2.0.patch) acknowledges a dropped
+    // QoS 0/1 packet without publishing it; the rewrite is the second fence (QoS 2,
+    // an unpatched Aedes): nobody may subscribe to the topic, and the payload (a
+    // token, a CSR, a rejected body) never reaches the store or Redis pub/sub
+    ;(packet as PublishPacket & { dropped?: boolean }).dropped = true
     packet.topic = QUARANTINE_TOPIC
     packet.retain = false
+    packet.payload = EMPTY
   }
 
   /** Vets a publish; returns null when allowed, or why not. */

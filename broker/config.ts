@@ -37,7 +37,19 @@ const configSchema = {
     PROVISION_RATE_PER_CLAIM_CERT: { type: 'integer', minimum: 1, default: 6000 },
     PROVISION_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
     PROVISIONING_AWS_TOPICS: { type: 'boolean', default: false },
-    PROVISION_REPLY_COMPANION: { type: 'boolean', default: false }
+    PROVISION_REPLY_COMPANION: { type: 'boolean', default: false },
+    // limits (CONTRACT §11, broker/listener.ts)
+    TLS_HANDSHAKE_TIMEOUT_MS: { type: 'integer', minimum: 100, default: 10000 },
+    CONNECT_TIMEOUT_MS: { type: 'integer', minimum: 100, default: 5000 },
+    MAX_PENDING_CONNECTIONS_PER_ADDRESS: { type: 'integer', minimum: 1, default: 64 },
+    MAX_CONNECTIONS: { type: 'integer', minimum: 1, default: 100000 },
+    MAX_PACKET_BYTES: { type: 'integer', minimum: 1024, maximum: 268435455 },
+    MAX_KEEPALIVE_SECONDS: { type: 'integer', minimum: 1, maximum: 65535, default: 1200 },
+    CONNECT_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
+    AUDIT_AGGREGATE_SECONDS: { type: 'integer', minimum: 1, default: 10 },
+    SESSION_REVALIDATE_SECONDS: { type: 'integer', minimum: 1, default: 60 },
+    // personal data in the session store (CONTRACT §5): base64 of 32 bytes
+    PII_KEY: { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' }
   }
 } as const
 
@@ -68,6 +80,20 @@ export interface Config {
   readonly provisionRatePerAddress: number
   readonly provisioningAwsTopics: boolean
   readonly provisionReplyCompanion: boolean
+  // limits (CONTRACT §11)
+  readonly tlsHandshakeTimeoutMs: number
+  readonly connectTimeoutMs: number
+  readonly maxPendingConnectionsPerAddress: number
+  readonly maxConnections: number
+  /** default MAX_PAYLOAD_BYTES + 4 KiB */
+  readonly maxPacketBytes: number
+  readonly maxKeepaliveSeconds: number
+  /** connects per minute per remote address */
+  readonly connectRatePerAddress: number
+  readonly auditAggregateSeconds: number
+  readonly sessionRevalidateSeconds: number
+  /** 32-byte key for personal data kept in the session store; derived from the device CA key when unset */
+  readonly piiKey: string | undefined
 }
 
 export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
@@ -168,6 +194,16 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     provisionRatePerClaimCert: c.PROVISION_RATE_PER_CLAIM_CERT,
     provisionRatePerAddress: c.PROVISION_RATE_PER_ADDRESS,
     provisioningAwsTopics: c.PROVISIONING_AWS_TOPICS,
-    provisionReplyCompanion: c.PROVISION_REPLY_COMPANION
+    provisionReplyCompanion: c.PROVISION_REPLY_COMPANION,
+    tlsHandshakeTimeoutMs: c.TLS_HANDSHAKE_TIMEOUT_MS,
+    connectTimeoutMs: c.CONNECT_TIMEOUT_MS,
+    maxPendingConnectionsPerAddress: c.MAX_PENDING_CONNECTIONS_PER_ADDRESS,
+    maxConnections: c.MAX_CONNECTIONS,
+    maxPacketBytes: c.MAX_PACKET_BYTES ?? c.MAX_PAYLOAD_BYTES + 4096,
+    maxKeepaliveSeconds: c.MAX_KEEPALIVE_SECONDS,
+    connectRatePerAddress: c.CONNECT_RATE_PER_ADDRESS,
+    auditAggregateSeconds: c.AUDIT_AGGREGATE_SECONDS,
+    sessionRevalidateSeconds: c.SESSION_REVALIDATE_SECONDS,
+    piiKey: c.PII_KEY
   })
 }

@@ -27,7 +27,20 @@ export const Errors = Object.freeze({
   DeviceRevoked: entry('DeviceRevoked', 'device is revoked', { connack: 5 }),
   ClientIdMismatch: entry('ClientIdMismatch', 'client id must equal the device id', { connack: 2 }),
   ClaimSessionNotClean: entry('ClaimSessionNotClean', 'claim sessions must be clean sessions', { connack: 5 }),
+  CertificateExpired: entry('CertificateExpired', 'client certificate is expired or not yet valid', { connack: 5 }),
   TlsHandshakeFailed: entry('TlsHandshakeFailed', 'TLS handshake failed'),
+  HandshakeTimeout: entry('HandshakeTimeout', 'TLS handshake not completed in time'),
+  ConnectTimeout: entry('ConnectTimeout', 'no CONNECT in time after the handshake'),
+  TooManyConnections: entry('TooManyConnections', 'connection limit reached'),
+  TooManyPendingConnections: entry('TooManyPendingConnections', 'too many unauthenticated connections from this address'),
+  ConnectRateExceeded: entry('ConnectRateExceeded', 'too many connects from this address'),
+  PacketTooLarge: entry('PacketTooLarge', 'packet exceeds the size limit'),
+  ProtocolError: entry('ProtocolError', 'malformed MQTT packet'),
+  MalformedUtf8: entry('MalformedUtf8', 'string is not well-formed UTF-8 or contains U+0000'),
+  UnsupportedProtocolVersion: entry('UnsupportedProtocolVersion', 'only MQTT 3.1.1 (and 3.1) is supported', { connack: 1 }),
+  ClientIdRequired: entry('ClientIdRequired', 'a persistent session needs a client id', { connack: 2 }),
+  ClientIdInUse: entry('ClientIdInUse', 'client id belongs to another identity', { connack: 2 }),
+  SessionRevalidated: entry('SessionRevalidated', 'session no longer valid on re-validation'),
   StoreUnavailable: entry('StoreUnavailable', 'registry unavailable', { connack: 3 }),
   // authorization
   PublishDenied: entry('PublishDenied', 'no rule allows this publish'),
@@ -39,6 +52,10 @@ export const Errors = Object.freeze({
   PayloadTooLarge: entry('PayloadTooLarge', 'payload exceeds the size limit'),
   SchemaViolation: entry('SchemaViolation', 'payload does not match the topic schema'),
   TooManyBadPayloads: entry('TooManyBadPayloads', 'too many rejected payloads, disconnected'),
+  // flow control
+  SessionQueueFull: entry('SessionQueueFull', 'session queue full, message not stored for this client'),
+  SlowConsumer: entry('SlowConsumer', 'client does not read fast enough, disconnected'),
+  PublishNotStored: entry('PublishNotStored', 'message could not be stored, not acknowledged'),
   // provisioning (CONTRACT §3)
   InvalidRequest: entry('InvalidRequest', 'request payload is invalid', { statusCode: 400 }),
   InvalidCsr: entry('InvalidCsr', 'certificate signing request is invalid', { statusCode: 400 }),
@@ -48,7 +65,7 @@ export const Errors = Object.freeze({
   ProvisioningDenied: entry('ProvisioningDenied', 'pre-provisioning check refused the request', { statusCode: 403 }),
   DeviceExists: entry('DeviceExists', 'a device with this id is already registered', { statusCode: 400 }),
   Throttled: entry('Throttled', 'too many requests', { statusCode: 429 }),
-  InternalError: entry('InternalError', 'internal error', { statusCode: 500 }),
+  InternalError: entry('InternalError', 'internal error', { statusCode: 500, connack: 3 }),
   // start-up
   InvalidConfig: entry('InvalidConfig', 'invalid configuration')
 })
