@@ -8,5 +8,5 @@ import type { Registry } from './registry.js'
 
 export function createRegistry (opts: { redisUrl?: string, now?: () => number, onError?: (err: Error) => void }): Registry {
   if (opts.redisUrl) return new RedisRegistry({ url: opts.redisUrl, now: opts.now, onError: opts.onError })
-  return new MemoryRegistry({ now: opts.now })
+  return new MemoryRegistry({ now: opts.now, onError: opts.onError })
 }

@@ -3,8 +3,9 @@
  * other process (the CLI, a second broker) can see it.
  */
 import type {
-  CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registry, RevocationListener
+  CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
 } from './registry.js'
+import { entryOf, listField, normalizeTarget, noticeOf } from './registry.js'
 
 type RevocationEvent = Parameters<RevocationListener>[0]
 
@@ -18,11 +19,15 @@ export class MemoryRegistry implements Registry {
   readonly #certificates = new Map<string, CertificateRecord>()
   readonly #tokens = new Map<string, { record: OwnershipTokenRecord, expiresAt: number }>()
   readonly #listeners: RevocationListener[] = []
+  /** the revocation list: `cert:<id>`, `serial:<issuer>:<serial>`, `ca:<fingerprint>` → revokedAt */
+  readonly #revoked = new Map<string, number>()
+  readonly #onError: (err: Error) => void
   #closed = false
   #sweepAt = 1024
 
-  constructor (opts: { now?: () => number } = {}) {
+  constructor (opts: { now?: () => number, onError?: (err: Error) => void } = {}) {
     this.#now = opts.now ?? Date.now
+    this.#onError = opts.onError ?? (() => {})
   }
 
   async getDevice (deviceId: string): Promise<DeviceRecord | null> {
@@ -75,7 +80,9 @@ export class MemoryRegistry implements Registry {
     const updatedAt = this.#now()
     this.#devices.set(deviceId, { ...device, status: 'revoked', updatedAt })
     for (const cert of this.#certificates.values()) {
-      if (cert.deviceId === deviceId) this.#certificates.set(cert.certificateId, { ...cert, status: 'revoked', updatedAt })
+      if (cert.deviceId !== deviceId) continue
+      this.#certificates.set(cert.certificateId, { ...cert, status: 'revoked', updatedAt })
+      if (!this.#revoked.has(`cert:${cert.certificateId}`)) this.#revoked.set(`cert:${cert.certificateId}`, updatedAt)
     }
     this.#emit({ deviceId, certificateId: null })
     return true
@@ -85,6 +92,7 @@ export class MemoryRegistry implements Registry {
     const cert = this.#certificates.get(certificateId)
     if (!cert) return false
     this.#certificates.set(certificateId, { ...cert, status: 'revoked', updatedAt: this.#now() })
+    if (!this.#revoked.has(`cert:${certificateId}`)) this.#revoked.set(`cert:${certificateId}`, this.#now())
     // deviceId stays null: listeners read a non-null deviceId as "the whole device is revoked"
     this.#emit({ deviceId: null, certificateId })
     return true
@@ -93,6 +101,45 @@ export class MemoryRegistry implements Registry {
   onRevocation (listener: RevocationListener): void {
     this.#listeners.push(listener)
   }
+
+  // --- revocation list ---
+  async revoke (target: RevocationTarget): Promise<boolean> {
+    const t = normalizeTarget(target)
+    const field = listField(t)
+    const added = !this.#revoked.has(field)
+    const now = this.#now()
+    if (added) this.#revoked.set(field, now)
+    if ('certificateId' in t) {
+      const cert = this.#certificates.get(t.certificateId)
+      if (cert && cert.status !== 'revoked') this.#certificates.set(t.certificateId, { ...cert, status: 'revoked', updatedAt: now })
+    }
+    this.#emit(noticeOf(t))
+    return added
+  }
+
+  async isRevoked (query: RevocationQuery): Promise<boolean> {
+    return this.#check(query)
+  }
+
+  async areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]> {
+    return queries.map((q) => this.#check(q))
+  }
+
+  async listRevocations (): Promise<RevocationEntry[]> {
+    return [...this.#revoked].map(([field, revokedAt]) => entryOf(field, revokedAt)).filter((e): e is RevocationEntry => e !== null)
+  }
+
+  onRevocationGap (_listener: () => void): void {
+    // one process, no transport between revoker and listener: no notice can be missed
+  }
+
+  #check (q: RevocationQuery): boolean {
+    return this.#revoked.has(`cert:${q.certificateId}`) ||
+      this.#revoked.has(`serial:${q.issuerFingerprint}:${q.serialNumber}`) ||
+      this.#revoked.has(`ca:${q.issuerFingerprint}`) ||
+      this.#certificates.get(q.certificateId)?.status === 'revoked'
+  }
+  // --- end revocation list ---
 
   async ping (): Promise<boolean> {
     return !this.#closed
@@ -105,7 +152,16 @@ export class MemoryRegistry implements Registry {
 
   #emit (event: RevocationEvent): void {
     // one microtask per listener: the revoking caller never runs listener code, and one throwing listener does not starve the others
-    for (const listener of this.#listeners) queueMicrotask(() => listener({ ...event }))
+    for (const listener of this.#listeners) {
+      queueMicrotask(() => {
+        // a throwing listener must not take the process down
+        try {
+          listener({ ...event })
+        } catch (err) {
+          this.#onError(err instanceof Error ? err : new Error(String(err)))
+        }
+      })
+    }
   }
 
   // unclaimed tokens would otherwise pile up for the life of the process; sweeping

@@ -8,8 +8,10 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type ChainableCommander } from 'ioredis'
 import type {
-  CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registry, RevocationListener
+  CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registry, RevocationEntry, RevocationListener,
+  RevocationQuery, RevocationTarget
 } from './registry.js'
+import { entryOf, listField, normalizeTarget, noticeOf } from './registry.js'
 
 export interface RedisRegistryOptions {
   url: string
@@ -33,7 +35,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1`
 
-// KEYS: device, device-certs; ARGV: deviceId, updatedAt, cert key prefix, channel, message.
+// KEYS: device, device-certs, revocation list; ARGV: deviceId, updatedAt, cert key prefix, channel, message.
 // The set may still list a certificate since bound to another device, hence the deviceId check.
 const REVOKE_DEVICE = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -42,17 +44,30 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local key = ARGV[3] .. id
   if redis.call('HGET', key, 'deviceId') == ARGV[1] then
     redis.call('HSET', key, 'status', 'revoked', 'updatedAt', ARGV[2])
+    redis.call('HSETNX', KEYS[3], 'cert:' .. id, ARGV[2])
   end
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1`
 
-// KEYS: certificate; ARGV: updatedAt, channel, message
+// KEYS: certificate, revocation list; ARGV: updatedAt, channel, message, list field
 const REVOKE_CERTIFICATE = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'revoked', 'updatedAt', ARGV[1])
+redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1`
+
+// KEYS: revocation list [, certificate]; ARGV: list field, revokedAt, channel, message.
+// The durable record and the notice in one step: a process that misses the notice
+// still finds the record on its next connect check or re-validation.
+const REVOKE = `
+local added = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 and redis.call('HGET', KEYS[2], 'status') ~= 'revoked' then
+  redis.call('HSET', KEYS[2], 'status', 'revoked', 'updatedAt', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return added`
 
 const baseOptions = {
   retryStrategy: (times: number) => Math.min(times * 100, 1000),
@@ -73,6 +88,7 @@ export class RedisRegistry implements Registry {
   readonly #sub: Redis
   readonly #subscribed: Promise<boolean>
   readonly #listeners: RevocationListener[] = []
+  readonly #gapListeners: Array<() => void> = []
   #closed = false
 
   constructor (opts: RedisRegistryOptions) {
@@ -92,6 +108,15 @@ export class RedisRegistry implements Registry {
     this.#subscribed = this.#sub.subscribe(this.#channel).then(() => true, (err: Error) => {
       if (!this.#closed) this.#onError(err)
       return false
+    })
+    // pub/sub is at most once: after a drop, notices published meanwhile are gone
+    let seenReady = false
+    this.#sub.on('ready', () => {
+      if (!seenReady) {
+        seenReady = true
+        return
+      }
+      this.#resynced().catch((err: unknown) => this.#onError(err as Error))
     })
   }
 
@@ -159,8 +184,8 @@ export class RedisRegistry implements Registry {
   async revokeDevice (deviceId: string): Promise<boolean> {
     const conn = await this.#ready()
     const event: RevocationEvent = { deviceId, certificateId: null }
-    const found = await conn.eval(REVOKE_DEVICE, 2,
-      this.#key('device', deviceId), this.#key('device-certs', deviceId),
+    const found = await conn.eval(REVOKE_DEVICE, 3,
+      this.#key('device', deviceId), this.#key('device-certs', deviceId), this.#listKey(),
       deviceId, String(this.#now()), this.#key('cert', ''), this.#channel, this.#message(event))
     if (found !== 1) return false
     this.#emit(event)
@@ -171,8 +196,8 @@ export class RedisRegistry implements Registry {
     const conn = await this.#ready()
     // deviceId stays null: listeners read a non-null deviceId as "the whole device is revoked"
     const event: RevocationEvent = { deviceId: null, certificateId }
-    const found = await conn.eval(REVOKE_CERTIFICATE, 1,
-      this.#key('cert', certificateId), String(this.#now()), this.#channel, this.#message(event))
+    const found = await conn.eval(REVOKE_CERTIFICATE, 2,
+      this.#key('cert', certificateId), this.#listKey(), String(this.#now()), this.#channel, this.#message(event), `cert:${certificateId}`)
     if (found !== 1) return false
     this.#emit(event)
     return true
@@ -181,6 +206,66 @@ export class RedisRegistry implements Registry {
   onRevocation (listener: RevocationListener): void {
     this.#listeners.push(listener)
   }
+
+  // --- revocation list: one hash `<prefix>revocation-list`, fields `cert:<id>`, `serial:<issuer>:<serial>`, `ca:<fp>` → revokedAt ---
+  async revoke (target: RevocationTarget): Promise<boolean> {
+    const conn = await this.#ready()
+    const t = normalizeTarget(target)
+    const keys = [this.#listKey()]
+    if ('certificateId' in t) keys.push(this.#key('cert', t.certificateId))
+    const added = await conn.eval(REVOKE, keys.length, ...keys,
+      listField(t), String(this.#now()), this.#channel, this.#message(noticeOf(t)))
+    this.#emit(noticeOf(t))
+    return added === 1
+  }
+
+  async isRevoked (query: RevocationQuery): Promise<boolean> {
+    return (await this.areRevoked([query]))[0] === true
+  }
+
+  async areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]> {
+    if (queries.length === 0) return []
+    const conn = await this.#ready()
+    // one pipeline, one round trip: per query the three list fields and the record's status
+    const pipeline = conn.pipeline()
+    for (const q of queries) {
+      pipeline.hmget(this.#listKey(), `cert:${q.certificateId}`, `serial:${q.issuerFingerprint}:${q.serialNumber}`, `ca:${q.issuerFingerprint}`)
+      pipeline.hget(this.#key('cert', q.certificateId), 'status')
+    }
+    const replies = await exec(pipeline)
+    return queries.map((_, i) => {
+      const listed = replies[2 * i] as Array<string | null>
+      return listed.some((v) => v !== null) || replies[2 * i + 1] === 'revoked'
+    })
+  }
+
+  async listRevocations (): Promise<RevocationEntry[]> {
+    const conn = await this.#ready()
+    const all = await conn.hgetall(this.#listKey())
+    return Object.entries(all).map(([field, at]) => entryOf(field, Number(at))).filter((e): e is RevocationEntry => e !== null)
+  }
+
+  onRevocationGap (listener: () => void): void {
+    this.#gapListeners.push(listener)
+  }
+
+  /** the subscriber is back: once the channel is subscribed again, whatever was missed is looked up */
+  async #resynced (): Promise<void> {
+    if (this.#closed) return
+    await this.#sub.subscribe(this.#channel)
+    for (const listener of this.#gapListeners) {
+      try {
+        listener()
+      } catch (err) {
+        this.#onError(err as Error)
+      }
+    }
+  }
+
+  #listKey (): string {
+    return `${this.#prefix}revocation-list`
+  }
+  // --- end revocation list ---
 
   /** Also false while the subscriber is down: this process would miss revocations. */
   async ping (): Promise<boolean> {
@@ -196,6 +281,7 @@ export class RedisRegistry implements Registry {
     if (this.#closed) return
     this.#closed = true
     this.#listeners.length = 0
+    this.#gapListeners.length = 0
     await Promise.all([quit(this.#cmd), quit(this.#sub)])
   }
 
@@ -224,13 +310,24 @@ export class RedisRegistry implements Registry {
       this.#onError(new Error(`registry: ignored malformed revocation event on ${channel}`))
       return
     }
-    if (event.origin !== this.#origin) this.#emit({ deviceId: event.deviceId, certificateId: event.certificateId })
+    if (event.origin === this.#origin) return
+    const { origin: _origin, ...notice } = event
+    this.#emit(notice)
   }
 
   #emit (event: RevocationEvent): void {
     // one microtask per listener: no listener code runs inside ioredis' parser or the revoking
     // caller, and one throwing listener does not starve the others
-    for (const listener of this.#listeners) queueMicrotask(() => listener({ ...event }))
+    for (const listener of this.#listeners) {
+      queueMicrotask(() => {
+        // a throwing listener must not take the process down
+        try {
+          listener({ ...event })
+        } catch (err) {
+          this.#onError(err as Error)
+        }
+      })
+    }
   }
 }
 
@@ -292,7 +389,14 @@ function parseEvent (message: string): (RevocationEvent & { origin: unknown }) |
     const e = JSON.parse(message) as Record<string, unknown>
     const idOrNull = (v: unknown): v is string | null => v === null || typeof v === 'string'
     if (!idOrNull(e.deviceId) || !idOrNull(e.certificateId)) return null
-    return { deviceId: e.deviceId, certificateId: e.certificateId, origin: e.origin }
+    const event: RevocationEvent & { origin: unknown } = { deviceId: e.deviceId, certificateId: e.certificateId, origin: e.origin }
+    for (const key of ['issuerFingerprint', 'serialNumber', 'caFingerprint'] as const) {
+      const v = e[key]
+      if (v === undefined) continue
+      if (typeof v !== 'string') return null
+      event[key] = v
+    }
+    return event
   } catch {
     return null
   }

@@ -41,9 +41,98 @@ export interface OwnershipTokenRecord {
   readonly publicKeyPem?: string
 }
 
-export type RevocationListener = (event: { deviceId: string | null, certificateId: string | null }) => void
+/**
+ * A revocation notice. `deviceId`/`certificateId` are always present (null when
+ * not concerned); the issuer+serial and CA forms are present only for those kinds.
+ */
+export interface RevocationNotice {
+  deviceId: string | null
+  certificateId: string | null
+  issuerFingerprint?: string
+  serialNumber?: string
+  caFingerprint?: string
+}
+export type RevocationListener = (event: RevocationNotice) => void
 
-export interface Registry {
+// --- revocation list (CONTRACT §2 "Revocation"): every certificate of every role ---
+/** what one connection's certificate is checked by: its id, its issuer and serial, its issuing CA */
+export interface RevocationQuery {
+  /** hex SHA-256 of the certificate DER */
+  readonly certificateId: string
+  /** hex SHA-256 of the issuing CA certificate DER (colon-free, lowercase) */
+  readonly issuerFingerprint: string
+  /** lowercase hex, no leading zero octets (see normalizeSerial) */
+  readonly serialNumber: string
+}
+export type RevocationTarget =
+  | { readonly certificateId: string }
+  | { readonly issuerFingerprint: string, readonly serialNumber: string }
+  | { readonly caFingerprint: string }
+export type RevocationEntry =
+  | { readonly kind: 'certificate', readonly certificateId: string, readonly revokedAt: number }
+  | { readonly kind: 'serial', readonly issuerFingerprint: string, readonly serialNumber: string, readonly revokedAt: number }
+  | { readonly kind: 'ca', readonly caFingerprint: string, readonly revokedAt: number }
+
+/** colon-free lowercase hex (accepts the `AB:CD:...` form openssl prints) */
+export function normalizeFingerprint (fp: string): string {
+  return fp.replaceAll(':', '').toLowerCase()
+}
+
+/** lowercase hex without leading zero octets, even length: the form X509Certificate.serialNumber has, lowercased */
+export function normalizeSerial (serial: string): string {
+  const digits = serial.replaceAll(':', '').toLowerCase().replace(/^0+/, '')
+  if (digits.length === 0) return '00'
+  return digits.length % 2 === 1 ? '0' + digits : digits
+}
+
+export function noticeOf (target: RevocationTarget): RevocationNotice {
+  if ('certificateId' in target) return { deviceId: null, certificateId: target.certificateId }
+  if ('caFingerprint' in target) return { deviceId: null, certificateId: null, caFingerprint: target.caFingerprint }
+  return { deviceId: null, certificateId: null, issuerFingerprint: target.issuerFingerprint, serialNumber: target.serialNumber }
+}
+
+export function normalizeTarget (target: RevocationTarget): RevocationTarget {
+  if ('certificateId' in target) return { certificateId: normalizeFingerprint(target.certificateId) }
+  if ('caFingerprint' in target) return { caFingerprint: normalizeFingerprint(target.caFingerprint) }
+  return { issuerFingerprint: normalizeFingerprint(target.issuerFingerprint), serialNumber: normalizeSerial(target.serialNumber) }
+}
+
+/** the revocation list's field for a normalised target (same layout as the Redis hash) */
+export function listField (t: RevocationTarget): string {
+  if ('certificateId' in t) return `cert:${t.certificateId}`
+  if ('caFingerprint' in t) return `ca:${t.caFingerprint}`
+  return `serial:${t.issuerFingerprint}:${t.serialNumber}`
+}
+
+export function entryOf (field: string, revokedAt: number): RevocationEntry | null {
+  const [kind, a, b] = field.split(':')
+  if (kind === 'cert' && a) return { kind: 'certificate', certificateId: a, revokedAt }
+  if (kind === 'ca' && a) return { kind: 'ca', caFingerprint: a, revokedAt }
+  if (kind === 'serial' && a && b) return { kind: 'serial', issuerFingerprint: a, serialNumber: b, revokedAt }
+  return null
+}
+
+export interface RevocationList {
+  /**
+   * Adds the target to the durable revocation list (a registered certificate is
+   * also marked revoked) and tells every broker process. Returns false when it was
+   * already listed (the notice goes out again all the same).
+   */
+  revoke (target: RevocationTarget): Promise<boolean>
+  /** true when the certificate, its issuer+serial or its CA is listed (or its record is revoked); one round trip */
+  isRevoked (query: RevocationQuery): Promise<boolean>
+  /** isRevoked for many, in one round trip */
+  areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]>
+  listRevocations (): Promise<RevocationEntry[]>
+  /**
+   * Called when this process may have missed revocation notices (the Redis
+   * subscriber reconnected): live sessions must be checked again.
+   */
+  onRevocationGap (listener: () => void): void
+}
+// --- end revocation list ---
+
+export interface Registry extends RevocationList {
   getDevice (deviceId: string): Promise<DeviceRecord | null>
   listDevices (): Promise<DeviceRecord[]>
   /** creates or replaces the device record */
@@ -68,7 +157,7 @@ export interface Registry {
    * process sharing this store (revocation listeners fire everywhere, including here).
    */
   revokeDevice (deviceId: string): Promise<boolean>
-  /** Marks one certificate revoked and tells every broker process. */
+  /** Marks one registered certificate revoked (and lists it) and tells every broker process. */
   revokeCertificate (certificateId: string): Promise<boolean>
   onRevocation (listener: RevocationListener): void
 

@@ -180,6 +180,64 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.equal(events.length, 1, 'exactly one event')
   })
 
+  // --- revocation list (CONTRACT §2): every certificate, by id, by issuer+serial, by CA ---
+  const issuerA = certId('issuer-a')
+  const issuerB = certId('issuer-b')
+  const query = (name: string, issuer = issuerA, serialNumber = '0a1b2c') => ({ certificateId: certId(name), issuerFingerprint: issuer, serialNumber })
+
+  t.test(`${name}: revoke by certificate id, also an unregistered one`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await fleet(registry)
+    t.equal(await registry.isRevoked(query('svc-1')), false, 'not revoked before')
+    const at = advance(1000)
+    t.equal(await registry.revoke({ certificateId: certId('svc-1').toUpperCase() }), true, 'a service certificate the registry never saw')
+    t.equal(await registry.isRevoked(query('svc-1')), true, 'listed (id normalised to lowercase)')
+    t.equal(await registry.revoke({ certificateId: certId('svc-1') }), false, 'twice: already listed')
+    t.equal(await registry.revoke({ certificateId: certId('c1') }), true)
+    t.strictSame(await registry.getCertificate(certId('c1')), certificate('c1', 'd1', { status: 'revoked', updatedAt: at }), 'a registered certificate is marked too')
+    t.equal(await registry.isRevoked(query('c2')), false, 'the sibling is not')
+    t.ok(await eventually(() => events.length >= 3, 1000), 'a notice per call')
+    t.strictSame(events[0], { deviceId: null, certificateId: certId('svc-1') })
+  })
+
+  t.test(`${name}: revoke by issuer and serial, and a whole CA`, async (t) => {
+    const { registry } = await setup(t)
+    const events = collectRevocations(registry)
+    t.equal(await registry.revoke({ issuerFingerprint: issuerA.toUpperCase().replace(/(..)(?!$)/g, '$1:'), serialNumber: '00:0A:1B:2C' }), true)
+    t.equal(await registry.isRevoked(query('any-1', issuerA, '0a1b2c')), true, 'any certificate with that issuer and serial (forms normalised)')
+    t.equal(await registry.isRevoked(query('any-1', issuerB, '0a1b2c')), false, 'same serial, other issuer')
+    t.equal(await registry.isRevoked(query('any-1', issuerA, '0a1b2d')), false, 'same issuer, other serial')
+    t.equal(await registry.revoke({ caFingerprint: issuerB }), true)
+    t.equal(await registry.isRevoked(query('any-2', issuerB, 'ff')), true, 'every certificate of a revoked CA')
+    t.strictSame(await registry.areRevoked([query('any-1', issuerA, '0a1b2c'), query('x', issuerA, '01'), query('y', issuerB, '02')]), [true, false, true], 'batch')
+    t.strictSame(await registry.areRevoked([]), [])
+    const list = await registry.listRevocations()
+    t.strictSame(list.map((e) => e.kind).sort(), ['ca', 'serial'])
+    t.match(list.find((e) => e.kind === 'serial'), { issuerFingerprint: issuerA, serialNumber: '0a1b2c' })
+    t.ok(await eventually(() => events.length === 2, 1000), 'notices')
+    t.strictSame(events[0], { deviceId: null, certificateId: null, issuerFingerprint: issuerA, serialNumber: '0a1b2c' })
+    t.strictSame(events[1], { deviceId: null, certificateId: null, caFingerprint: issuerB })
+  })
+
+  t.test(`${name}: revokeDevice and revokeCertificate list the certificates`, async (t) => {
+    const { registry } = await setup(t)
+    await fleet(registry)
+    await registry.revokeDevice('d1')
+    await registry.revokeCertificate(certId('c3'))
+    t.strictSame(await registry.areRevoked(['c1', 'c2', 'c3', 'c5'].map((c) => query(c))), [true, true, true, false])
+    t.strictSame((await registry.listRevocations()).map((e) => e.kind === 'certificate' ? e.certificateId : '').sort(), [certId('c1'), certId('c2'), certId('c3')].sort())
+  })
+
+  t.test(`${name}: a throwing revocation listener does not crash the process nor starve the others`, async (t) => {
+    const { registry } = await setup(t)
+    registry.onRevocation(() => { throw new Error('listener bug') })
+    const events = collectRevocations(registry)
+    await registry.revoke({ caFingerprint: issuerA })
+    t.ok(await eventually(() => events.length === 1, 1000), 'the next listener still heard it')
+  })
+  // --- end revocation list ---
+
   t.test(`${name}: ping`, async (t) => {
     const { registry } = await setup(t)
     t.equal(await registry.ping(), true)
