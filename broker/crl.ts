@@ -1,0 +1,169 @@
+/**
+ * CRL files next to the role CAs (`<role>-ca.crl.pem` in CERTS_DIR, PEM, several
+ * CRLs per file), verified against that role's CAs, loaded at start and reloaded
+ * when they change, without a restart (CONTRACT §2). `fs.watch` on the directory
+ * gives the change at once; a cheap periodic stat catches what it misses (network
+ * file systems, editors that replace the directory entry). A file that does not
+ * parse or verify is ignored as a whole and audited: the entries last loaded from
+ * it stay in force, so a corrupted file never un-revokes anything.
+ */
+import { X509Certificate } from 'node:crypto'
+import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs'
+import { join } from 'node:path'
+import { parseCrl, splitCrlPem, verifyCrl } from '../pki/crl.js'
+import type { Audit } from './audit.js'
+import type { AppLogger } from './logger.js'
+import { fingerprintHex, splitPem } from './trust.js'
+
+export const CRL_ROLES = ['device', 'claim', 'service', 'manufacturer', 'admin'] as const
+export type CrlRole = typeof CRL_ROLES[number]
+
+export const crlFileOf = (role: CrlRole): string => `${role}-ca.crl.pem`
+
+export interface CrlIndex {
+  /** true when a loaded CRL of `issuerFingerprint`'s CA lists `serialNumber` */
+  has (issuerFingerprint: string, serialNumber: string): boolean
+  /** serials currently revoked by CRLs, over every file */
+  readonly size: number
+  /** looks at the files again now (tests, SIGHUP) */
+  reload (): void
+  close (): void
+}
+
+export interface CrlOptions {
+  certsDir: string
+  audit: Audit
+  log: AppLogger
+  /** after a reload changed the index: re-check live sessions */
+  onChange: () => void
+  /** backstop poll interval, default 2000 ms */
+  pollMs?: number
+  /** coalesces the bursts of events one write produces, default 100 ms */
+  debounceMs?: number
+}
+
+interface FileState {
+  /** mtime, size and inode of what was last looked at: unchanged files are not re-read */
+  stamp: string
+  /** `issuer:serial` keys last loaded from this file */
+  keys: ReadonlySet<string>
+}
+
+function stampOf (path: string): string | null {
+  try {
+    const s = statSync(path)
+    return `${s.mtimeMs}:${s.size}:${s.ino}`
+  } catch {
+    return null
+  }
+}
+
+function roleCas (dir: string, role: CrlRole): X509Certificate[] {
+  const path = join(dir, `${role}-ca.pem`)
+  if (!existsSync(path)) return []
+  return splitPem(readFileSync(path, 'utf8')).map((pem) => new X509Certificate(pem))
+}
+
+/** the `issuer:serial` keys of every CRL in the file; throws when one of them is bad */
+function keysOf (text: string, cas: readonly X509Certificate[]): Set<string> {
+  const ders = splitCrlPem(text)
+  if (ders.length === 0) throw new Error('no X509 CRL block')
+  const keys = new Set<string>()
+  for (const der of ders) {
+    const crl = parseCrl(der)
+    // several CAs may share a role file: the one whose key verifies the signature issued the CRL
+    const issuer = cas.find((ca) => verifyCrl(crl, ca.publicKey))
+    if (issuer === undefined) throw new Error('signature does not verify against any CA of the role')
+    const fp = fingerprintHex(issuer)
+    for (const entry of crl.entries) keys.add(`${fp}:${entry.serialNumber}`)
+  }
+  return keys
+}
+
+export function watchCrls (opts: CrlOptions): CrlIndex {
+  const { certsDir, audit, log } = opts
+  const cas = new Map(CRL_ROLES.map((role) => [role, roleCas(certsDir, role)]))
+  const files = new Map<CrlRole, FileState>()
+  let revoked = new Set<string>()
+  let closed = false
+
+  function loadRole (role: CrlRole): boolean {
+    const file = crlFileOf(role)
+    const path = join(certsDir, file)
+    const stamp = stampOf(path)
+    const previous = files.get(role)
+    if ((previous?.stamp ?? null) === stamp) return false
+    if (stamp === null) {
+      // the operator removed the file: its revocations no longer apply
+      files.delete(role)
+      audit.write('crl.loaded', { role, count: 0, reason: `${file} removed` })
+      return true
+    }
+    try {
+      const keys = keysOf(readFileSync(path, 'utf8'), cas.get(role) ?? [])
+      files.set(role, { stamp, keys })
+      audit.write('crl.loaded', { role, count: keys.size, reason: file })
+      return true
+    } catch (err) {
+      files.set(role, { stamp, keys: previous?.keys ?? new Set() })
+      const reason = `${file}: ${(err as Error).message}`
+      log.warn({ file, err: (err as Error).message }, 'CRL ignored')
+      audit.write('crl.rejected', { role, errorCode: 'CrlInvalid', reason }, 'warn')
+      return false
+    }
+  }
+
+  /** true when the index changed */
+  function load (): boolean {
+    let changed = false
+    for (const role of CRL_ROLES) changed = loadRole(role) || changed
+    if (!changed) return false
+    const next = new Set<string>()
+    for (const state of files.values()) for (const key of state.keys) next.add(key)
+    revoked = next
+    return true
+  }
+
+  function reload (): void {
+    if (closed || !load()) return
+    try {
+      opts.onChange()
+    } catch (err) {
+      log.error({ err }, 'CRL change handler failed')
+    }
+  }
+
+  // at start nobody is connected yet: nothing to tell
+  load()
+
+  let debounce: NodeJS.Timeout | undefined
+  function soon (): void {
+    if (closed) return
+    clearTimeout(debounce)
+    debounce = setTimeout(reload, opts.debounceMs ?? 100)
+    debounce.unref()
+  }
+  let watcher: FSWatcher | undefined
+  try {
+    watcher = watch(certsDir, { persistent: false }, function onCertsDirChange (_event, name) {
+      if (name === null || name.endsWith('.crl.pem')) soon()
+    })
+    watcher.on('error', (err) => log.warn({ err: err.message }, 'CERTS_DIR watch failed; CRLs are still polled'))
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'cannot watch CERTS_DIR; CRLs are polled')
+  }
+  const poll = setInterval(reload, opts.pollMs ?? 2000)
+  poll.unref()
+
+  return {
+    has: (issuerFingerprint, serialNumber) => revoked.has(`${issuerFingerprint}:${serialNumber}`),
+    get size () { return revoked.size },
+    reload,
+    close () {
+      closed = true
+      clearTimeout(debounce)
+      clearInterval(poll)
+      watcher?.close()
+    }
+  }
+}

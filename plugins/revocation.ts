@@ -1,0 +1,176 @@
+/**
+ * Revocation (CONTRACT §2, §11): every certificate of every role can be revoked,
+ * by certificate id, by issuer + serial, or with its whole CA, in the registry's
+ * durable revocation list or in a CRL file next to the role CA.
+ *
+ * First among the authenticators: a revoked certificate is denied before anyone
+ * looks it up. A live session goes as soon as this process hears the notice (Redis
+ * pub/sub, at most once); because a notice can be lost (subscriber reconnecting,
+ * partition), every live session is also checked against the durable list every
+ * SESSION_REVALIDATE_SECONDS and at once when the subscriber comes back. A notice
+ * that lands while a connect is in flight is caught by an epoch: the connect
+ * remembers the epoch it started under and, once registered, looks again if it moved.
+ *
+ * The `certificate.revoked` / `ca.revoked` / `device.revoked` line is written once,
+ * by whoever revoked (CLI, admin API); brokers audit only the sessions they close.
+ */
+import type { Client } from 'aedes'
+import { watchCrls } from '../broker/crl.js'
+import { Errors } from '../broker/errors.js'
+import { DEFER, deny, type Plugin, type PluginHooks } from '../broker/plugin.js'
+import { liveClients, stateOf, type ConnectionState, type PeerCertificate } from '../broker/session.js'
+import type { RevocationNotice, RevocationQuery } from '../broker/store/registry.js'
+
+/** sessions checked per registry round trip during a re-validation */
+const BATCH = 500
+
+type CloseCode = 'CertificateRevoked' | 'DeviceRevoked'
+
+function queryOf (peer: PeerCertificate): RevocationQuery {
+  return { certificateId: peer.certificateId, issuerFingerprint: peer.issuerFingerprint, serialNumber: peer.serialNumber }
+}
+
+/** which live sessions a notice concerns, and why */
+function matchNotice (notice: RevocationNotice, state: ConnectionState): CloseCode | null {
+  const { peer, identity } = state
+  if (notice.deviceId !== null && identity?.role === 'device' && identity.name === notice.deviceId) return 'DeviceRevoked'
+  if (notice.certificateId !== null && peer.certificateId === notice.certificateId) return 'CertificateRevoked'
+  if (notice.caFingerprint !== undefined && peer.issuerFingerprint === notice.caFingerprint) return 'CertificateRevoked'
+  if (notice.issuerFingerprint !== undefined && peer.issuerFingerprint === notice.issuerFingerprint && peer.serialNumber === notice.serialNumber) return 'CertificateRevoked'
+  return null
+}
+
+export const revocationPlugin: Plugin<undefined> = {
+  name: 'revocation',
+  setup (ctx): PluginHooks {
+    const { registry, broker, log, metrics, config } = ctx
+    /** moves on every notice and every possible loss of notices */
+    let epoch = 0
+    const startedUnder = new WeakMap<Client, number>()
+    let sweeping: Promise<void> | null = null
+    let sweepAgain = false
+    let closed = false
+
+    function sessions (): Array<[Client, ConnectionState]> {
+      const out: Array<[Client, ConnectionState]> = []
+      for (const client of Object.values(liveClients(broker))) {
+        const state = stateOf(client)
+        if (client && state?.identity && !state.closeReason) out.push([client, state])
+      }
+      return out
+    }
+
+    function closeSession (client: Client, state: ConnectionState, errorCode: CloseCode, reason: string): void {
+      if (state.closeReason) return
+      // read by the chain's `disconnect` audit line
+      state.closeReason = { errorCode, reason }
+      client.close()
+    }
+
+    function onRevocation (notice: RevocationNotice): void {
+      epoch++
+      metrics.revocations.inc()
+      for (const [client, state] of sessions()) {
+        const code = matchNotice(notice, state)
+        if (code !== null) closeSession(client, state, code, 'revocation notice')
+      }
+    }
+
+    /** every live session against the CRLs and the durable list, one round trip per batch */
+    async function sweep (reason: string): Promise<void> {
+      const live = sessions()
+      for (let i = 0; i < live.length && !closed; i += BATCH) {
+        const batch = live.slice(i, i + BATCH).filter(([client, state]) => {
+          if (!crls.has(state.peer.issuerFingerprint, state.peer.serialNumber)) return true
+          closeSession(client, state, 'CertificateRevoked', `${reason}: CRL`)
+          return false
+        })
+        const revoked = await registry.areRevoked(batch.map(([, state]) => queryOf(state.peer)))
+        batch.forEach(([client, state], j) => {
+          if (revoked[j] === true) closeSession(client, state, 'CertificateRevoked', reason)
+        })
+      }
+    }
+
+    /** one sweep at a time; a request during a sweep runs one more after it (its reads may predate the change) */
+    function revalidate (reason: string): void {
+      if (closed) return
+      if (sweeping) {
+        sweepAgain = true
+        return
+      }
+      sweeping = sweep(reason).catch((err: unknown) => {
+        // the store is away: sessions stay (a Redis blip must not drop the fleet); the next sweep retries
+        log.warn({ err: (err as Error).message }, 'session re-validation failed')
+      }).finally(() => {
+        sweeping = null
+        if (sweepAgain) {
+          sweepAgain = false
+          revalidate(reason)
+        }
+      })
+    }
+
+    function guarded<A extends unknown[]> (name: string, fn: (...args: A) => void): (...args: A) => void {
+      return function guardedListener (...args: A): void {
+        try {
+          fn(...args)
+        } catch (err) {
+          // a bug here must never take the broker (and every session on it) down
+          log.error({ err }, `${name} failed`)
+        }
+      }
+    }
+
+    const crls = watchCrls({
+      certsDir: config.certsDir,
+      audit: ctx.audit,
+      log,
+      onChange: guarded('CRL change', function onCrlChange () {
+        epoch++
+        for (const [client, state] of sessions()) {
+          if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber)) closeSession(client, state, 'CertificateRevoked', 'CRL')
+        }
+      })
+    })
+    registry.onRevocation(guarded('revocation listener', onRevocation))
+    registry.onRevocationGap(guarded('revocation gap listener', function onGap () {
+      epoch++
+      revalidate(`${Errors.SessionRevalidated.message} (revocation notices may have been missed)`)
+    }))
+    const timer = setInterval(function periodicRevalidation () {
+      revalidate(Errors.SessionRevalidated.message)
+    }, config.sessionRevalidateSeconds * 1000)
+    timer.unref()
+
+    async function recheck (client: Client, state: ConnectionState): Promise<void> {
+      if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber) || await registry.isRevoked(queryOf(state.peer))) {
+        closeSession(client, state, 'CertificateRevoked', 'revoked while connecting')
+      }
+    }
+
+    return {
+      name: 'revocation',
+      async authenticate (ev) {
+        startedUnder.set(ev.client, epoch)
+        const { peer } = ev
+        if (crls.has(peer.issuerFingerprint, peer.serialNumber)) return deny('CertificateRevoked', 'crl')
+        if (await registry.isRevoked(queryOf(peer))) return deny('CertificateRevoked', 'revocation-list')
+        return DEFER
+      },
+      ready (client, state) {
+        if (startedUnder.get(client) === epoch) return
+        recheck(client, state).catch((err: unknown) => {
+          // could not look: the next re-validation will
+          log.warn({ err: (err as Error).message }, 'revocation re-check after connect failed')
+        })
+      },
+      async close () {
+        closed = true
+        clearInterval(timer)
+        crls.close()
+        await sweeping
+      }
+    }
+  }
+}
