@@ -6,7 +6,7 @@
 import { Aedes } from 'aedes'
 import type { AddressInfo } from 'node:net'
 import type { Server as HttpServer } from 'node:http'
-import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls'
+import type { Server as TlsServer } from 'node:tls'
 import { devPkiComplete, generateDevPki } from '../certs-dev/generate.js'
 import { authorizationPlugin } from '../plugins/authorization.js'
 import { configAckPlugin } from '../plugins/config-ack.js'
@@ -19,13 +19,13 @@ import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
 import { createFlowControl } from './flow-control.js'
 import { createHttpServer } from './http.js'
+import { createListener } from './listener.js'
 import { createAppLogger, type AppLogger } from './logger.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import type { PluginContext, PluginHooks } from './plugin.js'
 import { createRegistry } from './store/create-registry.js'
 import type { Registry } from './store/registry.js'
 import { createSessionStore } from './store/session-store.js'
-import { tlsServerOptions } from './tls.js'
 import { loadTrust } from './trust.js'
 
 export interface BuildOptions {
@@ -104,7 +104,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       ...sessionStore.aedesOptions,
       ...flow.aedesOptions,
       queueLimit: config.queueLimit,
-      heartbeatInterval: 1000
+      heartbeatInterval: 1000,
+      // [CONTRACT §11] a connection that has not sent CONNECT in time is closed (audited by the listener)
+      connectTimeout: config.connectTimeoutMs
     })
     flow.attach(broker)
     // end flow control
@@ -125,14 +127,12 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     for (const h of hooks) if (h.close) releases.push(() => h.close!())
     const chain = installChain(ctx, hooks)
 
-    const tlsServer = createTlsServer(tlsServerOptions(trust, { sessionTickets: config.tlsSessionTickets }), (socket) => broker.handle(socket))
-    tlsServer.on('tlsClientError', (err: Error & { code?: string }, socket) => {
-      metrics.connectRefusals.inc({ reason: 'TlsHandshakeFailed' })
-      audit.write('connect.refused', { remoteAddress: socket.remoteAddress, errorCode: 'TlsHandshakeFailed', reason: err.code ?? err.message })
-    })
-    const mqttsPort = await listen(tlsServer, config.mqttsPort, config.host)
+    // the listener (broker/listener.ts): handshake and CONNECT deadlines, limits at accept, packet-size guard, pre-auth audit
+    const listener = createListener({ config, trust, broker, audit, metrics, log })
+    const tlsServer = listener.server
+    const mqttsPort = await listener.listen(config.mqttsPort, config.host)
     releases.push(async () => {
-      const closing = closeServer(tlsServer)
+      const closing = listener.close()
       await new Promise<void>((resolve) => broker.close(() => resolve()))
       await closing
     })

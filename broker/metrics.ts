@@ -9,6 +9,10 @@ export interface Metrics {
   readonly connections: Gauge<'role'>
   readonly connectsAccepted: Counter<'role'>
   readonly connectRefusals: Counter<'reason'>
+  /** connections the listener holds, by state: open (all), pending (not yet authenticated) */
+  readonly listenerConnections: Gauge<'state'>
+  /** authenticated connections the listener closed (PacketTooLarge, ProtocolError) */
+  readonly connectionsClosed: Counter<'reason'>
   readonly publishes: Counter<'role'>
   readonly denials: Counter<'action' | 'rule'>
   readonly payloadRejections: Counter<'schema' | 'errorCode'>
@@ -29,6 +33,8 @@ export function createMetrics (): Metrics {
     connections: new Gauge({ name: p + 'connections', help: 'Live MQTT connections by role', labelNames: ['role'], registers: [registry] }),
     connectsAccepted: new Counter({ name: p + 'connects_accepted_total', help: 'Accepted MQTT connects by role', labelNames: ['role'], registers: [registry] }),
     connectRefusals: new Counter({ name: p + 'connect_refusals_total', help: 'Refused connects by reason', labelNames: ['reason'], registers: [registry] }),
+    listenerConnections: new Gauge({ name: p + 'listener_connections', help: 'TCP connections on the MQTTS listener by state (open, pending = not yet authenticated)', labelNames: ['state'], registers: [registry] }),
+    connectionsClosed: new Counter({ name: p + 'connections_closed_total', help: 'Authenticated connections closed by the listener, by reason', labelNames: ['reason'], registers: [registry] }),
     publishes: new Counter({ name: p + 'publishes_total', help: 'Publishes accepted for routing, by role', labelNames: ['role'], registers: [registry] }),
     denials: new Counter({ name: p + 'denials_total', help: 'Authorization denials by action and rule', labelNames: ['action', 'rule'], registers: [registry] }),
     payloadRejections: new Counter({ name: p + 'payload_rejections_total', help: 'Dropped payloads by schema and error code', labelNames: ['schema', 'errorCode'], registers: [registry] }),

@@ -1,0 +1,245 @@
+/**
+ * The mutual-TLS MQTT listener and everything that happens before a connection
+ * is authenticated (CONTRACT §11, §6):
+ *   accept ─▶ admission (MAX_CONNECTIONS, pending per address, connect rate)
+ *          ─▶ TLS handshake within TLS_HANDSHAKE_TIMEOUT_MS
+ *          ─▶ packet-size guard on the TLS socket ─▶ Aedes (CONNECT within CONNECT_TIMEOUT_MS)
+ * Refusals on the way are audited through one aggregating log, so a flood costs
+ * a handful of lines. Authentication itself stays in `broker/chain.ts`.
+ *
+ * Node's tls.Server does not close a TCP connection that never completes its
+ * handshake: its `handshakeTimeout` only emits `tlsClientError`. So the deadline
+ * is ours, on the raw TCP socket, from the `connection` event to `secureConnection`.
+ */
+import type { Aedes, Client } from 'aedes'
+import type { AddressInfo, Socket } from 'node:net'
+import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls'
+import type { Audit } from './audit.js'
+import type { Config } from './config.js'
+import { Errors, isJitpError } from './errors.js'
+import { Admission } from './listener/admission.js'
+import { classifyHandshakeFailure } from './listener/handshake-failure.js'
+import { guardPackets, type FixedHeaderScanner, type GuardVerdict } from './listener/packet-guard.js'
+import { createRefusalLog } from './listener/refusal-log.js'
+import type { AppLogger } from './logger.js'
+import type { Metrics } from './metrics.js'
+import { stateOf } from './session.js'
+import { tlsServerOptions } from './tls.js'
+import type { Trust } from './trust.js'
+
+/** the error Aedes' client emits when its connectTimeout fires (aedes/lib/client.js) */
+const AEDES_CONNECT_TIMEOUT = 'connect did not arrive in time'
+const SWEEP_MS = 60_000
+/** mqtt-packet's messages are fixed texts; anything else is not echoed into the audit */
+const PARSER_MESSAGE = /^[A-Za-z0-9 ,.'=<>-]{1,120}$/
+
+export interface ListenerContext {
+  readonly config: Config
+  readonly trust: Trust
+  readonly broker: Aedes
+  readonly audit: Audit
+  readonly metrics: Metrics
+  readonly log: AppLogger
+}
+
+export interface Listener {
+  readonly server: TlsServer
+  listen (port: number, host: string): Promise<number>
+  /** stops accepting, drops every unauthenticated connection, flushes the aggregated audit */
+  close (): Promise<void>
+}
+
+/** one accepted TCP connection, from accept to close */
+interface Connection {
+  readonly raw: Socket
+  readonly address: string
+  tls: TLSSocket | null
+  handshakeTimer: NodeJS.Timeout | null
+  /** authenticated (Aedes registered the client), or closed: no longer pending */
+  settled: boolean
+  authenticated: boolean
+}
+
+function noop (): void {}
+
+/**
+ * The TCP socket under a server-side TLSSocket. Node's tls.Server builds the
+ * TLSSocket before it emits `connection`, and links it only through this
+ * long-standing internal property (lib/_tls_wrap.js).
+ */
+function rawSocketOf (socket: TLSSocket): Socket | undefined {
+  return (socket as unknown as { _parent?: Socket | null })._parent ?? undefined
+}
+
+function clientOf (socket: TLSSocket): Client | undefined {
+  return (socket as unknown as { client?: Client }).client
+}
+
+export function createListener (ctx: ListenerContext): Listener {
+  const { config, broker, audit, metrics } = ctx
+  const admission = new Admission({
+    maxConnections: config.maxConnections,
+    maxPendingPerAddress: config.maxPendingConnectionsPerAddress,
+    connectRatePerAddress: config.connectRatePerAddress
+  })
+  const refusals = createRefusalLog(audit, metrics, config.auditAggregateSeconds * 1000)
+  const live = new Set<Connection>()
+  const byRaw = new WeakMap<Socket, Connection>()
+  const byTls = new WeakMap<TLSSocket, Connection>()
+  /** raw sockets the listener closed and already audited: their `tlsClientError` is an echo */
+  const silenced = new WeakSet<Socket>()
+  const openGauge = metrics.listenerConnections.labels('open')
+  const pendingGauge = metrics.listenerConnections.labels('pending')
+  const sweeper = setInterval(() => admission.sweep(), SWEEP_MS)
+  sweeper.unref()
+
+  const server = createServer(tlsServerOptions(ctx.trust, { sessionTickets: config.tlsSessionTickets }))
+  server.on('connection', accept)
+  server.on('secureConnection', handshakeDone)
+  server.on('tlsClientError', handshakeFailed)
+  broker.on('client', authenticated)
+  broker.on('connectionError', connectionFailed)
+
+  function accept (raw: Socket): void {
+    // the TLS socket on top reports the errors; the raw one must not crash the process
+    raw.on('error', noop)
+    const address = raw.remoteAddress ?? 'unknown'
+    const refusal = admission.admit(address)
+    if (refusal !== null) {
+      silenced.add(raw)
+      raw.destroy()
+      refusals.refuse(address, refusal)
+      return
+    }
+    openGauge.inc()
+    pendingGauge.inc()
+    const conn: Connection = { raw, address, tls: null, handshakeTimer: null, settled: false, authenticated: false }
+    conn.handshakeTimer = setTimeout(handshakeExpired, config.tlsHandshakeTimeoutMs, conn)
+    live.add(conn)
+    byRaw.set(raw, conn)
+    raw.once('close', () => closed(conn))
+  }
+
+  function handshakeExpired (conn: Connection): void {
+    conn.handshakeTimer = null
+    silenced.add(conn.raw)
+    conn.raw.destroy()
+    refusals.refuse(conn.address, 'HandshakeTimeout')
+  }
+
+  function handshakeDone (socket: TLSSocket): void {
+    const raw = rawSocketOf(socket)
+    const conn = raw && byRaw.get(raw)
+    if (!conn) {
+      // not accepted through `accept` (cannot happen with Node 20): do not serve it unguarded
+      socket.destroy()
+      return
+    }
+    if (conn.handshakeTimer) clearTimeout(conn.handshakeTimer)
+    conn.handshakeTimer = null
+    conn.tls = socket
+    byTls.set(socket, conn)
+    guardPackets(socket, config.maxPacketBytes, function packetRefused (verdict, scanner) {
+      oversizeOrMalformed(conn, verdict, scanner)
+    })
+    // Aedes' connectTimeout (CONNECT_TIMEOUT_MS, set in build.ts) runs from here
+    broker.handle(socket)
+  }
+
+  function handshakeFailed (err: Error & { code?: unknown }, socket: TLSSocket): void {
+    const raw = rawSocketOf(socket)
+    if (raw && silenced.has(raw)) return
+    if (raw) silenced.add(raw)
+    const failure = classifyHandshakeFailure(err, socket)
+    refusals.refuse(raw ? byRaw.get(raw)?.address : undefined, failure.code, failure.reason)
+    // Node's own handshake timeout reports without closing
+    if (!socket.destroyed) socket.destroy()
+  }
+
+  function oversizeOrMalformed (conn: Connection, verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner): void {
+    silenced.add(conn.raw)
+    const reason = verdict === 'PacketTooLarge'
+      ? `packet of ${scanner.announced} bytes announced, limit ${scanner.beforeFirstPacket ? 'for CONNECT ' : ''}exceeded`
+      : Errors.ProtocolError.message
+    if (!conn.authenticated) return refusals.refuse(conn.address, verdict, reason)
+    const client = conn.tls ? clientOf(conn.tls) : undefined
+    const identity = stateOf(client)?.identity
+    metrics.connectionsClosed.inc({ reason: verdict })
+    audit.write('connection.closed', {
+      clientId: client?.id ?? undefined,
+      deviceId: identity?.role === 'device' ? identity.name ?? undefined : undefined,
+      role: identity?.role,
+      remoteAddress: conn.address,
+      errorCode: verdict,
+      reason
+    }, 'warn')
+  }
+
+  function authenticated (client: Client): void {
+    const conn = byTls.get(client.conn as TLSSocket)
+    if (!conn) return
+    conn.authenticated = true
+    settle(conn)
+  }
+
+  /** Aedes reports a connection that failed before its CONNECT was through */
+  function connectionFailed (client: Client, err: Error & { code?: unknown }): void {
+    const socket = client.conn as TLSSocket
+    const conn = byTls.get(socket)
+    if (!conn || conn.authenticated || silenced.has(conn.raw)) return
+    // the chain audits its own refusals; a system error is a client that went away
+    if (isJitpError(err) || typeof err.code === 'string') return
+    silenced.add(conn.raw)
+    if (err.message === AEDES_CONNECT_TIMEOUT) {
+      refusals.refuse(conn.address, 'ConnectTimeout')
+    } else {
+      refusals.refuse(conn.address, 'ProtocolError', PARSER_MESSAGE.test(err.message) ? err.message : Errors.ProtocolError.message)
+    }
+    // Aedes destroys it in _onError; make sure, whatever its version does
+    if (!socket.destroyed) socket.destroy()
+  }
+
+  function settle (conn: Connection): void {
+    if (conn.settled) return
+    conn.settled = true
+    admission.settle(conn.address)
+    pendingGauge.dec()
+  }
+
+  function closed (conn: Connection): void {
+    if (conn.handshakeTimer) clearTimeout(conn.handshakeTimer)
+    conn.handshakeTimer = null
+    settle(conn)
+    admission.closed()
+    openGauge.dec()
+    live.delete(conn)
+  }
+
+  return {
+    server,
+    listen (port, host) {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(port, host, () => {
+          server.off('error', reject)
+          resolve((server.address() as AddressInfo).port)
+        })
+      })
+    },
+    async close () {
+      clearInterval(sweeper)
+      broker.off('client', authenticated)
+      broker.off('connectionError', connectionFailed)
+      const closing = new Promise<void>((resolve) => server.close(() => resolve()))
+      // authenticated clients are Aedes' to close (broker.close); nobody else will close these
+      for (const conn of live) {
+        if (conn.authenticated) continue
+        silenced.add(conn.raw)
+        if (conn.tls) conn.tls.destroy()
+        else conn.raw.destroy()
+      }
+      await closing
+      refusals.close()
+    }
+  }
+}
