@@ -13,7 +13,10 @@ import { configAckPlugin } from '../plugins/config-ack.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
+import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validationPlugin } from '../plugins/validation.js'
+import { createPiiCipher, piiKeyFrom } from './pii-crypto.js'
+import { createPersonalData } from './store/personal-data.js'
 import { createAudit, type Audit } from './audit.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
@@ -85,6 +88,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     }
     const trust = loadTrust(config.certsDir)
     const policy = loadPolicy(config.policyFile, { awsTopics: config.provisioningAwsTopics })
+    // one catalogue and one personal-data key for the validation plugin and the store wrapper
+    const catalogue = loadSchemaCatalogue(config.schemasDir)
+    const personalData = createPersonalData(catalogue, createPiiCipher(piiKeyFrom(config.piiKey, trust.deviceCaKeyPem)))
 
     let storeDown = false
     const onStoreError = (err: Error): void => {
@@ -120,7 +126,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const hooks: PluginHooks[] = [
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
-      await validationPlugin.setup(ctx, {}),
+      await validationPlugin.setup(ctx, { catalogue, personalData }),
       await provisioningPlugin.setup(ctx, { policy }),
       await configAckPlugin.setup(ctx, undefined)
     ]

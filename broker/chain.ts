@@ -51,6 +51,8 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   const disconnectedHooks = hooksWith(plugins, 'disconnected')
   const rejectedHooks = hooksWith(plugins, 'rejected')
   const refusals = new WeakMap<Client, JitpError>()
+  // the payload a validator asked to route instead (personal data sealed), per packet
+  const sealedPayloads = new WeakMap<PublishPacket, Buffer>()
   // bound once: a label lookup per message would cost more than the count
   const publishCounters = new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, metrics.publishes.labels(role)]))
 
@@ -130,6 +132,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
     for (const plugin of validators) {
       const answer = plugin.validatePublish!(ev)
       if (answer.verdict === 'invalid') return { event: 'payload.rejected', code: answer.code, schema: answer.schema, errors: answer.errors }
+      if (answer.payload !== undefined) sealedPayloads.set(ev.packet, answer.payload)
     }
     return null
   }
@@ -214,6 +217,11 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
         return done(null)
       }
     }
+    // x-pii values sealed by validation (plugins/validation.ts): the store and Redis
+    // pub/sub get the envelopes, never the clear values; requests the broker takes
+    // (intercepted above) keep their payload
+    const sealed = sealedPayloads.get(packet)
+    if (sealed !== undefined) packet.payload = sealed
     publishCounters.get(ev.identity?.role ?? 'unknown')?.inc()
     done(null)
   }

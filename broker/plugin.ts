@@ -70,7 +70,8 @@ export interface ForwardEvent {
 
 export interface PayloadProblem { readonly path: string, readonly message: string }
 export type ValidationAnswer =
-  | { readonly verdict: 'valid', readonly schema?: string }
+  /** `payload`: what to route and store instead (x-pii values sealed), applied once the publish is allowed */
+  | { readonly verdict: 'valid', readonly schema?: string, readonly payload?: Buffer }
   | { readonly verdict: 'invalid', readonly code: ErrorCode, readonly schema: string, readonly errors: readonly PayloadProblem[] }
 
 export interface PublishedEvent {

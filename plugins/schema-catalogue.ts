@@ -9,13 +9,14 @@ import { join } from 'node:path'
 import { Ajv, type ValidateFunction } from 'ajv'
 import * as addFormatsModule from 'ajv-formats'
 import { JitpError } from '../broker/errors.js'
+import { compilePiiMap, type PiiMap } from './pii-map.js'
 import { matches } from './policy.js'
 
 // ajv-formats is CommonJS; its default export arrives wrapped under NodeNext
 const addFormats = (addFormatsModule as unknown as { default: (ajv: Ajv) => Ajv }).default
 
 export type TopicFormat =
-  | { readonly kind: 'json', readonly schema: string, readonly validate: ValidateFunction, readonly piiPaths: readonly (readonly string[])[], readonly emptyAs: unknown }
+  | { readonly kind: 'json', readonly schema: string, readonly validate: ValidateFunction, readonly pii: PiiMap | null, readonly emptyAs: unknown }
   | { readonly kind: 'binary', readonly schema: string, readonly maxBytes: number }
 
 export interface TopicMapping { readonly filter: string, readonly levels: readonly string[], readonly format: TopicFormat }
@@ -55,19 +56,6 @@ const mapSchema = {
 } as const
 
 interface MapFile { topics: Record<string, { schema?: string, emptyAs?: unknown, format?: 'binary', maxBytes?: number }> }
-
-/** Paths of properties marked `"x-pii": true`, through nested object properties. */
-function piiPathsOf (schema: unknown, prefix: string[] = []): string[][] {
-  if (schema === null || typeof schema !== 'object') return []
-  const props = (schema as { properties?: Record<string, unknown> }).properties
-  if (!props) return []
-  const out: string[][] = []
-  for (const [name, sub] of Object.entries(props)) {
-    if (sub && typeof sub === 'object' && (sub as Record<string, unknown>)['x-pii'] === true) out.push([...prefix, name])
-    else out.push(...piiPathsOf(sub, [...prefix, name]))
-  }
-  return out
-}
 
 function readJson (file: string): unknown {
   if (!existsSync(file)) throw new JitpError('InvalidConfig', `SCHEMAS_DIR: missing ${file}`)
@@ -119,7 +107,7 @@ export function loadSchemaCatalogue (dir: string): SchemaCatalogue {
   const dup = duplicateKey(readFileSync(mapFile, 'utf8'))
   if (dup !== null) throw new JitpError('InvalidConfig', `SCHEMAS_DIR: ${mapFile} maps topic filter '${dup}' twice`)
 
-  const compiled = new Map<string, { validate: ValidateFunction, piiPaths: string[][] }>()
+  const compiled = new Map<string, { validate: ValidateFunction, pii: PiiMap | null }>()
   const mappings: TopicMapping[] = []
   for (const [filter, entry] of Object.entries((raw as MapFile).topics)) {
     if (entry.format === 'binary') {
@@ -134,7 +122,8 @@ export function loadSchemaCatalogue (dir: string): SchemaCatalogue {
       try {
         // $id would make a second compile of a shared schema clash; ids are file names here
         const { $id: _id, ...body } = schema
-        c = { validate: ajv.compile(body), piiPaths: piiPathsOf(body) }
+        // where x-pii values can sit, walked once here (null: the topic costs nothing per message)
+        c = { validate: ajv.compile(body), pii: compilePiiMap(body) }
       } catch (err) {
         throw new JitpError('InvalidConfig', `SCHEMAS_DIR: ${file} is not a valid JSON Schema (${(err as Error).message})`)
       }
@@ -143,7 +132,7 @@ export function loadSchemaCatalogue (dir: string): SchemaCatalogue {
     mappings.push({
       filter,
       levels: filter.split('/'),
-      format: { kind: 'json', schema: name.replace(/\.json$/, ''), validate: c.validate, piiPaths: c.piiPaths, emptyAs: entry.emptyAs }
+      format: { kind: 'json', schema: name.replace(/\.json$/, ''), validate: c.validate, pii: c.pii, emptyAs: entry.emptyAs }
     })
   }
   // a concrete filter must win over a wildcard one that also matches

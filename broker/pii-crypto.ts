@@ -1,0 +1,92 @@
+/**
+ * Envelopes for personal data (CONTRACT §5, the "encrypt" form): a value marked
+ * x-pii is kept in the session store and sent over Redis pub/sub only as
+ * `{"enc": "<base64 of iv|ciphertext|tag>", "kid": "<key id>"}`, AES-256-GCM.
+ *
+ * The key is PII_KEY (base64 of 32 bytes) or, when unset, derived with
+ * HKDF-SHA256 from the device CA private key: every broker process of a cluster
+ * reads the same CERTS_DIR, so they all derive the same key with no extra
+ * secret to distribute. `kid` is the first 8 hex digits of SHA-256 of the key,
+ * so an envelope names the key that opens it and a key change is detectable.
+ */
+import { createCipheriv, createDecipheriv, createHash, createPrivateKey, hkdfSync, randomBytes } from 'node:crypto'
+
+export interface Envelope { readonly enc: string, readonly kid: string }
+
+export interface PiiCipher {
+  readonly kid: string
+  /** a fresh envelope of the value's JSON */
+  seal (value: unknown): Envelope
+  /**
+   * Opens an envelope made with this key, and again while the result is one
+   * (a device may itself send something shaped like an envelope). Returns
+   * `undefined` when `value` is not an envelope this key opens.
+   */
+  open (value: unknown): { value: unknown } | undefined
+}
+
+const IV_BYTES = 12
+const TAG_BYTES = 16
+const MAX_NESTED = 4
+// binds ciphertexts to their purpose: the same key used elsewhere cannot be made to open them
+const AAD = Buffer.from('aedes-jitp x-pii v1')
+
+/** The 32-byte key: PII_KEY, or derived from the device CA private key. */
+export function piiKeyFrom (piiKey: string | undefined, deviceCaKeyPem: string): Buffer {
+  if (piiKey !== undefined) {
+    const key = Buffer.from(piiKey, 'base64')
+    if (key.length !== 32) throw new Error('PII_KEY must be the base64 of 32 bytes')
+    return key
+  }
+  // the DER of the key, not its PEM text, so line endings or a re-encoding do not change it
+  const der = createPrivateKey(deviceCaKeyPem).export({ format: 'der', type: 'pkcs8' })
+  return Buffer.from(hkdfSync('sha256', der, Buffer.from('aedes-jitp'), Buffer.from('x-pii envelope key'), 32))
+}
+
+function isEnvelopeShape (value: unknown): value is Envelope {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
+  const v = value as Record<string, unknown>
+  return typeof v.enc === 'string' && typeof v.kid === 'string' && Object.keys(v).length === 2
+}
+
+export function createPiiCipher (key: Buffer): PiiCipher {
+  const kid = createHash('sha256').update(key).digest('hex').slice(0, 8)
+
+  function openOnce (env: Envelope): { value: unknown } | undefined {
+    if (env.kid !== kid) return undefined
+    const raw = Buffer.from(env.enc, 'base64')
+    if (raw.length < IV_BYTES + TAG_BYTES) return undefined
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES))
+      decipher.setAAD(AAD)
+      decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
+      const clear = Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()])
+      return { value: JSON.parse(clear.toString('utf8')) as unknown }
+    } catch {
+      // not made with this key (or altered): not an envelope of ours
+      return undefined
+    }
+  }
+
+  return Object.freeze({
+    kid,
+    seal (value: unknown): Envelope {
+      const iv = randomBytes(IV_BYTES)
+      const cipher = createCipheriv('aes-256-gcm', key, iv)
+      cipher.setAAD(AAD)
+      const ct = Buffer.concat([cipher.update(JSON.stringify(value) ?? 'null', 'utf8'), cipher.final()])
+      return { enc: Buffer.concat([iv, ct, cipher.getAuthTag()]).toString('base64'), kid }
+    },
+    open (value: unknown): { value: unknown } | undefined {
+      if (!isEnvelopeShape(value)) return undefined
+      let opened = openOnce(value)
+      if (opened === undefined) return undefined
+      for (let i = 1; i < MAX_NESTED && isEnvelopeShape(opened.value); i++) {
+        const again = openOnce(opened.value)
+        if (again === undefined) break
+        opened = again
+      }
+      return opened
+    }
+  })
+}

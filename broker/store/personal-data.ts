@@ -1,0 +1,157 @@
+/**
+ * Personal data at rest and in transit between brokers (CONTRACT §5): a value
+ * marked x-pii is never kept in the session store, nor sent over Redis pub/sub,
+ * in clear. It travels as an AES-256-GCM envelope (broker/pii-crypto.ts) from
+ * the moment a publish is validated (plugins/validation.ts seals it before
+ * Aedes stores, queues or emits the packet) until the delivery to one
+ * subscriber, where transformForward opens it for a `pii` holder and removes it
+ * for everyone else.
+ *
+ * `sealPersonalData` is the persistence wrapper that makes this hold for every
+ * copy the store keeps, whatever path it came by: retained messages, offline
+ * queues, QoS 2 incoming packets, wills (stored straight from CONNECT, never
+ * published through the chain), and the per-subscriber copy aedes-persistence-
+ * redis writes back on `outgoingUpdate` (the opened copy of a pii holder, or the
+ * stripped copy of a non-holder, which would otherwise replace the shared stored
+ * packet for every other subscriber too).
+ */
+import type { PiiCipher } from '../pii-crypto.js'
+import { visitPersonalData } from '../../plugins/pii-map.js'
+import type { SchemaCatalogue } from '../../plugins/schema-catalogue.js'
+import type { AedesPersistence, PersistenceWrapper, StoredPacket } from './wrappers.js'
+
+interface Publishable { readonly topic: string, readonly payload: Buffer | string }
+
+export interface PersonalData {
+  readonly cipher: PiiCipher
+  /**
+   * Seals every x-pii value of a validated payload in place; returns the payload
+   * to route and store instead, or null when the topic has none.
+   */
+  sealParsed (topic: string, data: unknown): Buffer | null
+  /** remembers that `copy` (one subscriber's view) was made from the stored `original` */
+  noteForwarded (copy: Buffer, original: Buffer | string): void
+  /** the packet, or a copy of it with no x-pii value in clear: what may be stored */
+  storedForm<P extends Publishable> (packet: P): P
+}
+
+export function createPersonalData (catalogue: SchemaCatalogue, cipher: PiiCipher): PersonalData {
+  // payloads this process sealed (or checked): stored as they are, with no second parse.
+  // Aedes' packet copies share the payload Buffer, so its identity follows the message.
+  const sealed = new WeakSet<Buffer>()
+  // a subscriber's view → the payload it was made from (which is sealed)
+  const forwardedFrom = new WeakMap<Buffer, Buffer | string>()
+
+  function piiMapOf (topic: string) {
+    const format = catalogue.lookup(topic)?.format
+    return format?.kind === 'json' ? format.pii : null
+  }
+
+  function sealParsed (topic: string, data: unknown): Buffer | null {
+    const map = piiMapOf(topic)
+    if (map === null) return null
+    const found = visitPersonalData(map, data, function sealValue (container, key, value) {
+      // always sealed, even when it looks like an envelope: only ours open, and
+      // opening unwraps as many layers as this key made
+      ;(container as Record<string | number, unknown>)[key] = cipher.seal(value)
+    })
+    if (found === 0) return null
+    const payload = Buffer.from(JSON.stringify(data))
+    sealed.add(payload)
+    return payload
+  }
+
+  function storedForm<P extends Publishable> (packet: P): P {
+    const payload = packet.payload
+    if (typeof payload !== 'string' && sealed.has(payload)) return packet
+    const original = typeof payload === 'string' ? undefined : forwardedFrom.get(payload)
+    if (original !== undefined) return copyWith(packet, original)
+    const map = piiMapOf(packet.topic)
+    if (map === null || payload.length === 0) return packet
+    let data: unknown
+    try {
+      data = JSON.parse(payload.toString())
+    } catch {
+      // not JSON: nothing a schema marks can be in it
+      return packet
+    }
+    // a path the publish chain did not seal (a will, a broker's own message, a
+    // packet another broker sealed): seal what is still in clear
+    const found = visitPersonalData(map, data, function sealClear (container, key, value) {
+      if (cipher.open(value) !== undefined) return
+      ;(container as Record<string | number, unknown>)[key] = cipher.seal(value)
+    })
+    if (found === 0) {
+      if (typeof payload !== 'string') sealed.add(payload)
+      return packet
+    }
+    const out = Buffer.from(JSON.stringify(data))
+    sealed.add(out)
+    return copyWith(packet, out)
+  }
+
+  return Object.freeze({
+    cipher,
+    sealParsed,
+    noteForwarded (copy: Buffer, original: Buffer | string) { forwardedFrom.set(copy, original) },
+    storedForm
+  })
+}
+
+/** a copy of an aedes-packet with another payload (same prototype, so the store sees the same shape) */
+function copyWith<P extends Publishable> (packet: P, payload: Buffer | string): P {
+  return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as P, packet, { payload })
+}
+
+/** the store methods that take a whole packet, beyond those wrappers.ts types */
+interface PacketStore extends AedesPersistence {
+  incomingStorePacket? (client: unknown, packet: StoredPacket): Promise<void>
+  putWill? (client: unknown, packet: StoredPacket): Promise<void>
+}
+
+/**
+ * Answers: the store keeps whatever packet it is handed, and Redis keeps it in
+ * clear for anyone with MONITOR or a dump. Every method that writes a packet
+ * gets the stored form instead (sealed, never the caller's object mutated).
+ */
+export function personalDataWrapper (pd: PersonalData): PersistenceWrapper {
+  return function sealPersonalData<P extends AedesPersistence> (persistence: P): P {
+    const store = persistence as P & PacketStore
+    const storeRetained = store.storeRetained.bind(store)
+    const outgoingEnqueue = store.outgoingEnqueue.bind(store)
+    const outgoingEnqueueCombi = store.outgoingEnqueueCombi.bind(store)
+    const outgoingUpdate = store.outgoingUpdate.bind(store)
+    store.storeRetained = function storeRetainedSealed (packet) {
+      return storeRetained(pd.storedForm(packet))
+    }
+    store.outgoingEnqueue = function outgoingEnqueueSealed (sub, packet) {
+      return outgoingEnqueue(sub, pd.storedForm(packet))
+    }
+    store.outgoingEnqueueCombi = function outgoingEnqueueCombiSealed (subs, packet) {
+      return outgoingEnqueueCombi(subs, pd.storedForm(packet))
+    }
+    store.outgoingUpdate = async function outgoingUpdateSealed (client, packet) {
+      const stored = pd.storedForm(packet)
+      if (stored === packet) return outgoingUpdate(client, packet)
+      await outgoingUpdate(client, stored)
+      // aedes-persistence-redis fills these in on the packet it is given; the caller reads them
+      const filled = packet as { brokerId?: string, brokerCounter?: number }
+      filled.brokerId ??= stored.brokerId
+      filled.brokerCounter ??= stored.brokerCounter
+    }
+    if (typeof store.incomingStorePacket === 'function') {
+      const incomingStorePacket = store.incomingStorePacket.bind(store)
+      store.incomingStorePacket = function incomingStorePacketSealed (client, packet) {
+        return incomingStorePacket(client, pd.storedForm(packet))
+      }
+    }
+    if (typeof store.putWill === 'function') {
+      const putWill = store.putWill.bind(store)
+      store.putWill = function putWillSealed (client, packet) {
+        // a copy: Aedes publishes its own (clear) will object at disconnect, through the chain
+        return putWill(client, pd.storedForm({ ...packet, payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload }))
+      }
+    }
+    return persistence
+  }
+}
