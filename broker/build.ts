@@ -16,7 +16,7 @@ import { provisioningPlugin } from '../plugins/provisioning.js'
 import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validationPlugin } from '../plugins/validation.js'
 import { createPiiCipher, piiKeyFrom } from './pii-crypto.js'
-import { createPersonalData } from './store/personal-data.js'
+import { createPersonalData, personalDataWrapper } from './store/personal-data.js'
 import { createAudit, type Audit } from './audit.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
@@ -28,7 +28,9 @@ import { createMetrics, type Metrics } from './metrics.js'
 import type { PluginContext, PluginHooks } from './plugin.js'
 import { createRegistry } from './store/create-registry.js'
 import type { Registry } from './store/registry.js'
+import { indexRetained } from './store/retained-index.js'
 import { createSessionStore } from './store/session-store.js'
+import { auditPublishNotStored, dropQueuedPacketsOnClean, failPublishVisibly, wrapPersistence } from './store/wrappers.js'
 import { loadTrust } from './trust.js'
 
 export interface BuildOptions {
@@ -100,14 +102,28 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     if (!config.redisUrl) log.warn('REDIS_URL is not set: in-memory store, nothing survives a restart')
     const registry = createRegistry({ redisUrl: config.redisUrl, now, onError: onStoreError })
     releases.push(() => registry.close())
-    const sessionStore = createSessionStore(config.redisUrl, onStoreError)
+    const sessionStore = createSessionStore(config.redisUrl, onStoreError, {
+      packetTtlSeconds: config.packetTtlSeconds,
+      // a reconnecting session gets its whole bounded queue, not the store's default 1000
+      maxSessionDelivery: config.sessionQueueLimit
+    })
     releases.push(() => sessionStore.close())
 
     // flow control (broker/flow-control.ts): bounded session queues, slow consumers, drain timeout
-    const flow = createFlowControl(config, { audit, metrics, persistence: sessionStore.aedesOptions.persistence })
+    const flow = createFlowControl(config, { audit, metrics })
     releases.push(() => flow.close())
+    // the persistence wrappers (broker/store/wrappers.ts), closest to the store first
+    const persistence = wrapPersistence(sessionStore.aedesOptions.persistence, [
+      sessionStore.kind === 'memory' ? indexRetained : null,
+      sessionStore.redis !== null ? dropQueuedPacketsOnClean(sessionStore.redis) : null,
+      // personal data (broker/store/personal-data.ts): no x-pii value in clear in any stored copy
+      personalDataWrapper(personalData),
+      flow.boundSessionQueues,
+      failPublishVisibly
+    ])
     const broker = await Aedes.createBroker({
       ...sessionStore.aedesOptions,
+      persistence,
       ...flow.aedesOptions,
       queueLimit: config.queueLimit,
       heartbeatInterval: 1000,
@@ -118,12 +134,14 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // end flow control
     const brokerEvents: NodeJS.EventEmitter = broker
     brokerEvents.on('error', (err: Error) => log.warn({ err: err.message }, 'broker error'))
+    brokerEvents.on('clientError', auditPublishNotStored(audit, metrics))
     // for a build that fails before the listener exists; closing twice is a no-op
     releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))
 
     const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })
     // the fixed order of the chain: identity → authorization → validation → provisioning → observers
     const hooks: PluginHooks[] = [
+      // first: a revoked certificate (any role, registry list or CRL) is denied before anyone looks it up
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),

@@ -31,6 +31,8 @@ const configSchema = {
     SESSION_QUEUE_LIMIT: { type: 'integer', minimum: 1, default: 1000 },
     DRAIN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 30000 },
     MAX_CLIENT_BUFFER_BYTES: { type: 'integer', minimum: 65536, default: 8388608 },
+    // lifetime of a message queued for an offline persistent session (Redis store); 0: kept until delivered
+    PACKET_TTL_SECONDS: { type: 'integer', minimum: 0, default: 604800 },
     CERT_VALIDITY_DAYS: { type: 'integer', minimum: 1, maximum: 3650, default: 90 },
     TOKEN_TTL_SECONDS: { type: 'integer', minimum: 1, default: 3600 },
     CLAIM_SESSION_MAX_SECONDS: { type: 'integer', minimum: 1, default: 300 },
@@ -73,6 +75,8 @@ export interface Config {
   readonly sessionQueueLimit: number
   readonly drainTimeoutMs: number
   readonly maxClientBufferBytes: number
+  /** Redis store: seconds a queued message is kept for an offline session (aedes-persistence-redis packetTTL); 0: no expiry */
+  readonly packetTtlSeconds: number
   readonly certValidityDays: number
   readonly tokenTtlSeconds: number
   readonly claimSessionMaxSeconds: number
@@ -188,6 +192,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     sessionQueueLimit: c.SESSION_QUEUE_LIMIT,
     drainTimeoutMs: c.DRAIN_TIMEOUT_MS,
     maxClientBufferBytes: c.MAX_CLIENT_BUFFER_BYTES,
+    packetTtlSeconds: c.PACKET_TTL_SECONDS,
     certValidityDays: c.CERT_VALIDITY_DAYS,
     tokenTtlSeconds: c.TOKEN_TTL_SECONDS,
     claimSessionMaxSeconds: c.CLAIM_SESSION_MAX_SECONDS,

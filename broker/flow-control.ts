@@ -11,21 +11,23 @@
  *   delivered (Aedes' per-client parse batch), which is the backpressure.
  *   `drainTimeout` disconnects a subscriber whose socket stops draining.
  * - Session queues (QoS 1/2 messages kept for a persistent session, delivered
- *   or not yet acknowledged) are bounded per client: the persistence is wrapped
- *   so that beyond SESSION_QUEUE_LIMIT a message is not stored for that client,
- *   counted in `queueDrops` and audited as `queue.dropped` (one line per client
- *   per second, with the count). The oldest messages are kept.
+ *   or not yet acknowledged) are bounded per client: `boundSessionQueues`, one
+ *   of the persistence wrappers (broker/store/wrappers.ts, listed in build.ts),
+ *   stores a message for a client only below SESSION_QUEUE_LIMIT; beyond it the
+ *   message is counted in `queueDrops` and audited as `queue.dropped` (one line
+ *   per client per second, with the count). The oldest messages are kept.
  * - A client with more than MAX_CLIENT_BUFFER_BYTES waiting in its socket is
  *   disconnected (with Redis nothing ties publishers to a slow subscriber, so
  *   its socket buffer would otherwise grow until the drain timeout).
  */
-import type { Aedes, Client } from 'aedes'
-import { Redis } from 'ioredis'
+import type { Aedes } from 'aedes'
+import type { Redis } from 'ioredis'
 import type { Audit } from './audit.js'
 import type { Config } from './config.js'
 import type { Metrics } from './metrics.js'
 import { liveClients } from './session.js'
-import { REDIS_OPTIONS } from './store/session-store.js'
+import { connectRedis, quitGracefully } from './store/redis.js'
+import type { AedesPersistence, StoredPacket, StoredSub } from './store/wrappers.js'
 
 /** how often drops are summed into one audit line per client, and slow consumers looked for */
 const SWEEP_INTERVAL_MS = 1000
@@ -33,20 +35,11 @@ const SWEEP_INTERVAL_MS = 1000
 const RESYNC_MS = 100
 /** dropped deliveries remembered per live client, so the live copy is still written (see outgoingUpdate) */
 const MAX_REMEMBERED_DROPS = 65_536
-/** aedes-persistence-redis keeps a session queue in the list `outgoing:<clientId>` */
-const REDIS_QUEUE_KEY = 'outgoing:'
+/** aedes-persistence-redis keeps a session queue in the list `outgoing:<encoded clientId>` */
+const redisQueueKey = (clientId: string): string => `outgoing:${encodeURIComponent(clientId)}`
 
-interface QueuedPacket { brokerId?: string, brokerCounter?: number, topic?: string, qos?: number }
-interface Sub { clientId: string }
-
-/** the part of an Aedes persistence the session-queue bound wraps */
-interface SessionQueues {
-  outgoingEnqueue (sub: Sub, packet: QueuedPacket): Promise<void>
-  outgoingEnqueueCombi (subs: Sub[], packet: QueuedPacket): Promise<void>
-  outgoingUpdate (client: Client, packet: QueuedPacket): Promise<void>
-  outgoingClearMessageId (client: Client, packet: QueuedPacket): Promise<unknown>
-  cleanSubscriptions (client: Client): Promise<void>
-}
+type QueuedPacket = StoredPacket
+type Sub = StoredSub
 
 interface ClientQueue {
   /** messages stored for this client and not yet acknowledged (this process's view) */
@@ -63,13 +56,13 @@ interface ClientQueue {
 export interface FlowControlDeps {
   readonly audit: Audit
   readonly metrics: Metrics
-  /** the session store's persistence (broker/store/session-store.ts) */
-  readonly persistence: unknown
 }
 
 export interface FlowControl {
-  /** options for Aedes.createBroker (persistence, concurrency, drainTimeout) */
-  readonly aedesOptions: { persistence: unknown, concurrency: number, drainTimeout: number }
+  /** options for Aedes.createBroker (concurrency, drainTimeout) */
+  readonly aedesOptions: { concurrency: number, drainTimeout: number }
+  /** the persistence wrapper bounding session queues (for the list in build.ts) */
+  readonly boundSessionQueues: <P extends AedesPersistence>(persistence: P) => P
   /** starts the slow-consumer sweep for this broker */
   attach (broker: Aedes): void
   close (): Promise<void>
@@ -88,8 +81,8 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   let broker: Aedes | null = null
   let redis: Redis | null = null
   if (config.redisUrl) {
-    redis = new Redis(config.redisUrl, { ...REDIS_OPTIONS })
-    redis.on('error', () => undefined) // the session store reports outages; a failed read here only means "assume full"
+    // the session store reports outages; a failed read here only means "assume full"
+    redis = connectRedis(config.redisUrl, 'failFast', () => undefined)
   }
 
   function queueOf (clientId: string): ClientQueue {
@@ -125,7 +118,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   /** With Redis other brokers acknowledge too: before dropping, read the real length (at most every RESYNC_MS). */
   async function resync (clientId: string, q: ClientQueue): Promise<void> {
     if (redis === null || Date.now() - q.syncedAt < RESYNC_MS) return
-    q.syncing ??= redis.llen(REDIS_QUEUE_KEY + clientId).then((len) => {
+    q.syncing ??= redis.llen(redisQueueKey(clientId)).then((len) => {
       // admitted but not yet pushed count too, or a burst would slip past the limit
       q.length = len + q.pending
     }, () => undefined).finally(() => {
@@ -158,12 +151,17 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     for (const q of qs) q.pending++
     try {
       await enqueue(kept, packet)
+    } catch (err) {
+      // not stored (the publish fails, unacknowledged): it takes no room in the queues
+      for (const q of qs) if (q.length > 0) q.length--
+      throw err
     } finally {
       for (const q of qs) q.pending--
     }
   }
 
-  function boundSessionQueues (persistence: SessionQueues): SessionQueues {
+  /** Answers: an offline or slow persistent session would otherwise queue without bound (memory, Redis). */
+  function boundSessionQueues<P extends AedesPersistence> (persistence: P): P {
     const enqueueCombi = persistence.outgoingEnqueueCombi.bind(persistence)
     const update = persistence.outgoingUpdate.bind(persistence)
     const clear = persistence.outgoingClearMessageId.bind(persistence)
@@ -199,8 +197,6 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     return persistence
   }
 
-  const persistence = boundSessionQueues(deps.persistence as SessionQueues)
-
   function sweep (): void {
     for (const [clientId, count] of unaudited) {
       if (count > 0) {
@@ -231,11 +227,11 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
 
   return {
     aedesOptions: {
-      persistence,
       // 0: no mqemitter queue, so no recursion through it (see the top of this file)
       concurrency: 0,
       drainTimeout: config.drainTimeoutMs
     },
+    boundSessionQueues,
     attach (b) {
       broker = b
     },
@@ -244,7 +240,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
       sweep()
       broker = null
       queues.clear()
-      if (redis) redis.disconnect()
+      if (redis) await quitGracefully(redis)
     }
   }
 }

@@ -18,6 +18,7 @@ export interface Metrics {
   readonly payloadRejections: Counter<'schema' | 'errorCode'>
   readonly offendersDisconnected: Counter
   readonly queueDrops: Counter
+  readonly publishesNotStored: Counter
   readonly certificatesIssued: Counter<'flow'>
   readonly registrations: Counter<'template'>
   readonly provisioningRejections: Counter<'errorCode'>
@@ -40,6 +41,7 @@ export function createMetrics (): Metrics {
     payloadRejections: new Counter({ name: p + 'payload_rejections_total', help: 'Dropped payloads by schema and error code', labelNames: ['schema', 'errorCode'], registers: [registry] }),
     offendersDisconnected: new Counter({ name: p + 'offenders_disconnected_total', help: 'Clients disconnected for too many bad payloads', registers: [registry] }),
     queueDrops: new Counter({ name: p + 'queue_drops_total', help: 'Messages dropped because a client queue was full', registers: [registry] }),
+    publishesNotStored: new Counter({ name: p + 'publishes_not_stored_total', help: 'QoS 1 publishes not acknowledged because the store failed (the client resends)', registers: [registry] }),
     certificatesIssued: new Counter({ name: p + 'certificates_issued_total', help: 'Certificates issued by flow', labelNames: ['flow'], registers: [registry] }),
     registrations: new Counter({ name: p + 'registrations_total', help: 'Devices registered by template', labelNames: ['template'], registers: [registry] }),
     provisioningRejections: new Counter({ name: p + 'provisioning_rejections_total', help: 'Provisioning rejections by error code', labelNames: ['errorCode'], registers: [registry] }),

@@ -6,7 +6,8 @@
  * fast and ping() report false, never crash or hang the broker.
  */
 import { createHash, randomUUID } from 'node:crypto'
-import { Redis, type ChainableCommander } from 'ioredis'
+import type { ChainableCommander, Redis } from 'ioredis'
+import { connectRedis, quitGracefully } from './redis.js'
 import type {
   CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registry, RevocationEntry, RevocationListener,
   RevocationQuery, RevocationTarget
@@ -26,7 +27,6 @@ type RevocationEvent = Parameters<RevocationListener>[0]
 /** how long a call waits for a (re)connecting Redis before it rejects */
 const COMMAND_WAIT_MS = 1000
 const PING_BUDGET_MS = 500
-const QUIT_WAIT_MS = 500
 
 // KEYS: device, device-certs; ARGV: deviceId, fields...
 const CREATE_DEVICE_IF_ABSENT = `
@@ -69,14 +69,6 @@ end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return added`
 
-const baseOptions = {
-  retryStrategy: (times: number) => Math.min(times * 100, 1000),
-  connectTimeout: 2000,
-  // ioredis arms this timer on disconnect() and clears it only on the socket's 'close'; a
-  // socket that already died never closes again, so the default 2 s would hold the process open
-  disconnectTimeout: 200
-}
-
 export class RedisRegistry implements Registry {
   readonly #prefix: string
   readonly #channel: string
@@ -98,12 +90,9 @@ export class RedisRegistry implements Registry {
     this.#onError = opts.onError ?? (() => {})
     // no offline queue: a call made while Redis is away waits at most COMMAND_WAIT_MS
     // for the connection (#ready) and then rejects, instead of running whenever Redis returns
-    // commandTimeout bounds a call on a connection that looks alive but no longer answers (half-open TCP)
-    this.#cmd = new Redis(opts.url, { ...baseOptions, maxRetriesPerRequest: 1, enableOfflineQueue: false, commandTimeout: 2000 })
-    // the subscriber keeps its SUBSCRIBE queued until Redis first answers; autoResubscribe
-    // (the default) repeats it after every reconnect
-    this.#sub = new Redis(opts.url, { ...baseOptions, maxRetriesPerRequest: null, autoResubscribe: true })
-    for (const conn of [this.#cmd, this.#sub]) conn.on('error', (err: Error) => this.#onError(err))
+    const onError = (err: Error): void => this.#onError(err)
+    this.#cmd = connectRedis(opts.url, 'registry', onError)
+    this.#sub = connectRedis(opts.url, 'subscriber', onError)
     this.#sub.on('message', (channel: string, message: string) => this.#receive(channel, message))
     this.#subscribed = this.#sub.subscribe(this.#channel).then(() => true, (err: Error) => {
       if (!this.#closed) this.#onError(err)
@@ -282,7 +271,7 @@ export class RedisRegistry implements Registry {
     this.#closed = true
     this.#listeners.length = 0
     this.#gapListeners.length = 0
-    await Promise.all([quit(this.#cmd), quit(this.#sub)])
+    await Promise.all([quitGracefully(this.#cmd), quitGracefully(this.#sub)])
   }
 
   async #ready (): Promise<Redis> {
@@ -446,12 +435,4 @@ async function within<T> (promise: Promise<T>, ms: number): Promise<T | undefine
   } finally {
     clearTimeout(timer)
   }
-}
-
-async function quit (conn: Redis): Promise<void> {
-  if (conn.status === 'end') return
-  // QUIT lets Redis finish replies in flight; it cannot get through unless the connection is ready
-  if (conn.status === 'ready') await within(conn.quit().catch(() => undefined), QUIT_WAIT_MS)
-  // also cancels a pending reconnect, which would otherwise keep the process alive
-  conn.disconnect()
 }

@@ -93,8 +93,19 @@ function * matchingAll (root: Level, patterns: readonly string[]): Generator<Ret
   for (const pattern of patterns) yield * matching(root, pattern)
 }
 
-/** Takes over a persistence's retained messages (its own map stays empty). */
-export function indexRetained<P extends RetainedStore> (persistence: P): P {
+/** the retained part of any persistence: what indexRetained replaces */
+interface RetainedMethods {
+  storeRetained (packet: RetainedPacket): Promise<void>
+  createRetainedStream (pattern: string): AsyncIterable<unknown>
+  createRetainedStreamCombi (patterns: string[]): AsyncIterable<unknown>
+}
+
+/**
+ * A persistence wrapper (broker/store/wrappers.ts), for the memory store only.
+ * Answers: Aedes' memory store tests every retained message on every SUBSCRIBE.
+ * Takes over the retained messages (the store's own map stays empty).
+ */
+export function indexRetained<P extends RetainedMethods> (persistence: P): P {
   const root = newLevel()
   persistence.storeRetained = async function storeRetained (packet) {
     // an empty payload clears the topic [MQTT-3.3.1-10]

@@ -2,59 +2,47 @@
  * Where Aedes keeps sessions, retained messages and offline queues, and how
  * brokers talk to each other: Redis (aedes-persistence-redis + mqemitter-redis)
  * when REDIS_URL is set, so several processes share them; Aedes' in-memory
- * persistence otherwise, with retained messages indexed by topic level. Every
- * Redis connection gets an error listener: an outage must turn /readyz red,
- * never crash the process.
+ * persistence otherwise. Connections come from ./redis.ts (error listener at
+ * birth: an outage must turn /readyz red, never crash the process). The
+ * persistence handed out here is the store's own; what this broker changes in
+ * its behaviour is one list of wrappers (./wrappers.ts, applied in build.ts).
  */
 import persistenceRedis from 'aedes-persistence-redis'
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import MQEmitterRedis from 'mqemitter-redis'
-import { createMemoryPersistence, indexRetained } from './retained-index.js'
+import { connectRedis, quitGracefully, within } from './redis.js'
+import { createMemoryPersistence } from './retained-index.js'
 
 export interface SessionStore {
   readonly kind: 'memory' | 'redis'
-  /** options for Aedes.createBroker */
+  /** options for Aedes.createBroker: the store's persistence, unwrapped, and the emitter */
   readonly aedesOptions: { persistence?: unknown, mq?: unknown }
+  /** the session store's own connection (Redis only), for wrappers that need a script */
+  readonly redis: Redis | null
   ping (): Promise<boolean>
   close (): Promise<void>
 }
 
-/** ioredis options for every broker-side connection */
-export const REDIS_OPTIONS = Object.freeze({
-  // fail calls fast while Redis is away instead of queueing them forever
-  maxRetriesPerRequest: 1,
-  retryStrategy: (times: number) => Math.min(times * 100, 1000),
-  connectTimeout: 2000,
-  lazyConnect: false
-})
-
-function connect (url: string, onError: (err: Error) => void, opts: { autoPipelining?: boolean } = {}): Redis {
-  const conn = new Redis(url, { ...REDIS_OPTIONS, enableAutoPipelining: opts.autoPipelining === true })
-  conn.on('error', onError)
-  return conn
+export interface SessionStoreOptions {
+  /** seconds a queued message is kept for an offline session (aedes-persistence-redis packetTTL); 0: no expiry */
+  packetTtlSeconds?: number
+  /** queued messages handed out per reconnect (aedes-persistence-redis maxSessionDelivery, default 1000) */
+  maxSessionDelivery?: number
 }
 
-async function quitGracefully (conn: Redis): Promise<void> {
-  if (conn.status === 'ready') {
-    const quit = conn.quit().catch(() => undefined)
-    await Promise.race([quit, new Promise((resolve) => setTimeout(resolve, 500).unref())])
-  }
-  conn.disconnect()
-}
-
-export function createSessionStore (redisUrl: string | undefined, onError: (err: Error) => void): SessionStore {
+export function createSessionStore (redisUrl: string | undefined, onError: (err: Error) => void, opts: SessionStoreOptions = {}): SessionStore {
   if (!redisUrl) {
-    const persistence = indexRetained(createMemoryPersistence())
-    return { kind: 'memory', aedesOptions: { persistence }, ping: async () => true, async close () {} }
+    const persistence = createMemoryPersistence()
+    return { kind: 'memory', aedesOptions: { persistence }, redis: null, ping: async () => true, async close () {} }
   }
   // the session store's commands of one event-loop turn go out in one write instead
   // of a syscall each. Not the PUBLISH connection: pipelined there, the broker takes
   // in a flood faster than its deliveries drain, and in the overload test (slow
   // subscriber, Redis) its RSS rose from 250-270 MB to 295-315 MB, past the 300 MB bound
-  const persistenceConn = connect(redisUrl, onError, { autoPipelining: true })
-  const pubConn = connect(redisUrl, onError)
-  const subConn = connect(redisUrl, onError)
-  const pingConn = connect(redisUrl, onError)
+  const persistenceConn = connectRedis(redisUrl, 'failFast', onError, { autoPipelining: true })
+  const pubConn = connectRedis(redisUrl, 'failFast', onError)
+  const subConn = connectRedis(redisUrl, 'failFast', onError)
+  const pingConn = connectRedis(redisUrl, 'failFast', onError)
   // mqemitter-redis closes with a bare `conn.quit()`; when the socket closes before
   // QUIT's reply is read, that promise rejects with no handler and the process would
   // die of an unhandled rejection at shutdown. Its 'end' listener still fires.
@@ -68,22 +56,25 @@ export function createSessionStore (redisUrl: string | undefined, onError: (err:
   }
   const mq = MQEmitterRedis({ pubConn, subConn })
   ;(mq as unknown as { state: NodeJS.EventEmitter }).state.on('error', onError)
-  const persistence = persistenceRedis({ conn: persistenceConn })
+  const ttl = opts.packetTtlSeconds ?? 0
+  const persistence = persistenceRedis({
+    conn: persistenceConn,
+    // queued packets expire instead of living forever when their queue is gone (see wrappers.ts)
+    ...(ttl > 0 ? { packetTTL: () => ttl } : {}),
+    ...(opts.maxSessionDelivery !== undefined ? { maxSessionDelivery: opts.maxSessionDelivery } : {})
+  })
   let closed = false
 
   return {
     kind: 'redis',
     aedesOptions: { persistence, mq },
+    redis: persistenceConn,
     async ping () {
       if (pingConn.status !== 'ready') return false
       try {
         const ping = pingConn.ping()
         ping.catch(() => undefined) // may settle after the timeout won
-        const answer = await Promise.race([
-          ping,
-          new Promise<string>((resolve) => setTimeout(resolve, 500, 'timeout').unref())
-        ])
-        return answer === 'PONG'
+        return (await within(ping, 500)) === 'PONG'
       } catch {
         return false
       }
@@ -91,9 +82,7 @@ export function createSessionStore (redisUrl: string | undefined, onError: (err:
     async close () {
       if (closed) return
       closed = true
-      // QUIT, not disconnect(): it is queued behind commands already sent, so their
-      // promises settle instead of being rejected with "Connection is closed" by a
-      // flushed queue. mqemitter-redis quits pub/sub itself when Aedes closes it.
+      // mqemitter-redis quits pub/sub itself when Aedes closes it; these are for a build that failed
       await Promise.all([persistenceConn, pubConn, subConn, pingConn].map(quitGracefully))
     }
   }

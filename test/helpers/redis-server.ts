@@ -15,11 +15,25 @@ import t from 'tap'
 export interface RedisServerHandle {
   port: number
   url: string
+  /** whether the server keeps an append-only file (startRedisServer({ aof: true })) */
+  readonly aof: boolean
   stop (): Promise<void>
-  /** stop and start again on the SAME port */
+  /**
+   * stop (SIGTERM, unless already killed) and start again on the SAME port, in the
+   * same directory: with `aof` the data comes back from the append-only file, as a
+   * production Redis's would; without it the new server starts empty
+   */
   restart (): Promise<void>
-  /** SIGKILL, for fault tests */
+  /** SIGKILL, for fault tests (with `aof`, what was acknowledged survives a restart) */
   kill (): Promise<void>
+}
+
+export interface RedisServerOptions {
+  /**
+   * durable like the shipped docker-compose.yml: `appendonly yes`, `appendfsync
+   * everysec`, the file in the server's temp dir. Default: nothing on disk
+   */
+  aof?: boolean
 }
 
 const START_TIMEOUT_MS = 5000
@@ -96,11 +110,12 @@ function logTail (logfile: string): string {
   }
 }
 
-async function launch (bin: string, port: number, dir: string): Promise<ChildProcess> {
+async function launch (bin: string, port: number, dir: string, aof: boolean): Promise<ChildProcess> {
   mkdirSync(dir, { recursive: true })
   const logfile = join(dir, `redis-${port}.log`)
+  const persistence = aof ? ['--appendonly', 'yes', '--appendfsync', 'everysec'] : ['--appendonly', 'no']
   const child = spawn(bin, [
-    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence,
     '--daemonize', 'no', '--dir', dir, '--logfile', logfile
   ], { stdio: 'ignore' })
   child.unref()
@@ -130,7 +145,8 @@ async function terminate (child: ChildProcess, signal: NodeJS.Signals): Promise<
   clearTimeout(timer)
 }
 
-export async function startRedisServer (): Promise<RedisServerHandle> {
+export async function startRedisServer (opts: RedisServerOptions = {}): Promise<RedisServerHandle> {
+  const aof = opts.aof === true
   const bin = findRedisServer()
   const dir = mkdtempSync(join(tmpdir(), 'jitp-redis-'))
   dirs.add(dir)
@@ -140,7 +156,7 @@ export async function startRedisServer (): Promise<RedisServerHandle> {
   for (let attempt = 1; child === undefined; attempt++) {
     port = await freePort()
     try {
-      child = await launch(bin, port, dir)
+      child = await launch(bin, port, dir, aof)
     } catch (err) {
       if (attempt >= 3) throw err
     }
@@ -149,6 +165,7 @@ export async function startRedisServer (): Promise<RedisServerHandle> {
   const handle: RedisServerHandle = {
     port,
     url: `redis://127.0.0.1:${port}`,
+    aof,
     async stop () {
       handles.delete(handle)
       await terminate(current, 'SIGTERM')
@@ -157,7 +174,7 @@ export async function startRedisServer (): Promise<RedisServerHandle> {
     },
     async restart () {
       await terminate(current, 'SIGTERM')
-      current = await launch(bin, port, dir)
+      current = await launch(bin, port, dir, aof)
       handles.add(handle)
       dirs.add(dir)
     },

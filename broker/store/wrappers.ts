@@ -1,0 +1,169 @@
+/**
+ * The persistence wrappers: every change this broker makes to how Aedes'
+ * persistence behaves, applied in ONE list (broker/build.ts) instead of each
+ * module patching the object where it happens to hold it. A wrapper is a named
+ * function `(persistence) => persistence` that replaces some methods with own
+ * properties (which shadow the prototype's; the originals keep their `this`)
+ * and says in its comment which defect of the store it answers.
+ *
+ * The list is applied in order, so the first wrapper sits closest to the store
+ * and the last one sees every call first.
+ *
+ * The wrappers defined elsewhere:
+ * - indexRetained (./retained-index.ts, memory only): retained messages by topic
+ *   level, so a SUBSCRIBE does not test every retained config of the fleet.
+ * - boundSessionQueues (../flow-control.ts): at most SESSION_QUEUE_LIMIT messages
+ *   per persistent session; beyond it counted and audited as `queue.dropped`.
+ */
+import type { Client } from 'aedes'
+import type { Redis } from 'ioredis'
+import type { Audit } from '../audit.js'
+import { Errors, JitpError, isJitpError } from '../errors.js'
+import type { Metrics } from '../metrics.js'
+
+/** what Aedes stores and queues (an aedes-packet) */
+export interface StoredPacket {
+  readonly topic: string
+  readonly payload: Buffer | string
+  readonly qos?: number
+  readonly retain?: boolean
+  readonly brokerId?: string
+  readonly brokerCounter?: number
+  readonly messageId?: number
+}
+
+/** a subscription as the persistence hands it to outgoingEnqueueCombi */
+export interface StoredSub { readonly clientId: string, readonly topic?: string, readonly qos?: number }
+
+/** the methods of an Aedes persistence (aedes-persistence 11, aedes-persistence-redis 12) the wrappers touch */
+export interface AedesPersistence {
+  storeRetained (packet: StoredPacket): Promise<void>
+  /** a Readable (memory) or an async generator (Redis): both async-iterable */
+  createRetainedStream (pattern: string): AsyncIterable<StoredPacket>
+  createRetainedStreamCombi (patterns: string[]): AsyncIterable<StoredPacket>
+  subscriptionsByTopic (topic: string): Promise<StoredSub[]>
+  outgoingEnqueue (sub: StoredSub, packet: StoredPacket): Promise<void>
+  outgoingEnqueueCombi (subs: StoredSub[], packet: StoredPacket): Promise<void>
+  outgoingUpdate (client: Client, packet: StoredPacket): Promise<void>
+  outgoingClearMessageId (client: Client, packet: StoredPacket): Promise<unknown>
+  outgoingStream (client: Client): AsyncIterable<StoredPacket>
+  cleanSubscriptions (client: Client): Promise<void>
+}
+
+export type PersistenceWrapper = (persistence: AedesPersistence) => AedesPersistence
+
+/** Applies the wrappers in order (the first sits closest to the store); `null` entries are skipped. */
+export function wrapPersistence<P> (persistence: P, wrappers: ReadonlyArray<PersistenceWrapper | null>): P {
+  let wrapped = persistence as unknown as AedesPersistence
+  for (const wrapper of wrappers) if (wrapper !== null) wrapped = wrapper(wrapped)
+  return wrapped as unknown as P
+}
+
+/** A message the store refused; Aedes fails the publish with it (no PUBACK) and closes the client. */
+export class PublishNotStoredError extends JitpError {
+  readonly topic: string
+  constructor (step: string, topic: string, cause: unknown) {
+    super('PublishNotStored', `${step} failed (${cause instanceof Error ? cause.message : String(cause)})`)
+    this.topic = topic
+    this.cause = cause
+  }
+}
+
+/**
+ * Answers: a QoS 1 message that could not be stored (Redis down, killed mid-write)
+ * must be neither acknowledged nor lost silently. The Aedes patch already fails
+ * the publish (no PUBACK, the client is closed and resends after reconnecting,
+ * [MQTT-4.4.0-1]); this marks the store's error on each step of the publish
+ * pipeline, so the broker's 'clientError' listener (auditPublishNotStored)
+ * can count and audit it apart from protocol errors.
+ */
+export function failPublishVisibly<P extends AedesPersistence> (persistence: P): P {
+  const storeRetained = persistence.storeRetained.bind(persistence)
+  const subscriptionsByTopic = persistence.subscriptionsByTopic.bind(persistence)
+  const enqueueCombi = persistence.outgoingEnqueueCombi.bind(persistence)
+  persistence.storeRetained = async function storeRetainedOrFail (packet) {
+    try {
+      await storeRetained(packet)
+    } catch (err) {
+      throw new PublishNotStoredError('storeRetained', packet.topic, err)
+    }
+  }
+  persistence.subscriptionsByTopic = async function subscriptionsByTopicOrFail (topic) {
+    try {
+      return await subscriptionsByTopic(topic)
+    } catch (err) {
+      throw new PublishNotStoredError('subscriptionsByTopic', topic, err)
+    }
+  }
+  persistence.outgoingEnqueueCombi = async function outgoingEnqueueCombiOrFail (subs, packet) {
+    try {
+      await enqueueCombi(subs, packet)
+    } catch (err) {
+      throw new PublishNotStoredError('outgoingEnqueueCombi', packet.topic, err)
+    }
+  }
+  return persistence
+}
+
+/**
+ * The broker's 'clientError' listener for messages the store refused: counted
+ * in `jitp_publishes_not_stored_total` (every one), audited once per connection
+ * (a batch of publishes fails together when Redis goes away).
+ */
+export function auditPublishNotStored (audit: Audit, metrics: Metrics): (client: Client, err: Error) => void {
+  const audited = new WeakSet<Client>()
+  return function publishNotStored (client, err) {
+    if (!isJitpError(err) || err.code !== 'PublishNotStored') return
+    metrics.publishesNotStored.inc()
+    if (audited.has(client)) return
+    audited.add(client)
+    audit.write('connection.closed', {
+      clientId: client.id,
+      topic: err instanceof PublishNotStoredError ? err.topic : undefined,
+      errorCode: Errors.PublishNotStored.code,
+      reason: `${err.message}: not acknowledged, connection closed (the client resends)`
+    }, 'warn')
+  }
+}
+
+// KEYS[1]: the session's queue `outgoing:<client id>`; ARGV[1]: 'packet:'.
+// Each entry is a shared `packet:<broker>:<counter>` (QoS 1) or this client's copy
+// `outgoing:<client id>:<broker>:<counter>` (QoS 2); the shared packet and its
+// `:offlineCount` go when the last queue holding them lets go, as an acknowledgement does.
+const DROP_QUEUE = `
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, entry in ipairs(entries) do
+  local packet = entry
+  if string.sub(entry, 1, #ARGV[1]) ~= ARGV[1] then
+    redis.call('DEL', entry)
+    local broker, counter = string.match(entry, ':([^:]+):([^:]+)$')
+    packet = ARGV[1] .. broker .. ':' .. counter
+  end
+  if redis.call('DECR', packet .. ':offlineCount') <= 0 then
+    redis.call('DEL', packet, packet .. ':offlineCount')
+  end
+end
+redis.call('DEL', KEYS[1])
+return #entries`
+
+/**
+ * Answers: aedes-persistence-redis drops a cleaned session's queue list but not
+ * the `packet:*` keys (and their counts) it pointed to, which then stay in Redis
+ * forever (1,000 queued → 2,000 keys). When a session is cleaned [MQTT-3.1.2-6],
+ * its queued packets are released first, in one script. The packetTTL option
+ * (session-store.ts) is the backstop for what this cannot see (an UNSUBSCRIBE
+ * of the last filter, a broker killed mid-way).
+ */
+export function dropQueuedPacketsOnClean (conn: Redis): PersistenceWrapper {
+  return function dropQueuedPackets<P extends AedesPersistence> (persistence: P): P {
+    const clean = persistence.cleanSubscriptions.bind(persistence)
+    persistence.cleanSubscriptions = async function cleanSubscriptionsAndQueue (client) {
+      // issued first, so Redis runs it before the store's own commands drop the list
+      await Promise.all([
+        conn.eval(DROP_QUEUE, 1, `outgoing:${encodeURIComponent(client.id)}`, 'packet:'),
+        clean(client)
+      ])
+    }
+    return persistence
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * Test harness: this broker in a CHILD process, for faults that must kill it
+ * (SIGKILL leaves no chance to flush or close anything, as a crash would not).
+ * The child is bench/broker-child: the compiled one in dist/ when dist is at
+ * least as new as every source file (`npm test` builds it first), otherwise the
+ * sources with the TypeScript loader tap itself uses (slower to start: ts-node
+ * transpiles the whole broker again in the child). It talks to this process
+ * over IPC and exits when it loses it.
+ * Devices are registered straight into the shared Redis registry, as another
+ * broker process would have done.
+ */
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { startBrokerChild, type Target } from '../../bench/processes.js'
+import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
+import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
+import type { Registry } from '../../broker/store/registry.js'
+import type { ClientCredentials, Pki } from './broker.js'
+import { waitFor } from './broker.js'
+
+export interface BrokerProcess {
+  readonly pid: number
+  /** MQTTS port */
+  readonly port: number
+  readonly httpPort: number
+  readonly pki: Pki
+  /** the audit lines written so far (a killed child loses what it had not flushed) */
+  auditLines (): Array<Record<string, unknown>>
+  /** SIGKILL; resolves once the process is gone */
+  kill (): void
+  exited (): Promise<void>
+  /** graceful stop (flushes the audit log) */
+  stop (): Promise<void>
+}
+
+export interface BrokerProcessOptions {
+  redisUrl: string
+  pki: Pki
+  /** extra configuration keys */
+  overrides?: Record<string, unknown>
+}
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+/** what the child runs (tsconfig.build.json compiles these into dist/) */
+const SOURCE_DIRS = ['broker', 'plugins', 'pki', 'certs-dev', 'bench']
+
+function * sourceFiles (dir: string): Generator<string> {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) yield * sourceFiles(path)
+    else if (entry.name.endsWith('.ts') && !entry.name.endsWith('.d.ts')) yield path
+  }
+}
+
+/** true when every source file has a compiled twin in dist/ at least as new as itself */
+function distIsFresh (): boolean {
+  try {
+    for (const dir of SOURCE_DIRS) {
+      for (const file of sourceFiles(join(ROOT, dir))) {
+        const compiled = join(ROOT, 'dist', relative(ROOT, file).replace(/\.ts$/, '.js'))
+        if (statSync(compiled).mtimeMs < statSync(file).mtimeMs) return false
+      }
+    }
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** the child script and the node flags it needs */
+function childLaunch (): { script: string, execArgv: string[] } {
+  if (distIsFresh()) return { script: join(ROOT, 'dist', 'bench', 'broker-child.js'), execArgv: [] }
+  const loader = process.execArgv.filter((arg) => arg.includes('@tapjs/typescript'))
+  if (loader.length === 0) throw new Error('broker-process: dist/ is stale and this is not run by tap: run `npm run build` first')
+  return { script: join(ROOT, 'bench', 'broker-child.ts'), execArgv: loader }
+}
+
+const stopping = new Set<Target>()
+t.teardown(async () => {
+  await Promise.all([...stopping].map((target) => target.stop()))
+})
+
+export async function startBrokerProcess (opts: BrokerProcessOptions): Promise<BrokerProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'jitp-broker-child-'))
+  const auditLog = join(dir, 'audit.log')
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+  const target = await startBrokerChild('broker', {
+    kind: 'jitp',
+    store: 'redis',
+    redisUrl: opts.redisUrl,
+    certsDir: opts.pki.dir,
+    auditLog,
+    overrides: { LOG_LEVEL: 'silent', ...opts.overrides }
+  }, childLaunch())
+  stopping.add(target)
+  const gone = async (): Promise<void> => {
+    await waitFor(() => target.exitStatus() !== null, 10_000, 'the broker child to exit')
+    stopping.delete(target)
+  }
+  return {
+    pid: target.pid,
+    port: target.port,
+    httpPort: target.httpPort ?? 0,
+    pki: opts.pki,
+    auditLines () {
+      let text = ''
+      try {
+        text = readFileSync(auditLog, 'utf8')
+      } catch {
+        return []
+      }
+      return text.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>)
+    },
+    kill () {
+      process.kill(target.pid, 'SIGKILL')
+    },
+    exited: gone,
+    async stop () {
+      await target.stop()
+      stopping.delete(target)
+    }
+  }
+}
+
+/** Issues a device certificate with the PKI's device CA and registers it in `registry` (as provisioning would). */
+export async function registerDeviceIn (registry: Registry, pki: Pki, deviceId: string): Promise<ClientCredentials> {
+  const issuer = loadIssuer(pki.read('device-ca.pem'), pki.read('device-ca.key'))
+  const keys = generateKeyPair('ec')
+  const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 30, extKeyUsage: ['clientAuth'] })
+  const now = Date.now()
+  await registry.putDevice({ deviceId, status: 'active', template: 'test', createdAt: now, updatedAt: now, attributes: {} })
+  await registry.putCertificate({
+    certificateId: issued.certificateId,
+    deviceId,
+    status: 'active',
+    serialNumber: issued.serialNumber,
+    notAfter: issued.notAfter.getTime(),
+    createdAt: now,
+    updatedAt: now
+  })
+  return { cert: issued.pem + pki.read('device-ca.pem'), key: privateKeyToPem(keys.privateKey) }
+}
