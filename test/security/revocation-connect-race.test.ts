@@ -1,0 +1,75 @@
+/**
+ * Attack: a leaked certificate connects at the very moment it is revoked. The
+ * broker's revocation check answers "not revoked", the revocation lands while the
+ * connect is still in flight (the check's reply is held by a wrapper around the
+ * real registry until the revocation is in and its notice was heard), then the
+ * connect completes. The broker must not keep that session: it is closed, audited,
+ * and the next connect is refused with CONNACK 5. Both stores; with Redis the
+ * revocation comes from another registry instance, as from another process.
+ */
+import t from 'tap'
+import { RedisRegistry } from '../../broker/store/redis-registry.js'
+import type { RevocationQuery } from '../../broker/store/registry.js'
+import { connect, startBroker, STORES, waitFor } from '../helpers/broker.js'
+import { connackOf, counterValue, issueClient } from '../helpers/revocation.js'
+
+for (const store of STORES) {
+  t.test(`${store}: a revocation that lands during a connect is honoured`, async (t) => {
+    const tb = await startBroker({ store })
+    t.teardown(() => tb.close())
+    const leaked = issueClient(tb.pki, 'service', 'race-svc')
+    const registry = tb.handle.registry
+    // another process's registry on the same Redis (memory: the broker's own, the only one there is)
+    const revoker = store === 'redis' ? new RedisRegistry({ url: tb.redis!.url, keyPrefix: 'jitp:' }) : registry
+    if (revoker !== registry) t.teardown(() => revoker.close())
+
+    // hold the broker's revocation check: it reads the list (not revoked yet) and its answer waits
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => { release = resolve })
+    let entered!: () => void
+    const inFlight = new Promise<void>((resolve) => { entered = resolve })
+    const realIsRevoked = registry.isRevoked.bind(registry)
+    registry.isRevoked = async function heldIsRevoked (q: RevocationQuery): Promise<boolean> {
+      const answer = await realIsRevoked(q)
+      if (q.certificateId === leaked.certificateId) {
+        entered()
+        await gate
+      }
+      return answer
+    }
+
+    const closed = { at: 0 }
+    const connecting = connect(tb, leaked, { clientId: 'race-svc-1' }).then((client) => {
+      client.once('close', () => { closed.at = Date.now() })
+      return client
+    }, (err: Error & { code?: number }) => err)
+    await inFlight
+    const heard = await counterValue(tb.handle.metrics.revocations)
+    t.equal(await revoker.revoke({ certificateId: leaked.certificateId }), true, 'revoked while the connect waits on its check')
+    // the broker heard the notice (pub/sub from the other instance, or in-process) before the connect goes on
+    const start = Date.now()
+    while (await counterValue(tb.handle.metrics.revocations) === heard) {
+      if (Date.now() - start > 5000) throw new Error('the broker never heard the revocation notice')
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    release()
+
+    const outcome = await connecting
+    if (outcome instanceof Error) {
+      t.equal(outcome.code, 5, 'refused outright (CONNACK 5)')
+    } else {
+      await waitFor(() => closed.at > 0, 5000, 'the raced session to be closed')
+      t.pass('the session that raced the revocation was closed')
+      outcome.end(true)
+    }
+    await waitFor(() => tb.events('disconnect').some((l) => l.clientId === 'race-svc-1') || tb.events('connect.refused').some((l) => l.clientId === 'race-svc-1'), 5000, 'audit line')
+    const line = [...tb.events('disconnect'), ...tb.events('connect.refused')].find((l) => l.clientId === 'race-svc-1')
+    t.match(line, { errorCode: 'CertificateRevoked', certificateId: leaked.certificateId, role: 'service' }, 'audited with the reason')
+    if (outcome instanceof Error) t.pass('nothing to close')
+    else t.match(line, { event: 'disconnect', reason: 'revoked while connecting' })
+
+    registry.isRevoked = realIsRevoked
+    t.equal(await connackOf(tb, leaked, 'race-svc-2'), 5, 'the next connect: CONNACK 5')
+    t.equal(tb.events('certificate.revoked').length, 0, 'the broker does not write the revocation line (the actor does)')
+  })
+}
