@@ -11,7 +11,7 @@ export type AuditEvent =
   | 'connect.accepted' | 'connect.refused' | 'disconnect' | 'connection.closed'
   | 'subscribe.denied' | 'publish.denied' | 'payload.rejected' | 'client.disconnected.offender'
   | 'provision.certificate.issued' | 'provision.accepted' | 'provision.rejected'
-  | 'device.registered' | 'device.revoked' | 'certificate.revoked' | 'ca.revoked' | 'crl.loaded'
+  | 'device.registered' | 'device.revoked' | 'certificate.revoked' | 'ca.revoked' | 'crl.loaded' | 'crl.rejected'
   | 'config.published' | 'config.acknowledged' | 'config.rolledback'
   | 'queue.dropped' | 'claim.session.expired'
   | 'broker.started' | 'broker.stopped'

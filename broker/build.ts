@@ -13,6 +13,7 @@ import { configAckPlugin } from '../plugins/config-ack.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
+import { revocationPlugin } from '../plugins/revocation.js'
 import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validationPlugin } from '../plugins/validation.js'
 import { createPiiCipher, piiKeyFrom } from './pii-crypto.js'
@@ -139,9 +140,10 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))
 
     const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })
-    // the fixed order of the chain: identity → authorization → validation → provisioning → observers
+    // the fixed order of the chain: revocation → identity → authorization → validation → provisioning → observers
     const hooks: PluginHooks[] = [
       // first: a revoked certificate (any role, registry list or CRL) is denied before anyone looks it up
+      await revocationPlugin.setup(ctx, undefined),
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),

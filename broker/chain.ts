@@ -49,6 +49,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   const transformers = hooksWith(plugins, 'transformForward')
   const observers = hooksWith(plugins, 'published')
   const disconnectedHooks = hooksWith(plugins, 'disconnected')
+  const readyHooks = hooksWith(plugins, 'ready')
   const rejectedHooks = hooksWith(plugins, 'rejected')
   const refusals = new WeakMap<Client, JitpError>()
   // the payload a validator asked to route instead (personal data sealed), per packet
@@ -290,12 +291,13 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
     metrics.connections.inc({ role })
     metrics.connectsAccepted.inc({ role })
     audit.write('connect.accepted', { ...auditFields(client, state), reason: state?.identity?.registeredOnConnect ? 'registered on first connect' : undefined })
+    if (state?.identity) for (const plugin of readyHooks) plugin.ready!(client, state)
   })
   broker.on('clientDisconnect', function onClientDisconnect (client) {
     const state = stateOf(client)
     if (!state?.identity) return
     metrics.connections.dec({ role: state.identity.role })
-    audit.write('disconnect', auditFields(client, state))
+    audit.write('disconnect', { ...auditFields(client, state), ...state.closeReason })
     for (const plugin of disconnectedHooks) plugin.disconnected!(client, state)
   })
 

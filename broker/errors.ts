@@ -41,6 +41,7 @@ export const Errors = Object.freeze({
   ClientIdRequired: entry('ClientIdRequired', 'a persistent session needs a client id', { connack: 2 }),
   ClientIdInUse: entry('ClientIdInUse', 'client id belongs to another identity', { connack: 2 }),
   SessionRevalidated: entry('SessionRevalidated', 'session no longer valid on re-validation'),
+  CrlInvalid: entry('CrlInvalid', 'CRL is malformed or not signed by its role CA; ignored'),
   StoreUnavailable: entry('StoreUnavailable', 'registry unavailable', { connack: 3 }),
   // authorization
   PublishDenied: entry('PublishDenied', 'no rule allows this publish'),

@@ -111,6 +111,11 @@ export interface PluginHooks {
   rejected? (ev: RejectedEvent): void
   /** after the broker routed a publish from a client */
   published? (ev: PublishedEvent): void
+  /**
+   * after CONNACK, once the client is registered (Aedes' `clientReady`): a last
+   * look at what may have changed while the connect was in flight (a revocation)
+   */
+  ready? (client: Client, state: ConnectionState): void
   disconnected? (client: Client, state: ConnectionState): void
   close? (): Promise<void>
 }

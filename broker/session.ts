@@ -42,6 +42,8 @@ export interface ConnectionState {
   rules: unknown
   /** rejected payloads in the current one-minute window */
   offences: { windowStart: number, count: number }
+  /** why the broker closed this session (e.g. CertificateRevoked), for the `disconnect` audit line */
+  closeReason?: { readonly errorCode: string, readonly reason: string }
 }
 
 const states = new WeakMap<Client, ConnectionState>()

@@ -7,11 +7,8 @@
  * - claim: anonymous, may only provision; clean sessions only.
  * - service: CN is the service name.
  * Username and password are ignored: the certificate alone authenticates.
- * Also closes live sessions when the registry reports a revocation.
  */
-import type { Client } from 'aedes'
 import type { Identity } from '../broker/session.js'
-import { liveClients, stateOf } from '../broker/session.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
 import type { Policy } from './policy.js'
 import { permissionsFor } from './policy.js'
@@ -41,37 +38,9 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
   return { verdict: 'allow', identity }
 }
 
-function closeSessions (ctx: PluginContext, match: (client: Client) => boolean): number {
-  let closed = 0
-  for (const client of Object.values(liveClients(ctx.broker))) {
-    if (client && match(client)) {
-      closed++
-      client.close()
-    }
-  }
-  return closed
-}
-
 export const identityPlugin: Plugin<IdentityOptions> = {
   name: 'identity',
   setup (ctx, { policy }): PluginHooks {
-    ctx.registry.onRevocation(function onRevocation ({ deviceId, certificateId }) {
-      const count = closeSessions(ctx, (client) => {
-        const identity = stateOf(client)?.identity
-        if (!identity) return false
-        return (deviceId !== null && identity.role === 'device' && identity.name === deviceId) ||
-          (certificateId !== null && identity.certificateId === certificateId)
-      })
-      ctx.metrics.revocations.inc()
-      ctx.audit.write(deviceId ? 'device.revoked' : 'certificate.revoked', {
-        deviceId: deviceId ?? undefined,
-        certificateId: certificateId ?? undefined,
-        count,
-        reason: 'sessions closed',
-        brokerId: ctx.broker.id
-      })
-    })
-
     return {
       name: 'identity',
       async authenticate (ev) {

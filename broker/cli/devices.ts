@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util'
 import { loadConfig } from '../config.js'
 import { createRegistry } from '../store/create-registry.js'
+import { auditAction } from './certificates.js'
 
 export async function devicesCommand (args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { config: { type: 'string' }, json: { type: 'boolean', default: false } } })
@@ -38,6 +39,8 @@ export async function devicesCommand (args: string[]): Promise<number> {
       case 'revoke': {
         if (!id) throw new Error('usage: aedes-jitp devices revoke <id>')
         if (!(await registry.revokeDevice(id))) throw new Error(`devices: no device '${id}'`)
+        // audited once, here, with the actor; each broker audits only the sessions it closes
+        await auditAction(config, 'device.revoked', { deviceId: id, reason: 'device and its certificates revoked' })
         process.stdout.write(`revoked ${id}\n`)
         return 0
       }
