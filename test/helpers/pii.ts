@@ -107,7 +107,7 @@ interface Readablish { [Symbol.asyncIterator] (): AsyncIterator<unknown> }
 
 /** the retained messages and the offline queues of these clients, from a broker's (memory) persistence */
 export async function memoryStoreDump (broker: Aedes, clientIds: readonly string[]): Promise<string> {
-  const p = broker.persistence as unknown as {
+  const p = (broker as unknown as { persistence: unknown }).persistence as {
     createRetainedStream (pattern: string): Readablish
     outgoingStream (client: { id: string }): Readablish
   }
