@@ -130,6 +130,17 @@ t.test('packets larger than the limit are refused from their fixed header', asyn
     await waitFor(() => tb.events('connect.refused').some((l) => l.errorCode === 'ProtocolError'), 5000, 'ProtocolError line')
   })
 
+  t.test('a first packet that is not a CONNECT is a protocol error [MQTT-3.1.0-1]', async (t) => {
+    const counted = async (): Promise<number> => (await tb.handle.metrics.connectRefusals.get()).values.find((v) => v.labels.reason === 'ProtocolError')?.value ?? 0
+    const before = await counted()
+    const socket = await claimSocket(tb)
+    // a PUBLISH before any CONNECT (Aedes would drop the socket without a word)
+    const r = await streamUntilClosed(socket, Buffer.from([0x30, 5, 0, 1, 0x61, 0x7b, 0x7d]), 0)
+    t.ok(r.closed)
+    await waitFor(() => tb.events('connect.refused').filter((l) => l.errorCode === 'ProtocolError').length > 0, 5000, 'ProtocolError line')
+    t.equal(await counted(), before + 1, 'counted')
+  })
+
   t.test('packets within the limit still flow', async (t) => {
     const creds = await registerDevice(tb, 'ptl-dev')
     const service = await connect(tb, credentials(tb.pki, 'service'), { clientId: 'ptl-svc' })
