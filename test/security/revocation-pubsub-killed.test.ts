@@ -59,7 +59,7 @@ t.test('revocation with the pub/sub connection killed', async (t) => {
 
   t.test('subscriber cannot come back: the periodic re-validation alone', async (t) => {
     const d = await connectedDevice('pubsub-killed-2')
-    const pubsubClients = String(await raw.client('LIST', 'TYPE', 'pubsub')).split('\n').filter((l) => l.trim() !== '').length
+    const pubsubClients = String(await raw.call('CLIENT', 'LIST', 'TYPE', 'pubsub')).split('\n').filter((l) => l.trim() !== '').length
     const connected = Number(/connected_clients:(\d+)/.exec(await raw.info('clients'))?.[1])
     t.ok(pubsubClients >= 1 && connected > pubsubClients, `${pubsubClients} pub/sub of ${connected} connections`)
     // atomically: kill them and leave no room for a new connection, so no subscriber returns
@@ -71,7 +71,7 @@ t.test('revocation with the pub/sub connection killed', async (t) => {
 
     await waitFor(() => d.closed.at > 0, REVALIDATE_SECONDS * 1000 + SLACK_MS, 'the device to be disconnected')
     t.ok(d.closed.at - revokedAt <= REVALIDATE_SECONDS * 1000 + SLACK_MS, `disconnected ${d.closed.at - revokedAt} ms after the revocation, with no subscriber`)
-    t.equal(String(await raw.client('LIST', 'TYPE', 'pubsub')).trim(), '', 'no subscriber came back meanwhile')
+    t.equal(String(await raw.call('CLIENT', 'LIST', 'TYPE', 'pubsub')).trim(), '', 'no subscriber came back meanwhile')
     await waitFor(() => auditedClose('pubsub-killed-2') !== undefined, 2000, 'the disconnect audit line')
     t.match(auditedClose('pubsub-killed-2'), { role: 'device', certificateId: d.creds.certificateId, reason: /re-validation/ })
 
