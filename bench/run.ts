@@ -161,7 +161,11 @@ async function main (): Promise<void> {
   const jitpOverrides = {
     // the provisioning scenario comes from one address and one claim certificate
     PROVISION_RATE_PER_CLAIM_CERT: 100_000_000,
-    PROVISION_RATE_PER_ADDRESS: 100_000_000
+    PROVISION_RATE_PER_ADDRESS: 100_000_000,
+    // every load generator connects from 127.0.0.1: the per-address limits of the listener
+    // (CONTRACT §11) would measure the limit, not the broker
+    CONNECT_RATE_PER_ADDRESS: 100_000_000,
+    MAX_PENDING_CONNECTIONS_PER_ADDRESS: 100_000
   }
   const starters: Record<TargetKey, (redis: RedisServer | null) => Promise<Target | null>> = {
     'aedes-memory': () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),
