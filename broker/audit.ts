@@ -13,7 +13,7 @@ export type AuditEvent =
   | 'provision.certificate.issued' | 'provision.accepted' | 'provision.rejected'
   | 'device.registered' | 'device.revoked' | 'certificate.revoked' | 'ca.revoked' | 'crl.loaded' | 'crl.rejected'
   | 'config.published' | 'config.acknowledged' | 'config.rolledback'
-  | 'queue.dropped' | 'claim.session.expired'
+  | 'queue.dropped' | 'claim.session.expired' | 'session.takeover'
   | 'broker.started' | 'broker.stopped'
 
 export interface AuditFields {

@@ -14,7 +14,9 @@
 import type { Aedes, AedesPublishPacket, Client, ConnectPacket, PublishPacket, Subscription } from 'aedes'
 import { TLSSocket } from 'node:tls'
 import { Errors, JitpError, type ErrorCode } from './errors.js'
+import { isMalformedMqttString } from './mqtt-strings.js'
 import type { AuthenticateAnswer, PayloadProblem, PluginContext, PluginHooks, PublishEvent } from './plugin.js'
+import { isReserved, reservedTopics } from './reserved-topics.js'
 import { setState, stateOf, type ConnectionState } from './session.js'
 
 export const QUARANTINE_TOPIC = '$jitp/quarantine'
@@ -54,6 +56,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   const refusals = new WeakMap<Client, JitpError>()
   // the payload a validator asked to route instead (personal data sealed), per packet
   const sealedPayloads = new WeakMap<PublishPacket, Buffer>()
+  const reserved = reservedTopics({ awsTopics: ctx.config.provisioningAwsTopics })
   // bound once: a label lookup per message would cost more than the count
   const publishCounters = new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, metrics.publishes.labels(role)]))
 
@@ -121,6 +124,11 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
 
   /** Vets a publish; returns null when allowed, or why not. */
   function vet (ev: PublishEvent): { event: 'publish.denied' | 'payload.rejected', code: ErrorCode, rule?: string | undefined, schema?: string, errors: readonly PayloadProblem[] } | null {
+    // `$` topics first, before any plugin: no rule opens them (broker/reserved-topics.ts)
+    const topic = ev.packet.topic
+    if (isReserved(topic) && (ev.identity === null || !reserved.open(ev.identity.role, 'publish', topic))) {
+      return { event: 'publish.denied', code: topic.startsWith(SYS_PREFIX) ? 'SysTopicReserved' : 'ReservedTopic', rule: 'reserved-topic', errors: [] }
+    }
     let allowed = false
     for (const plugin of publishChecks) {
       const answer = plugin.authorizePublish!(ev)
@@ -138,18 +146,46 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
     return null
   }
 
+  /** a connect refused before anyone is identified: no state, no identity */
+  function refuseEarly (clientId: string, remoteAddress: string, code: ErrorCode): void {
+    metrics.connectRefusals.inc({ reason: code })
+    audit.write('connect.refused', { clientId, remoteAddress, errorCode: code, reason: Errors[code].message }, 'warn')
+  }
+
   function preConnect (client: Client, packet: ConnectPacket, done: (err: Error | null, ok: boolean) => void): void {
+    const remoteAddress = remoteAddressOf(client)
+    if (packet.protocolVersion !== 4 && packet.protocolVersion !== 3) {
+      // MQTT 5 (AWS's current SDK sample sends it): let it through, and Aedes' own
+      // init answers CONNACK 1 and closes [MQTT-3.1.2-2]; the audit line and the count are ours
+      refuseEarly(packet.clientId, remoteAddress, 'UnsupportedProtocolVersion')
+      return done(null, true)
+    }
+    if (isMalformedMqttString(packet.clientId) || (packet.will !== undefined && packet.will !== null && isMalformedMqttString(packet.will.topic))) {
+      // [MQTT-1.5.3-1], [MQTT-1.5.3-2]: closed, no CONNACK (see broker/mqtt-strings.ts)
+      refuseEarly(packet.clientId, remoteAddress, 'MalformedUtf8')
+      return done(new JitpError('MalformedUtf8'), false)
+    }
+    // a silent client is cut after 1.5 × keep-alive [MQTT-3.1.2-24], and 0 would mean never:
+    // clamped here, before Aedes' setKeepAlive reads the packet (its keepaliveLimit refuses instead)
+    const maxKeepalive = ctx.config.maxKeepaliveSeconds
+    const keepalive = packet.keepalive ?? 0
+    if (keepalive === 0 || keepalive > maxKeepalive) packet.keepalive = maxKeepalive
     const conn = client.conn
     const peer = conn instanceof TLSSocket ? ctx.trust.classify(conn) : null
-    const remoteAddress = remoteAddressOf(client)
     if (peer === null) {
-      metrics.connectRefusals.inc({ reason: 'UnknownIssuer' })
-      audit.write('connect.refused', { clientId: packet.clientId, remoteAddress, errorCode: 'UnknownIssuer', reason: Errors.UnknownIssuer.message })
+      refuseEarly(packet.clientId, remoteAddress, 'UnknownIssuer')
       // preConnect must fail with an Error, or Aedes leaves the socket open
       return done(new JitpError('UnknownIssuer'), false)
     }
     const state: ConnectionState = { peer, remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: { windowStart: ctx.now(), count: 0 } }
     setState(client, state)
+    if (packet.clientId === '' && packet.clean === false) {
+      // [MQTT-3.1.3-8]: a persistent session needs a client id. Aedes names the client
+      // `aedes_<uuid>` before authenticate, so the refusal is kept here and answered
+      // there, with CONNACK 2
+      refusals.set(client, new JitpError('ClientIdRequired'))
+      return done(null, true)
+    }
     resolveIdentity(client, packet, state).then(function identityResolved (answer) {
       if (answer.verdict === 'allow') {
         state.identity = answer.identity
@@ -160,9 +196,15 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
       }
       done(null, true)
     }, function identityFailed (err: unknown) {
-      ctx.log.warn({ err }, 'identity lookup failed')
-      refusals.set(client, new JitpError('StoreUnavailable'))
-      done(null, true)
+      // An authenticator that throws is the store being down only when the store
+      // does not answer: asked, not guessed from the error (ioredis has several
+      // shapes of "unavailable"). Anything else is a fault of ours: InternalError,
+      // audited as such, CONNACK 3 either way.
+      ctx.registry.ping().catch(() => false).then(function storeChecked (storeUp) {
+        ctx.log[storeUp ? 'error' : 'warn']({ err }, storeUp ? 'authenticator failed' : 'identity lookup failed: store unavailable')
+        refusals.set(client, new JitpError(storeUp ? 'InternalError' : 'StoreUnavailable'))
+        done(null, true)
+      })
     })
   }
 
@@ -197,10 +239,13 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   }
 
   function authorizePublish (client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
-    // keep Aedes' own guard: a custom hook replaces it
-    if (packet.topic.startsWith(SYS_PREFIX)) return done(new JitpError('SysTopicReserved'))
-    if (client === null) return done(null) // a dead broker's will, vetted when its author connected
+    if (client === null) {
+      // a dead broker's will, vetted when its author connected; Aedes' own `$SYS` guard
+      // (which a custom hook replaces) kept for it, the `$` check in vet() for everyone else
+      return done(isReserved(packet.topic) ? new JitpError('SysTopicReserved') : null)
+    }
     const state = stateOf(client)
+    if (isMalformedMqttString(packet.topic)) return closeMalformed(client, state, packet.topic, done)
     const ev: PublishEvent = { client, identity: state?.identity ?? null, state, packet, isWill: false }
     const problem = vet(ev)
     if (problem !== null) {
@@ -227,12 +272,25 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
     done(null)
   }
 
+  /** [MQTT-1.5.3-1], [MQTT-1.5.3-2]: an error from the hook makes Aedes close the connection, unanswered */
+  function closeMalformed (client: Client, state: ConnectionState | undefined, topic: string, done: (err: Error) => void): void {
+    metrics.denials.inc({ action: 'malformed', rule: 'MalformedUtf8' })
+    audit.write('connection.closed', { ...auditFields(client, state), topic, errorCode: 'MalformedUtf8', reason: Errors.MalformedUtf8.message }, 'warn')
+    done(new JitpError('MalformedUtf8'))
+  }
+
   function authorizeSubscribe (client: Client, subscription: Subscription, done: (err: Error | null, sub?: Subscription | null) => void): void {
     const state = stateOf(client)
     const identity = state?.identity
+    if (isMalformedMqttString(subscription.topic)) return closeMalformed(client, state, subscription.topic, done)
     let verdict: 'allow' | 'deny' = 'deny'
     let rule = 'no-rule'
-    if (state && identity) {
+    let code: ErrorCode = 'SubscribeDenied'
+    if (isReserved(subscription.topic) && !(identity && reserved.open(identity.role, 'subscribe', subscription.topic))) {
+      // `$` filters first, before any plugin: no rule opens them (broker/reserved-topics.ts)
+      rule = 'reserved-topic'
+      code = subscription.topic.startsWith(SYS_PREFIX) ? 'SysTopicReserved' : 'ReservedTopic'
+    } else if (state && identity) {
       for (const plugin of subscribeChecks) {
         const answer = plugin.authorizeSubscribe!({ client, identity, state, subscription })
         if (answer.verdict === 'defer') continue
@@ -243,7 +301,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
     }
     if (verdict === 'allow') return done(null, subscription)
     metrics.denials.inc({ action: 'subscribe', rule })
-    audit.write('subscribe.denied', { ...auditFields(client, state), topic: subscription.topic, errorCode: 'SubscribeDenied', reason: rule }, 'warn')
+    audit.write('subscribe.denied', { ...auditFields(client, state), topic: subscription.topic, errorCode: code, reason: rule }, 'warn')
     // a null subscription makes Aedes answer SUBACK 0x80 for this filter
     done(null, null)
   }
@@ -253,6 +311,11 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
     const state = stateOf(client)
     const identity = state?.identity
     if (!state || !identity) return null
+    if (isReserved(packet.topic) && !reserved.open(identity.role, 'receive', packet.topic)) {
+      // `$SYS` and the broker's other `$` topics reach nobody, whatever the rules say
+      metrics.denials.inc({ action: 'forward', rule: 'reserved-topic' })
+      return null
+    }
     let allowed = false
     for (const plugin of forwardChecks) {
       const answer = plugin.authorizeForward!({ client, identity, state, packet })

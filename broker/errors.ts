@@ -47,6 +47,7 @@ export const Errors = Object.freeze({
   PublishDenied: entry('PublishDenied', 'no rule allows this publish'),
   SubscribeDenied: entry('SubscribeDenied', 'no rule allows this subscription'),
   SysTopicReserved: entry('SysTopicReserved', '$SYS topics are reserved'),
+  ReservedTopic: entry('ReservedTopic', 'topics beginning with $ are reserved to the broker'),
   // payload validation (CONTRACT §5)
   NoSchema: entry('NoSchema', 'no schema is mapped to this topic'),
   InvalidJson: entry('InvalidJson', 'payload is not valid UTF-8 JSON'),

@@ -26,8 +26,16 @@ export function checkPublish (rules: CompiledRules, topic: string, retain: boole
   return deny('PublishDenied', 'default-deny')
 }
 
-/** per connection: topics it recently published or received, with their answers */
-interface Decisions { readonly publish: Map<string, Allow | Deny>, readonly forward: Map<string, boolean> }
+/**
+ * per connection: topics it recently published or received, with their answers.
+ * Retained publishes have their own map: a prefixed key (`r:${topic}`) would
+ * collide with a client's literal topic `r:...`.
+ */
+interface Decisions {
+  readonly publish: Map<string, Allow | Deny>
+  readonly publishRetained: Map<string, Allow | Deny>
+  readonly forward: Map<string, boolean>
+}
 
 // a device publishes on a handful of topics; a service receives every device's
 const MAX_PUBLISH_DECISIONS = 32
@@ -54,7 +62,7 @@ export const authorizationPlugin: Plugin<AuthorizationOptions> = {
     const decisionsOf = (state: ConnectionState): Decisions => {
       let d = decisions.get(state)
       if (d === undefined) {
-        d = { publish: new Map(), forward: new Map() }
+        d = { publish: new Map(), publishRetained: new Map(), forward: new Map() }
         decisions.set(state, d)
       }
       return d
@@ -73,9 +81,10 @@ export const authorizationPlugin: Plugin<AuthorizationOptions> = {
           return client === null ? ALLOW : deny('PublishDenied', 'no-identity')
         }
         const retain = packet.retain === true
-        const memo = decisionsOf(state).publish
-        const key = retain ? `r:${packet.topic}` : packet.topic
-        return memo.get(key) ?? remember(memo, MAX_PUBLISH_DECISIONS, key, checkPublish(rules, packet.topic, retain))
+        const decided = decisionsOf(state)
+        const memo = retain ? decided.publishRetained : decided.publish
+        const topic = packet.topic
+        return memo.get(topic) ?? remember(memo, MAX_PUBLISH_DECISIONS, topic, checkPublish(rules, topic, retain))
       },
       authorizeSubscribe ({ subscription, state }) {
         const rules = rulesOf(state)

@@ -7,11 +7,13 @@
  * - claim: anonymous, may only provision; clean sessions only.
  * - service: CN is the service name.
  * Username and password are ignored: the certificate alone authenticates.
+ * A client id in use by another identity is refused (plugins/session-owners.ts).
  */
 import type { Identity } from '../broker/session.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
 import type { Policy } from './policy.js'
 import { permissionsFor } from './policy.js'
+import { holdSession } from './session-owners.js'
 
 export interface IdentityOptions { readonly policy: Policy }
 
@@ -41,28 +43,35 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
 export const identityPlugin: Plugin<IdentityOptions> = {
   name: 'identity',
   setup (ctx, { policy }): PluginHooks {
+    async function identify (ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
+      const { peer } = ev
+      switch (peer.issuerRole) {
+        case 'device':
+        case 'manufacturer':
+          return authenticateDevice(ctx, policy, ev)
+        case 'claim':
+          if (!ev.clean) return deny('ClaimSessionNotClean')
+          return {
+            verdict: 'allow',
+            identity: { role: 'claim', clientId: ev.clientId, certificateId: peer.certificateId, name: null, permissions: permissionsFor(policy, 'claim') }
+          }
+        case 'service':
+          if (!peer.commonName) return deny('UnknownCertificate', undefined, 'service certificate without CN')
+          return {
+            verdict: 'allow',
+            identity: { role: 'service', clientId: ev.clientId, certificateId: peer.certificateId, name: peer.commonName, permissions: permissionsFor(policy, 'service') }
+          }
+      }
+      return DEFER
+    }
+
     return {
       name: 'identity',
       async authenticate (ev) {
-        const { peer } = ev
-        switch (peer.issuerRole) {
-          case 'device':
-          case 'manufacturer':
-            return authenticateDevice(ctx, policy, ev)
-          case 'claim':
-            if (!ev.clean) return deny('ClaimSessionNotClean')
-            return {
-              verdict: 'allow',
-              identity: { role: 'claim', clientId: ev.clientId, certificateId: peer.certificateId, name: null, permissions: permissionsFor(policy, 'claim') }
-            }
-          case 'service':
-            if (!peer.commonName) return deny('UnknownCertificate', undefined, 'service certificate without CN')
-            return {
-              verdict: 'allow',
-              identity: { role: 'service', clientId: ev.clientId, certificateId: peer.certificateId, name: peer.commonName, permissions: permissionsFor(policy, 'service') }
-            }
-        }
-        return DEFER
+        const answer = await identify(ev)
+        if (answer.verdict !== 'allow') return answer
+        // sessions belong to identities: no takeover of another identity's client id (plugins/session-owners.ts)
+        return (await holdSession(ctx, answer.identity, ev)) ?? answer
       }
     }
   }

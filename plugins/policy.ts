@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { Ajv } from 'ajv'
 import { JitpError } from '../broker/errors.js'
+import { AWS_PROVISIONING_REQUESTS, PROVISIONING_REQUESTS } from '../broker/reserved-topics.js'
 import type { Identity, Role } from '../broker/session.js'
 
 export type Action = 'publish' | 'subscribe'
@@ -21,7 +22,7 @@ export interface PolicyRule {
 
 export interface Policy {
   readonly rules: readonly PolicyRule[]
-  /** extra permissions per role, e.g. `pii` to receive fields marked x-pii */
+  /** extra permissions per role, e.g. `pii` to receive fields marked x-pii; optional in a POLICY_FILE (none) */
   readonly permissions: Readonly<Partial<Record<Role, readonly string[]>>>
 }
 
@@ -60,16 +61,10 @@ const policySchema = {
 const validatePolicy = new Ajv({ strict: true }).compile(policySchema)
 
 const dev = 'devices/${deviceId}'
-const provisionRequests = [
-  '$provision/certificates/create/json',
-  '$provision/certificates/create-from-csr/json',
-  '$provision/templates/+/provision/json'
-]
-const awsRequests = [
-  '$aws/certificates/create/json',
-  '$aws/certificates/create-from-csr/json',
-  '$aws/provisioning-templates/+/provision/json'
-]
+// the provisioning topics (CONTRACT §3) are also the only `$` topics the
+// broker's reserved-topic check leaves open (broker/reserved-topics.ts)
+const provisionRequests = PROVISIONING_REQUESTS
+const awsRequests = AWS_PROVISIONING_REQUESTS
 
 export function defaultPolicy (opts: { awsTopics: boolean }): Policy {
   const claimRequests = opts.awsTopics ? [...provisionRequests, ...awsRequests] : provisionRequests
@@ -105,7 +100,9 @@ export function loadPolicy (file: string | undefined, opts: { awsTopics: boolean
     const e = validatePolicy.errors?.[0]
     throw new JitpError('InvalidConfig', `POLICY_FILE: ${file}${e?.instancePath ?? ''} ${e?.message ?? 'invalid'}`)
   }
-  return parsed as Policy
+  // `permissions` is optional: a policy that names none grants none
+  const policy = parsed as Omit<Policy, 'permissions'> & { permissions?: Policy['permissions'] }
+  return { rules: policy.rules, permissions: policy.permissions ?? {} }
 }
 
 export interface CompiledRule { readonly name: string, readonly levels: readonly string[], readonly retain: boolean }
@@ -170,5 +167,5 @@ export function covers (rule: readonly string[], sub: readonly string[]): boolea
 }
 
 export function permissionsFor (policy: Policy, role: Role): ReadonlySet<string> {
-  return new Set(policy.permissions[role] ?? [])
+  return new Set(policy.permissions?.[role] ?? [])
 }

@@ -8,6 +8,25 @@ function globToRegExp (glob: string): RegExp {
   return new RegExp(`^${escaped}$`)
 }
 
+/**
+ * Every control character a terminal could act on: C0, DEL, C1, and the Unicode
+ * line and paragraph separators. A client id is chosen by the client: unescaped,
+ * `\n` would forge a second audit line and ANSI escapes would repaint the screen.
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g
+const NAMED: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/** `\n`, `\r`, `\t` by name, the others as `\xNN` or `\uNNNN`; a backslash doubled so an escape cannot be forged either */
+export function escapeControl (value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(CONTROL, (c) => {
+    const named = NAMED[c]
+    if (named !== undefined) return named
+    const code = c.charCodeAt(0)
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`
+  })
+}
+
 const SHOWN = ['clientId', 'deviceId', 'role', 'topic', 'errorCode', 'reason', 'remoteAddress', 'certificateId', 'template', 'version', 'count']
 
 export function formatLine (line: string, filter: { event?: RegExp, device?: string }): string | null {
@@ -21,9 +40,9 @@ export function formatLine (line: string, filter: { event?: RegExp, device?: str
   if (filter.event && !filter.event.test(entry.event)) return null
   if (filter.device && entry.deviceId !== filter.device) return null
   const time = typeof entry.time === 'number' ? new Date(entry.time).toISOString() : '-'
-  const level = typeof entry.level === 'string' ? entry.level.toUpperCase() : ''
-  const details = SHOWN.filter((k) => entry[k] !== undefined).map((k) => `${k}=${String(entry[k])}`).join(' ')
-  return `${time} ${level.padEnd(5)} ${entry.event.padEnd(28)} ${details}`
+  const level = typeof entry.level === 'string' ? escapeControl(entry.level.toUpperCase()) : ''
+  const details = SHOWN.filter((k) => entry[k] !== undefined).map((k) => `${k}=${escapeControl(String(entry[k]))}`).join(' ')
+  return `${time} ${level.padEnd(5)} ${escapeControl(entry.event).padEnd(28)} ${details}`
 }
 
 export async function auditCommand (args: string[]): Promise<number | null> {

@@ -141,6 +141,36 @@ export class MemoryRegistry implements Registry {
   }
   // --- end revocation list ---
 
+  // --- session owners ---
+  /** client id → owner; expiresAt Infinity for a kept record */
+  readonly #owners = new Map<string, { owner: string, expiresAt: number }>()
+  #ownersSweepAt = 1024
+
+  async sessionOwner (clientId: string): Promise<string | null> {
+    const entry = this.#owners.get(clientId)
+    return entry !== undefined && this.#now() < entry.expiresAt ? entry.owner : null
+  }
+
+  async claimSessionOwner (clientId: string, owner: string, ttlMs?: number): Promise<boolean> {
+    const now = this.#now()
+    const entry = this.#owners.get(clientId)
+    const live = entry !== undefined && now < entry.expiresAt
+    if (live && entry.owner !== owner) return false
+    const expiresAt = ttlMs === undefined ? Infinity : now + ttlMs
+    // a kept record is never shortened to a clean session's ttl
+    if (!live || expiresAt > entry.expiresAt) this.#owners.set(clientId, { owner, expiresAt })
+    this.#sweepOwners(now)
+    return true
+  }
+
+  // records of clean sessions would otherwise pile up (random client ids); amortised as for tokens
+  #sweepOwners (now: number): void {
+    if (this.#owners.size < this.#ownersSweepAt) return
+    for (const [clientId, entry] of this.#owners) if (entry.expiresAt <= now) this.#owners.delete(clientId)
+    this.#ownersSweepAt = Math.max(1024, this.#owners.size * 2)
+  }
+  // --- end session owners ---
+
   async ping (): Promise<boolean> {
     return !this.#closed
   }

@@ -69,6 +69,21 @@ end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return added`
 
+// KEYS: owner record; ARGV: owner, ttl in ms ('' = kept). One winner when identities race;
+// a kept record is never shortened, an expiring one only extended (PTTL -2 absent, -1 kept)
+const CLAIM_SESSION_OWNER = `
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  local left = redis.call('PTTL', KEYS[1])
+  if left == -2 or (left >= 0 and left < tonumber(ARGV[2])) then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  end
+end
+return 1`
+
 export class RedisRegistry implements Registry {
   readonly #prefix: string
   readonly #channel: string
@@ -255,6 +270,23 @@ export class RedisRegistry implements Registry {
     return `${this.#prefix}revocation-list`
   }
   // --- end revocation list ---
+
+  // --- session owners ---
+  async sessionOwner (clientId: string): Promise<string | null> {
+    const conn = await this.#ready()
+    return await conn.get(this.#ownerKey(clientId))
+  }
+
+  async claimSessionOwner (clientId: string, owner: string, ttlMs?: number): Promise<boolean> {
+    const conn = await this.#ready()
+    const ttl = ttlMs === undefined ? '' : String(Math.max(1, Math.ceil(ttlMs)))
+    return (await conn.eval(CLAIM_SESSION_OWNER, 1, this.#ownerKey(clientId), owner, ttl)) === 1
+  }
+
+  #ownerKey (clientId: string): string {
+    return `${this.#prefix}session-owner:${clientId}`
+  }
+  // --- end session owners ---
 
   /** Also false while the subscriber is down: this process would miss revocations. */
   async ping (): Promise<boolean> {

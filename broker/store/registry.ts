@@ -132,7 +132,27 @@ export interface RevocationList {
 }
 // --- end revocation list ---
 
-export interface Registry extends RevocationList {
+// --- session owners (CONTRACT §2 "Client ids and sessions") ---
+/**
+ * Who a session belongs to, by client id, so no other identity takes it over or
+ * cleans it, on any broker process and across restarts. An owner is a key such as
+ * `service:<name>`, `claim:<certificateId>` (device sessions are owned through
+ * the device record: a device's client id is its device id).
+ */
+export interface SessionOwners {
+  /** the owner recorded for this client id, or null */
+  sessionOwner (clientId: string): Promise<string | null>
+  /**
+   * Records `owner` for `clientId` unless another owner holds it, atomically (one
+   * winner when two identities race). True when `owner` holds it now. `ttlMs`
+   * makes the record expire (clean sessions: nothing is stored to protect once it
+   * ends); without it the record is kept, and a kept record is never shortened.
+   */
+  claimSessionOwner (clientId: string, owner: string, ttlMs?: number): Promise<boolean>
+}
+// --- end session owners ---
+
+export interface Registry extends RevocationList, SessionOwners {
   getDevice (deviceId: string): Promise<DeviceRecord | null>
   listDevices (): Promise<DeviceRecord[]>
   /** creates or replaces the device record */

@@ -51,3 +51,13 @@ t.test('past the memo\'s bound every topic still gets its own answer', async (t)
   }
   t.pass('10,000 distinct topics answered by the rules')
 })
+
+t.test('a literal `r:` topic and a retained publish have separate memos', async (t) => {
+  // the memo once keyed retained publishes as `r:${topic}`: the literal topic `r:devices/d1/state` shared that key
+  const first = await connection(device('d1'))
+  t.equal(first.publish('devices/d1/state', true), 'allow', 'retained state allowed')
+  t.equal(first.publish('r:devices/d1/state'), 'deny', 'the literal topic is not the retained state\'s answer')
+  const second = await connection(device('d1'))
+  t.equal(second.publish('r:devices/d1/state'), 'deny', 'the literal topic, asked first')
+  t.equal(second.publish('devices/d1/state', true), 'allow', 'the retained state is not the literal topic\'s answer')
+})

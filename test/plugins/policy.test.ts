@@ -45,6 +45,7 @@ t.test('POLICY_FILE is validated', async (t) => {
   const good = join(dir, 'good.json')
   writeFileSync(good, JSON.stringify({ rules: [{ name: 'r', role: 'device', actions: ['publish'], topics: ['x/${deviceId}'] }] }))
   t.equal(loadPolicy(good, { awsTopics: false }).rules.length, 1)
+  t.same(loadPolicy(good, { awsTopics: false }).permissions, {}, 'permissions are optional: none granted')
   const bad = join(dir, 'bad.json')
   writeFileSync(bad, JSON.stringify({ rules: [{ name: 'r', role: 'admin', actions: ['publish'], topics: ['x'] }] }))
   t.throws(() => loadPolicy(bad, { awsTopics: false }), /POLICY_FILE/)

@@ -238,6 +238,38 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
   })
   // --- end revocation list ---
 
+  // --- session owners ---
+  t.test(`${name}: a session owner is recorded once, for one identity`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.sessionOwner('backend-1'), null, 'nobody before the first claim')
+    t.equal(await registry.claimSessionOwner('backend-1', 'service:billing'), true)
+    t.equal(await registry.sessionOwner('backend-1'), 'service:billing')
+    t.equal(await registry.claimSessionOwner('backend-1', 'service:billing'), true, 'the same identity again')
+    t.equal(await registry.claimSessionOwner('backend-1', 'claim:abc'), false, 'another identity is refused')
+    t.equal(await registry.sessionOwner('backend-1'), 'service:billing', 'the refused claim changed nothing')
+  })
+
+  t.test(`${name}: one owner wins when identities race`, async (t) => {
+    const { registry } = await setup(t)
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => registry.claimSessionOwner('raced', `service:s${i}`)))
+    t.equal(results.filter(Boolean).length, 1, 'one true, nineteen false')
+    t.equal(await registry.sessionOwner('raced'), `service:s${results.indexOf(true)}`, 'the record is the winner\'s')
+  })
+
+  t.test(`${name}: a clean session's record expires, a kept one is never shortened`, async (t) => {
+    const { registry, advance } = await setup(t)
+    t.equal(await registry.claimSessionOwner('short', 'service:a', 50), true)
+    t.equal(await registry.claimSessionOwner('kept', 'service:b'), true)
+    t.equal(await registry.claimSessionOwner('kept', 'service:b', 50), true, 'the owner reconnecting clean')
+    // memory follows the injected clock, Redis its own: advance both
+    advance(200)
+    await sleep(200)
+    t.equal(await registry.sessionOwner('short'), null, 'expired')
+    t.equal(await registry.claimSessionOwner('short', 'claim:x', 50), true, 'free for another identity once expired')
+    t.equal(await registry.sessionOwner('kept'), 'service:b', 'kept: the clean reconnect did not shorten it')
+  })
+  // --- end session owners ---
+
   t.test(`${name}: ping`, async (t) => {
     const { registry } = await setup(t)
     t.equal(await registry.ping(), true)

@@ -1,0 +1,77 @@
+/**
+ * Sessions belong to identities (CONTRACT §2 "Client ids and sessions"): no
+ * connection takes over, or cleans, a session that belongs to another identity.
+ * MQTT lets any connection with a client id take the live session of that id
+ * over and, with clean=1, wipe what is stored for it [MQTT-3.1.4-2]; with the
+ * claim certificate public and device ids predictable, that would hand every
+ * device's session (and its queued commands) to anyone. So, once the identity is
+ * known and before Aedes touches the session (authenticate is its first connect
+ * step), a claim or service connection is refused with CONNACK 2 when its client
+ * id is
+ *   - live on this process for another identity,
+ *   - a registered device id (a device's client id is its device id), or
+ *   - recorded in the registry for another identity (any process, any restart).
+ * The same identity reconnecting takes its own session over, as MQTT requires;
+ * that is audited too. A device is owned through its registration, so it always
+ * takes its own id back.
+ */
+import type { Client } from 'aedes'
+import { deny, type AuthenticateEvent, type Deny, type PluginContext } from '../broker/plugin.js'
+import { liveClients, stateOf, type Identity } from '../broker/session.js'
+
+/**
+ * How long the record of a clean service session lasts after its connect: nothing
+ * is stored for a clean session once it ends, and services with random client ids
+ * must not leave a record per connect behind. A persistent session's record is kept.
+ */
+export const CLEAN_SESSION_OWNER_TTL_MS = 24 * 3600_000
+
+export function ownerOf (identity: Identity): string {
+  switch (identity.role) {
+    case 'device': return `device:${identity.name ?? ''}`
+    case 'service': return `service:${identity.name ?? ''}`
+    case 'claim': return `claim:${identity.certificateId}`
+  }
+}
+
+function liveOwner (client: Client): string | null {
+  const identity = stateOf(client)?.identity
+  return identity ? ownerOf(identity) : null
+}
+
+/**
+ * Claims the client id of `identity` for its session. Returns null when the
+ * connection may go on, or the refusal (ClientIdInUse, CONNACK 2).
+ */
+export async function holdSession (ctx: PluginContext, identity: Identity, ev: AuthenticateEvent): Promise<Deny | null> {
+  const { clientId } = identity
+  // an empty client id gets a fresh `aedes_<uuid>` from Aedes (clean sessions only, see
+  // chain.ts): there is no session to take over
+  if (clientId === '') return null
+  const owner = ownerOf(identity)
+  const live = liveClients(ctx.broker)[clientId]
+  const previous = live ? liveOwner(live) : null
+  if (identity.role !== 'device') {
+    if (live && previous !== owner) return deny('ClientIdInUse', 'live-session', 'in use by a live session of another identity')
+    if (await ctx.registry.getDevice(clientId)) return deny('ClientIdInUse', 'device-id', 'a registered device id')
+    // claims too: one atomic record makes two identities racing for one id a single winner;
+    // a claim session lives at most CLAIM_SESSION_MAX_SECONDS, a clean one is not kept
+    const ttlMs = identity.role === 'claim'
+      ? ctx.config.claimSessionMaxSeconds * 1000
+      : ev.clean ? CLEAN_SESSION_OWNER_TTL_MS : undefined
+    if (!(await ctx.registry.claimSessionOwner(clientId, owner, ttlMs))) {
+      return deny('ClientIdInUse', 'recorded-owner', 'recorded for another identity')
+    }
+  }
+  if (live) {
+    ctx.audit.write('session.takeover', {
+      clientId,
+      deviceId: identity.role === 'device' ? identity.name ?? undefined : undefined,
+      role: identity.role,
+      certificateId: identity.certificateId,
+      remoteAddress: ev.remoteAddress,
+      reason: previous === owner ? 'the same identity takes its live session over' : `a device takes its own client id back from ${previous?.split(':')[0] ?? 'an unidentified'} session`
+    })
+  }
+  return null
+}
