@@ -144,7 +144,8 @@ export const revocationPlugin: Plugin<undefined> = {
     timer.unref()
 
     async function recheck (client: Client, state: ConnectionState): Promise<void> {
-      if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber) || await registry.isRevoked(queryOf(state.peer))) {
+      // areRevoked, not isRevoked: a device revoked meanwhile counts too
+      if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber) || (await registry.areRevoked([queryOf(state.peer)]))[0] === true) {
         closeSession(client, state, 'CertificateRevoked', 'revoked while connecting')
       }
     }

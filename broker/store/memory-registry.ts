@@ -80,9 +80,7 @@ export class MemoryRegistry implements Registry {
     const updatedAt = this.#now()
     this.#devices.set(deviceId, { ...device, status: 'revoked', updatedAt })
     for (const cert of this.#certificates.values()) {
-      if (cert.deviceId !== deviceId) continue
-      this.#certificates.set(cert.certificateId, { ...cert, status: 'revoked', updatedAt })
-      if (!this.#revoked.has(`cert:${cert.certificateId}`)) this.#revoked.set(`cert:${cert.certificateId}`, updatedAt)
+      if (cert.deviceId === deviceId) this.#certificates.set(cert.certificateId, { ...cert, status: 'revoked', updatedAt })
     }
     this.#emit({ deviceId, certificateId: null })
     return true
@@ -118,11 +116,11 @@ export class MemoryRegistry implements Registry {
   }
 
   async isRevoked (query: RevocationQuery): Promise<boolean> {
-    return this.#check(query)
+    return this.#listed(query)
   }
 
   async areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]> {
-    return queries.map((q) => this.#check(q))
+    return queries.map((q) => this.#listed(q) || this.#certificates.get(q.certificateId)?.status === 'revoked')
   }
 
   async listRevocations (): Promise<RevocationEntry[]> {
@@ -133,11 +131,10 @@ export class MemoryRegistry implements Registry {
     // one process, no transport between revoker and listener: no notice can be missed
   }
 
-  #check (q: RevocationQuery): boolean {
+  #listed (q: RevocationQuery): boolean {
     return this.#revoked.has(`cert:${q.certificateId}`) ||
       this.#revoked.has(`serial:${q.issuerFingerprint}:${q.serialNumber}`) ||
-      this.#revoked.has(`ca:${q.issuerFingerprint}`) ||
-      this.#certificates.get(q.certificateId)?.status === 'revoked'
+      this.#revoked.has(`ca:${q.issuerFingerprint}`)
   }
   // --- end revocation list ---
 

@@ -35,7 +35,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1`
 
-// KEYS: device, device-certs, revocation list; ARGV: deviceId, updatedAt, cert key prefix, channel, message.
+// KEYS: device, device-certs; ARGV: deviceId, updatedAt, cert key prefix, channel, message.
 // The set may still list a certificate since bound to another device, hence the deviceId check.
 const REVOKE_DEVICE = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -44,7 +44,6 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local key = ARGV[3] .. id
   if redis.call('HGET', key, 'deviceId') == ARGV[1] then
     redis.call('HSET', key, 'status', 'revoked', 'updatedAt', ARGV[2])
-    redis.call('HSETNX', KEYS[3], 'cert:' .. id, ARGV[2])
   end
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -188,8 +187,8 @@ export class RedisRegistry implements Registry {
   async revokeDevice (deviceId: string): Promise<boolean> {
     const conn = await this.#ready()
     const event: RevocationEvent = { deviceId, certificateId: null }
-    const found = await conn.eval(REVOKE_DEVICE, 3,
-      this.#key('device', deviceId), this.#key('device-certs', deviceId), this.#listKey(),
+    const found = await conn.eval(REVOKE_DEVICE, 2,
+      this.#key('device', deviceId), this.#key('device-certs', deviceId),
       deviceId, String(this.#now()), this.#key('cert', ''), this.#channel, this.#message(event))
     if (found !== 1) return false
     this.#emit(event)
@@ -223,8 +222,10 @@ export class RedisRegistry implements Registry {
     return added === 1
   }
 
-  async isRevoked (query: RevocationQuery): Promise<boolean> {
-    return (await this.areRevoked([query]))[0] === true
+  async isRevoked (q: RevocationQuery): Promise<boolean> {
+    const conn = await this.#ready()
+    const listed = await conn.hmget(this.#listKey(), ...listFields(q))
+    return listed.some((v) => v !== null)
   }
 
   async areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]> {
@@ -233,7 +234,7 @@ export class RedisRegistry implements Registry {
     // one pipeline, one round trip: per query the three list fields and the record's status
     const pipeline = conn.pipeline()
     for (const q of queries) {
-      pipeline.hmget(this.#listKey(), `cert:${q.certificateId}`, `serial:${q.issuerFingerprint}:${q.serialNumber}`, `ca:${q.issuerFingerprint}`)
+      pipeline.hmget(this.#listKey(), ...listFields(q))
       pipeline.hget(this.#key('cert', q.certificateId), 'status')
     }
     const replies = await exec(pipeline)
@@ -350,6 +351,11 @@ export class RedisRegistry implements Registry {
       })
     }
   }
+}
+
+/** the three revocation-list fields one certificate is checked by */
+function listFields (q: RevocationQuery): [string, string, string] {
+  return [`cert:${q.certificateId}`, `serial:${q.issuerFingerprint}:${q.serialNumber}`, `ca:${q.issuerFingerprint}`]
 }
 
 function deviceFields (d: DeviceRecord): Record<string, string> {

@@ -119,9 +119,16 @@ export interface RevocationList {
    * already listed (the notice goes out again all the same).
    */
   revoke (target: RevocationTarget): Promise<boolean>
-  /** true when the certificate, its issuer+serial or its CA is listed (or its record is revoked); one round trip */
+  /**
+   * The connect-time check: true when the certificate, its issuer+serial or its CA
+   * is listed; one round trip. (A revoked device is the identity plugin's answer,
+   * with its own reason.)
+   */
   isRevoked (query: RevocationQuery): Promise<boolean>
-  /** isRevoked for many, in one round trip */
+  /**
+   * The re-validation of live sessions, in one round trip: per query, listed (as
+   * isRevoked) or its registered certificate record revoked (a revoked device).
+   */
   areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]>
   listRevocations (): Promise<RevocationEntry[]>
   /**

@@ -220,13 +220,15 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.strictSame(events[1], { deviceId: null, certificateId: null, caFingerprint: issuerB })
   })
 
-  t.test(`${name}: revokeDevice and revokeCertificate list the certificates`, async (t) => {
+  t.test(`${name}: a revoked device's certificates fail re-validation; revokeCertificate lists`, async (t) => {
     const { registry } = await setup(t)
     await fleet(registry)
     await registry.revokeDevice('d1')
     await registry.revokeCertificate(certId('c3'))
-    t.strictSame(await registry.areRevoked(['c1', 'c2', 'c3', 'c5'].map((c) => query(c))), [true, true, true, false])
-    t.strictSame((await registry.listRevocations()).map((e) => e.kind === 'certificate' ? e.certificateId : '').sort(), [certId('c1'), certId('c2'), certId('c3')].sort())
+    t.strictSame(await registry.areRevoked(['c1', 'c2', 'c3', 'c5'].map((c) => query(c))), [true, true, true, false], 're-validation sees both')
+    t.equal(await registry.isRevoked(query('c1')), false, 'the connect check leaves a revoked device to identity (its own reason)')
+    t.equal(await registry.isRevoked(query('c3')), true)
+    t.strictSame((await registry.listRevocations()).map((e) => e.kind === 'certificate' ? e.certificateId : ''), [certId('c3')])
   })
 
   t.test(`${name}: a throwing revocation listener does not crash the process nor starve the others`, async (t) => {
