@@ -17,11 +17,17 @@ import { configTopic } from '../broker/config-store.js'
 import { loadIssuer } from '../pki/certificate.js'
 import { CsrError } from '../pki/csr.js'
 import { permissionsFor, type Policy } from './policy.js'
-import { issueFor, issueFromCsr, issueWithGeneratedKey, newOwnershipToken, storedPublicKey, type Issued } from './provisioning/issuance.js'
-import { commitRegistration, decideDeviceId } from './provisioning/register.js'
+import { issueFromCsr, issueWithGeneratedKey, newOwnershipToken, type Issued } from './provisioning/issuance.js'
+import { commitRegistration, decideDeviceId, registerClaimed } from './provisioning/register.js'
 import { parseRequestTopic, type ProvisioningRequest } from './provisioning/requests.js'
 import { loadTemplates, type Template } from './provisioning/templates.js'
 import { createThrottle } from './provisioning/throttle.js'
+
+/** claim-session timers armed in this process (all brokers): for tests, nothing else */
+let armedClaimTimers = 0
+export function claimTimersArmed (): number {
+  return armedClaimTimers
+}
 
 export interface ProvisioningOptions {
   readonly policy: Policy
@@ -42,10 +48,24 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
     const { config, registry, audit, metrics, broker } = ctx
     const templates = options.templates ?? await loadTemplates(config.templatesDir)
     const issuer = loadIssuer(ctx.trust.deviceCaCertPem, ctx.trust.deviceCaKeyPem)
-    const perCert = createThrottle(config.provisionRatePerClaimCert, ctx.now)
-    const perAddress = createThrottle(config.provisionRatePerAddress, ctx.now)
+    // shared by every broker through Redis when there is one; address first (see throttle.ts)
+    const throttle = createThrottle({
+      perAddress: config.provisionRatePerAddress,
+      perClaimCertificate: config.provisionRatePerClaimCert,
+      now: ctx.now,
+      redisUrl: config.redisUrl,
+      onError: (err) => ctx.log.warn({ err: err.message }, 'provisioning throttle: Redis error, refusing (fail closed)')
+    })
     const claimTimers = new WeakMap<Client, NodeJS.Timeout>()
+    function disarmClaimTimer (client: Client): void {
+      const timer = claimTimers.get(client)
+      if (timer === undefined) return
+      clearTimeout(timer)
+      claimTimers.delete(client)
+      armedClaimTimers--
+    }
     const deps = { registry, broker, audit, now: ctx.now }
+    const claimDeps = { ...deps, templates, issuer, certValidityDays: config.certValidityDays }
 
     /**
      * Opt-in (PROVISION_REPLY_COMPANION): also deliver to the claim connection named
@@ -98,10 +118,14 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       }
       const now = ctx.now()
       const { certificate } = issued
-      await registry.putCertificate({ certificateId: certificate.certificateId, deviceId: null, status: 'pending', serialNumber: certificate.serialNumber, notAfter: certificate.notAfter.getTime(), createdAt: now, updatedAt: now })
       const token = newOwnershipToken()
       const ttlMs = config.tokenTtlSeconds * 1000
-      await registry.putToken(token, { certificateId: certificate.certificateId, clientId: rc.client.id, claimFingerprint: rc.identity.certificateId, expiresAt: now + ttlMs, publicKeyPem: issued.publicKeyPem }, ttlMs)
+      // pending until a registration binds it; never registered, it expires with its token
+      await registry.putPendingCertificate(
+        { certificateId: certificate.certificateId, deviceId: null, status: 'pending', serialNumber: certificate.serialNumber, notAfter: certificate.notAfter.getTime(), createdAt: now, updatedAt: now },
+        token,
+        { certificateId: certificate.certificateId, clientId: rc.client.id, claimFingerprint: rc.identity.certificateId, expiresAt: now + ttlMs, publicKeyPem: issued.publicKeyPem },
+        ttlMs)
       metrics.certificatesIssued.inc({ flow: rc.request.kind === 'createFromCsr' ? 'csr' : 'generated' })
       audit.write('provision.certificate.issued', { clientId: rc.client.id, role: 'claim', certificateId: certificate.certificateId, remoteAddress: rc.state.remoteAddress, topic: rc.request.topic, reason: rc.request.kind === 'createFromCsr' ? 'from CSR' : 'broker-generated key' })
       reply(rc, 'accepted', {
@@ -113,25 +137,15 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
     }
 
     async function register (rc: RequestContext, payload: Record<string, unknown>): Promise<void> {
-      const template = templates.get(rc.request.template ?? '')
-      if (!template || template.manufacturerCas !== null) throw new JitpError('TemplateNotFound', `no template '${rc.request.template ?? ''}'`)
-      const parameters = (payload.parameters ?? {}) as Record<string, string>
-      // atomic get-and-delete: a token works once, on any broker sharing the store
-      const token = await registry.takeToken(String(payload.certificateOwnershipToken))
-      if (!token || token.expiresAt <= ctx.now() || !token.publicKeyPem) throw new JitpError('InvalidCertificateOwnershipToken')
-      if (token.clientId !== rc.client.id || token.claimFingerprint !== rc.identity.certificateId) {
-        throw new JitpError('InvalidCertificateOwnershipToken', 'token belongs to another connection')
-      }
-      const { deviceId, parameters: finalParameters } = await decideDeviceId(template, parameters, {
-        clientId: rc.client.id, certificateId: token.certificateId, remoteAddress: rc.state.remoteAddress
+      const r = await registerClaimed(claimDeps, {
+        templateName: rc.request.template ?? '',
+        tokenValue: typeof payload.certificateOwnershipToken === 'string' ? payload.certificateOwnershipToken : '',
+        parameters: (payload.parameters ?? {}) as Record<string, string>,
+        clientId: rc.client.id,
+        claimFingerprint: rc.identity.certificateId,
+        remoteAddress: rc.state.remoteAddress
       })
-      const provisional = await registry.getCertificate(token.certificateId)
-      // the certificate the device keeps must name it: issue the final one now that the id is known
-      const final = issueFor(issuer, storedPublicKey(token.publicKeyPem), deviceId, config.certValidityDays)
-      const certificates = [{ certificateId: final.certificateId, serialNumber: final.serialNumber, notAfter: final.notAfter.getTime() }]
-      // firmware written for AWS keeps the certificate from the create step: it works too
-      if (provisional) certificates.push({ certificateId: provisional.certificateId, serialNumber: provisional.serialNumber, notAfter: provisional.notAfter })
-      await commitRegistration(deps, { deviceId, template, parameters: finalParameters, certificates })
+      const { deviceId, final, template } = r
       metrics.certificatesIssued.inc({ flow: 'registration' })
       metrics.registrations.inc({ template: template.name })
       const fields = { clientId: rc.client.id, deviceId, role: 'claim', certificateId: final.certificateId, remoteAddress: rc.state.remoteAddress, template: template.name }
@@ -149,8 +163,9 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
 
     async function handle (rc: RequestContext, raw: Buffer): Promise<void> {
       try {
-        if (!perCert.take(`cert:${rc.identity.certificateId}`) || !perAddress.take(`addr:${rc.state.remoteAddress}`)) {
-          throw new JitpError('Throttled')
+        const verdict = await throttle.take(rc.state.remoteAddress, rc.identity.certificateId)
+        if (verdict !== 'allow') {
+          throw new JitpError('Throttled', verdict === 'address' ? 'too many provisioning requests from this address' : 'too many provisioning requests for this claim certificate')
         }
         const payload = (raw.length === 0 ? {} : JSON.parse(raw.toString('utf8'))) as Record<string, unknown>
         if (rc.request.kind === 'register') await register(rc, payload)
@@ -178,7 +193,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
         const { deviceId, parameters: finalParameters } = await decideDeviceId(template, parameters, { clientId: ev.clientId, certificateId: peer.certificateId, remoteAddress: ev.remoteAddress })
         if (ev.clientId !== deviceId) return { verdict: 'deny', code: 'ClientIdMismatch', detail: `expected client id ${deviceId}` }
         try {
-          await commitRegistration(deps, { deviceId, template, parameters: finalParameters, certificates: [{ certificateId: peer.certificateId, serialNumber: peer.serialNumber, notAfter: peer.notAfter }] })
+          await commitRegistration(deps, { deviceId, template, parameters: finalParameters, certificates: [{ certificateId: peer.certificateId, serialNumber: peer.serialNumber, notAfter: peer.notAfter }], token: null })
         } catch (err) {
           // two first connects racing with the same certificate: the loser finds it registered
           const cert = await registry.getCertificate(peer.certificateId)
@@ -200,6 +215,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
 
     return {
       name: 'provisioning',
+      close: () => throttle.close(),
       async authenticate (ev) {
         // reached only when identity deferred: an unregistered manufacturer certificate
         if (ev.peer.issuerRole !== 'manufacturer') return { verdict: 'defer' }
@@ -207,16 +223,22 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       },
       connected (client, state) {
         if (state.identity?.role !== 'claim') return
+        // a socket that closed while its CONNECT was still in flight (a registry or session
+        // read pending) is never registered by Aedes, so no `disconnected` would follow:
+        // nothing is armed for it, and the socket's own close clears what was armed
+        const conn = client.conn
+        if (client.closed || conn.destroyed) return
         const timer = setTimeout(function claimSessionExpired () {
           audit.write('claim.session.expired', { clientId: client.id, role: 'claim', certificateId: state.peer.certificateId, remoteAddress: state.remoteAddress, reason: `claim sessions live at most ${config.claimSessionMaxSeconds} s` })
           client.close()
         }, config.claimSessionMaxSeconds * 1000)
         timer.unref()
         claimTimers.set(client, timer)
+        armedClaimTimers++
+        conn.once('close', function claimSocketClosed () { disarmClaimTimer(client) })
       },
       disconnected (client) {
-        clearTimeout(claimTimers.get(client))
-        claimTimers.delete(client)
+        disarmClaimTimer(client)
       },
       intercept ({ client, identity, state, packet }) {
         // hot path: every publish passes here, and only `$...` topics can be requests

@@ -3,7 +3,7 @@
  * other process (the CLI, a second broker) can see it.
  */
 import type {
-  CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
+  CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
 } from './registry.js'
 import { entryOf, listField, normalizeTarget, noticeOf } from './registry.js'
 
@@ -50,12 +50,13 @@ export class MemoryRegistry implements Registry {
   }
 
   async getCertificate (certificateId: string): Promise<CertificateRecord | null> {
-    const cert = this.#certificates.get(certificateId)
+    const cert = this.#unexpiredCertificate(certificateId)
     return cert ? copyCertificate(cert) : null
   }
 
   async putCertificate (cert: CertificateRecord): Promise<void> {
     this.#certificates.set(cert.certificateId, copyCertificate(cert))
+    this.#pendingExpiry.delete(cert.certificateId)
   }
 
   async certificatesOfDevice (deviceId: string): Promise<CertificateRecord[]> {
@@ -167,6 +168,71 @@ export class MemoryRegistry implements Registry {
     this.#ownersSweepAt = Math.max(1024, this.#owners.size * 2)
   }
   // --- end session owners ---
+
+  // --- registration ---
+  /** pending certificate id → when it expires with its token */
+  readonly #pendingExpiry = new Map<string, number>()
+  #pendingSweepAt = 1024
+
+  async peekToken (token: string): Promise<OwnershipTokenRecord | null> {
+    const entry = this.#tokens.get(token)
+    return entry !== undefined && this.#now() < entry.expiresAt ? { ...entry.record } : null
+  }
+
+  async putPendingCertificate (cert: CertificateRecord, token: string, record: OwnershipTokenRecord, ttlMs: number): Promise<void> {
+    const expiresAt = this.#now() + ttlMs
+    this.#sweepPending()
+    this.#certificates.set(cert.certificateId, copyCertificate(cert))
+    this.#pendingExpiry.set(cert.certificateId, expiresAt)
+    await this.putToken(token, record, ttlMs)
+  }
+
+  // one synchronous block: no other call can run between the checks and the writes
+  async registerDevice (reg: Registration): Promise<RegistrationOutcome> {
+    const now = this.#now()
+    const entry = reg.token === null ? null : this.#tokens.get(reg.token)
+    if (entry === undefined || (entry !== null && now >= entry.expiresAt)) return { result: 'token-used' }
+    const deviceId = reg.device.deviceId
+    const exists = this.#devices.has(deviceId)
+    if (exists && !reg.replace) return { result: 'device-exists' }
+    const revoked: string[] = []
+    if (exists) {
+      for (const cert of this.#certificates.values()) {
+        if (cert.deviceId !== deviceId || cert.status === 'revoked') continue
+        this.#certificates.set(cert.certificateId, { ...cert, status: 'revoked', updatedAt: now })
+        revoked.push(cert.certificateId)
+      }
+    }
+    if (reg.token !== null) this.#tokens.delete(reg.token)
+    this.#devices.set(deviceId, copyDevice(reg.device))
+    for (const cert of reg.certificates) {
+      this.#certificates.set(cert.certificateId, copyCertificate(cert))
+      this.#pendingExpiry.delete(cert.certificateId)
+    }
+    return { result: 'registered', revoked }
+  }
+
+  /** a pending certificate past its token's lifetime is gone (expired on read, and swept) */
+  #unexpiredCertificate (certificateId: string): CertificateRecord | undefined {
+    const expiresAt = this.#pendingExpiry.get(certificateId)
+    if (expiresAt !== undefined && expiresAt <= this.#now()) {
+      this.#pendingExpiry.delete(certificateId)
+      this.#certificates.delete(certificateId)
+    }
+    return this.#certificates.get(certificateId)
+  }
+
+  #sweepPending (): void {
+    if (this.#pendingExpiry.size < this.#pendingSweepAt) return
+    const now = this.#now()
+    for (const [id, expiresAt] of this.#pendingExpiry) {
+      if (expiresAt > now) continue
+      this.#pendingExpiry.delete(id)
+      this.#certificates.delete(id)
+    }
+    this.#pendingSweepAt = Math.max(1024, this.#pendingExpiry.size * 2)
+  }
+  // --- end registration ---
 
   async ping (): Promise<boolean> {
     return !this.#closed

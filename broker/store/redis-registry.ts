@@ -9,7 +9,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
 import { connectRedis, quitGracefully } from './redis.js'
 import type {
-  CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registry, RevocationEntry, RevocationListener,
+  CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener,
   RevocationQuery, RevocationTarget
 } from './registry.js'
 import { entryOf, listField, normalizeTarget, noticeOf } from './registry.js'
@@ -83,6 +83,41 @@ else
 end
 return 1`
 
+// --- registration ---
+// KEYS: token, device, devices set, device-certs; ARGV: the plan as JSON (see registerDevice).
+// All checks before the first write, and the shebang makes Redis refuse the whole script
+// up front when it cannot write (out of memory, read-only replica): all or nothing. The
+// token is deleted only in the step that registers; DEL + HSET of a certificate drops the
+// expiry its pending record had.
+const REGISTER_DEVICE = `#!lua
+local plan = cjson.decode(ARGV[1])
+if plan.token and redis.call('EXISTS', KEYS[1]) == 0 then return {'token-used'} end
+local exists = redis.call('EXISTS', KEYS[2]) == 1
+if exists and not plan.replace then return {'device-exists'} end
+local reply = {'registered'}
+if exists then
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local key = plan.certPrefix .. id
+    local owner = redis.call('HMGET', key, 'deviceId', 'status')
+    if owner[1] == plan.deviceId and owner[2] ~= 'revoked' then
+      redis.call('HSET', key, 'status', 'revoked', 'updatedAt', plan.now)
+      table.insert(reply, id)
+    end
+  end
+  redis.call('DEL', KEYS[2])
+end
+if plan.token then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[2], unpack(plan.device))
+redis.call('SADD', KEYS[3], plan.deviceId)
+for _, c in ipairs(plan.certs) do
+  local key = plan.certPrefix .. c.id
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(c.fields))
+  redis.call('SADD', KEYS[4], c.id)
+end
+return reply`
+// --- end registration ---
+
 export class RedisRegistry implements Registry {
   readonly #prefix: string
   readonly #channel: string
@@ -151,7 +186,10 @@ export class RedisRegistry implements Registry {
 
   async getCertificate (certificateId: string): Promise<CertificateRecord | null> {
     const conn = await this.#ready()
-    return parseCertificate(await conn.hgetall(this.#key('cert', certificateId)))
+    const hash = await conn.hgetall(this.#key('cert', certificateId))
+    // a pending certificate expires with its token: PEXPIRE, and expiresAt for an injected clock
+    if (hash.expiresAt !== undefined && Number(hash.expiresAt) <= this.#now()) return null
+    return parseCertificate(hash)
   }
 
   async putCertificate (cert: CertificateRecord): Promise<void> {
@@ -288,6 +326,49 @@ export class RedisRegistry implements Registry {
     return `${this.#prefix}session-owner:${clientId}`
   }
   // --- end session owners ---
+
+  // --- registration ---
+  async peekToken (token: string): Promise<OwnershipTokenRecord | null> {
+    const conn = await this.#ready()
+    const value = await conn.get(this.#tokenKey(token))
+    if (value === null) return null
+    const stored = JSON.parse(value) as { record: OwnershipTokenRecord, expiresAt: number }
+    return this.#now() < stored.expiresAt ? stored.record : null
+  }
+
+  async putPendingCertificate (cert: CertificateRecord, token: string, record: OwnershipTokenRecord, ttlMs: number): Promise<void> {
+    const conn = await this.#ready()
+    const ttl = Math.max(1, Math.ceil(ttlMs))
+    const expiresAt = this.#now() + ttlMs
+    const key = this.#key('cert', cert.certificateId)
+    // one transaction: the certificate and its token live and expire together
+    await exec(conn.multi()
+      .del(key)
+      .hset(key, { ...certificateFields(cert), expiresAt: String(expiresAt) })
+      .pexpire(key, ttl)
+      .set(this.#tokenKey(token), JSON.stringify({ record, expiresAt }), 'PX', ttl))
+  }
+
+  async registerDevice (reg: Registration): Promise<RegistrationOutcome> {
+    const conn = await this.#ready()
+    const deviceId = reg.device.deviceId
+    const plan = JSON.stringify({
+      deviceId,
+      token: reg.token !== null,
+      replace: reg.replace,
+      now: String(this.#now()),
+      certPrefix: this.#key('cert', ''),
+      device: Object.entries(deviceFields(reg.device)).flat(),
+      certs: reg.certificates.map((c) => ({ id: c.certificateId, fields: Object.entries(certificateFields(c)).flat() }))
+    })
+    const reply = await conn.eval(REGISTER_DEVICE, 4,
+      this.#tokenKey(reg.token ?? ''), this.#key('device', deviceId), `${this.#prefix}devices`, this.#key('device-certs', deviceId), plan) as string[]
+    if (reply[0] === 'token-used') return { result: 'token-used' }
+    if (reply[0] === 'device-exists') return { result: 'device-exists' }
+    if (reply[0] !== 'registered') throw new Error('registry: unexpected reply from the registration script')
+    return { result: 'registered', revoked: reply.slice(1) }
+  }
+  // --- end registration ---
 
   /** Also false while the subscriber is down: this process would miss revocations. */
   async ping (): Promise<boolean> {

@@ -159,7 +159,43 @@ export interface SessionOwners {
 }
 // --- end session owners ---
 
-export interface Registry extends RevocationList, SessionOwners {
+// --- registration (CONTRACT §3.3: atomic, the token used up only by a registration) ---
+export interface Registration {
+  /** the ownership token presented, used up only if the device is registered; null for a manufacturer certificate's first connect */
+  readonly token: string | null
+  readonly device: DeviceRecord
+  /** the template's reprovision policy: an existing device is replaced (its certificates revoked) or refused */
+  readonly replace: boolean
+  /** certificates bound active to the device (a pending one stops expiring) */
+  readonly certificates: readonly CertificateRecord[]
+}
+
+export type RegistrationOutcome =
+  | { readonly result: 'registered', /** certificates of the replaced device, now revoked */ readonly revoked: readonly string[] }
+  /** the token is gone (used or expired): nothing was changed */
+  | { readonly result: 'token-used' }
+  /** the device exists and `replace` is false: nothing was changed, the token is kept */
+  | { readonly result: 'device-exists' }
+
+export interface Registrations {
+  /** The token's record, without using it up; null when absent or expired. */
+  peekToken (token: string): Promise<OwnershipTokenRecord | null>
+  /**
+   * Stores a certificate issued by create / create-from-csr (status pending, no
+   * device) together with its ownership token: unless a registration binds the
+   * certificate first, both are gone after `ttlMs`.
+   */
+  putPendingCertificate (cert: CertificateRecord, token: string, record: OwnershipTokenRecord, ttlMs: number): Promise<void>
+  /**
+   * All or nothing, on every process sharing the store: uses the token up, creates
+   * (or replaces) the device and binds the certificates. Whatever the outcome other
+   * than `registered`, nothing was changed.
+   */
+  registerDevice (registration: Registration): Promise<RegistrationOutcome>
+}
+// --- end registration ---
+
+export interface Registry extends RevocationList, SessionOwners, Registrations {
   getDevice (deviceId: string): Promise<DeviceRecord | null>
   listDevices (): Promise<DeviceRecord[]>
   /** creates or replaces the device record */

@@ -1,14 +1,21 @@
 /**
- * Registration against a template, shared by the claim flow (§3.3) and the
- * manufacturer-certificate first connect (JITP): parameters → schema → pre-check
- * → device id → reprovision policy → registry → retained initial config.
+ * Registration against a template (CONTRACT §3.3), shared by the claim flow and
+ * the manufacturer-certificate first connect (JITP). Flows are data, as in
+ * Aedes' connect handler: named steps run in series over one request object.
+ *
+ * Everything that can refuse runs first, and `commit` is the one step that uses
+ * the ownership token up, in the same atomic registry call that creates the
+ * device and binds its certificates: a refused request keeps its token, and a
+ * failed one leaves no device record and no bound certificate behind.
  */
 import { setTimeout as delay } from 'node:timers/promises'
 import type { Aedes } from 'aedes'
 import type { Audit } from '../../broker/audit.js'
-import { publishDeviceConfig } from '../../broker/config-store.js'
+import { configTopic, publishDeviceConfig } from '../../broker/config-store.js'
 import { JitpError } from '../../broker/errors.js'
-import type { Registry } from '../../broker/store/registry.js'
+import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
+import type { IssuedCertificate, Issuer } from '../../pki/certificate.js'
+import { issueFor, storedPublicKey } from './issuance.js'
 import { formDeviceId, type PreProvisioningAnswer, type PreProvisioningRequest, type Template } from './templates.js'
 
 export const PRE_CHECK_TIMEOUT_MS = 5000
@@ -18,6 +25,12 @@ export interface RegistrationDeps {
   readonly broker: Aedes
   readonly audit: Audit
   readonly now: () => number
+}
+
+export interface ClaimDeps extends RegistrationDeps {
+  readonly templates: ReadonlyMap<string, Template>
+  readonly issuer: Issuer
+  readonly certValidityDays: number
 }
 
 /** Validates the parameters and runs the pre-provisioning check; returns the final parameters and device id. */
@@ -72,24 +85,163 @@ export interface NewDevice {
   readonly parameters: Record<string, string>
   /** certificates to bind active to the device (final and, for the claim flow, provisional) */
   readonly certificates: ReadonlyArray<{ certificateId: string, serialNumber: string, notAfter: number }>
+  /** the ownership token that pays for it (claim flow), null for a manufacturer certificate */
+  readonly token: string | null
 }
 
-/** Applies the reprovision policy and writes the device, its certificates and its initial config. */
-export async function commitRegistration (deps: RegistrationDeps, d: NewDevice): Promise<void> {
-  const { registry } = deps
+/** A device on its way into the registry (see commitActions). */
+interface Commit {
+  readonly device: NewDevice
+  configPublished: boolean
+  committed: boolean
+  /** certificates of a replaced device, revoked by the commit */
+  revoked: readonly string[]
+}
+
+type CommitStep = (deps: RegistrationDeps, c: Commit) => Promise<void>
+
+/**
+ * Reprovision policy, read before anything is written. The commit checks again
+ * atomically; this early answer keeps a refused request from publishing a config
+ * over an existing device's.
+ */
+async function checkReprovision (deps: RegistrationDeps, c: Commit): Promise<void> {
+  if (c.device.template.reprovision === 'replace') return
+  if (await deps.registry.getDevice(c.device.deviceId) !== null) throw deviceExists(c.device.deviceId)
+}
+
+/**
+ * The retained initial configuration goes out before the device exists: it is the
+ * step that may fail after the checks (the store refusing a write), and the
+ * commit after it is one atomic call, so a failure anywhere leaves no device
+ * behind. A device that is never registered has its config withdrawn (registerDevice).
+ */
+async function publishConfig (deps: RegistrationDeps, c: Commit): Promise<void> {
+  await publishDeviceConfig(deps.broker, deps.audit, c.device.deviceId, 1, c.device.template.configuration)
+  c.configPublished = true
+}
+
+/** The one step that writes the registry: token, device and certificates, all or nothing. */
+async function commit (deps: RegistrationDeps, c: Commit): Promise<void> {
   const now = deps.now()
-  const record = { deviceId: d.deviceId, status: 'active' as const, template: d.template.name, createdAt: now, updatedAt: now, attributes: d.parameters }
-  const created = await registry.createDeviceIfAbsent(record)
-  if (!created) {
-    if (d.template.reprovision !== 'replace') throw new JitpError('DeviceExists', `device '${d.deviceId}' is already registered`)
-    // the old identity stops working everywhere before the new one starts
-    for (const cert of await registry.certificatesOfDevice(d.deviceId)) {
-      if (cert.status !== 'revoked') await registry.revokeCertificate(cert.certificateId)
-    }
-    await registry.putDevice(record)
+  const d = c.device
+  const certificates: CertificateRecord[] = d.certificates.map((cert) => ({
+    certificateId: cert.certificateId, deviceId: d.deviceId, status: 'active', serialNumber: cert.serialNumber, notAfter: cert.notAfter, createdAt: now, updatedAt: now
+  }))
+  const outcome = await deps.registry.registerDevice({
+    token: d.token,
+    device: { deviceId: d.deviceId, status: 'active', template: d.template.name, createdAt: now, updatedAt: now, attributes: d.parameters },
+    replace: d.template.reprovision === 'replace',
+    certificates
+  })
+  if (outcome.result === 'token-used') throw new JitpError('InvalidCertificateOwnershipToken', 'token already used')
+  if (outcome.result === 'device-exists') throw deviceExists(d.deviceId)
+  c.committed = true
+  c.revoked = outcome.revoked
+}
+
+/** The old identity of a replaced device stops working on every broker (its records were revoked by the commit). */
+async function revokeReplaced (deps: RegistrationDeps, c: Commit): Promise<void> {
+  for (const certificateId of c.revoked) await deps.registry.revokeCertificate(certificateId)
+}
+
+export const commitActions: readonly CommitStep[] = [checkReprovision, publishConfig, commit, revokeReplaced]
+
+function deviceExists (deviceId: string): JitpError {
+  return new JitpError('DeviceExists', `device '${deviceId}' is already registered`)
+}
+
+/** Applies the reprovision policy and registers the device, its certificates and its initial config. */
+export async function commitRegistration (deps: RegistrationDeps, device: NewDevice): Promise<void> {
+  const c: Commit = { device, configPublished: false, committed: false, revoked: [] }
+  try {
+    for (const step of commitActions) await step(deps, c)
+  } catch (err) {
+    if (c.configPublished && !c.committed) await withdrawConfig(deps, device.deviceId)
+    throw err
   }
-  for (const c of d.certificates) {
-    await registry.putCertificate({ certificateId: c.certificateId, deviceId: d.deviceId, status: 'active', serialNumber: c.serialNumber, notAfter: c.notAfter, createdAt: now, updatedAt: now })
+}
+
+/**
+ * Best effort: the config published for a device whose registration then failed is
+ * removed (an empty retained message), unless the device exists by now (a
+ * concurrent registration of the same id won, and the config is its config).
+ */
+async function withdrawConfig (deps: RegistrationDeps, deviceId: string): Promise<void> {
+  try {
+    if (await deps.registry.getDevice(deviceId) !== null) return
+    await new Promise<void>((resolve, reject) => {
+      deps.broker.publish({ cmd: 'publish', topic: configTopic(deviceId), payload: Buffer.alloc(0), qos: 1, retain: true, dup: false },
+        function configWithdrawn (err?: Error) { if (err) reject(err); else resolve() })
+    })
+  } catch {
+    // the store is failing too: what is left is a retained config nobody may read (no such device)
   }
-  await publishDeviceConfig(deps.broker, deps.audit, d.deviceId, 1, d.template.configuration)
+}
+
+/** One claim-flow registration request (`$provision/templates/<name>/provision/json`). */
+export interface ClaimRegistration {
+  readonly templateName: string
+  /** the ownership token as presented (never logged) */
+  readonly tokenValue: string
+  readonly parameters: Record<string, string>
+  readonly clientId: string
+  /** certificate id of the claim certificate of the requesting connection */
+  readonly claimFingerprint: string
+  readonly remoteAddress: string
+  template?: Template
+  token?: OwnershipTokenRecord
+  deviceId?: string
+  finalParameters?: Record<string, string>
+  final?: IssuedCertificate
+}
+
+type ClaimStep = (deps: ClaimDeps, r: ClaimRegistration) => void | Promise<void>
+
+function findTemplate (deps: ClaimDeps, r: ClaimRegistration): void {
+  const template = deps.templates.get(r.templateName)
+  if (!template || template.manufacturerCas !== null) throw new JitpError('TemplateNotFound', `no template '${r.templateName}'`)
+  r.template = template
+}
+
+/** read, not taken: only `commit` uses a token up */
+async function readToken (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
+  const token = r.tokenValue === '' ? null : await deps.registry.peekToken(r.tokenValue)
+  if (token === null || token.expiresAt <= deps.now() || !token.publicKeyPem) throw new JitpError('InvalidCertificateOwnershipToken')
+  r.token = token
+}
+
+/** a token works only for the connection it was issued to: another one presenting it does not burn it either */
+function checkOwner (_deps: ClaimDeps, r: ClaimRegistration): void {
+  if (r.token!.clientId !== r.clientId || r.token!.claimFingerprint !== r.claimFingerprint) {
+    throw new JitpError('InvalidCertificateOwnershipToken', 'token belongs to another connection')
+  }
+}
+
+async function decideDevice (_deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
+  const decided = await decideDeviceId(r.template!, r.parameters, { clientId: r.clientId, certificateId: r.token!.certificateId, remoteAddress: r.remoteAddress })
+  r.deviceId = decided.deviceId
+  r.finalParameters = decided.parameters
+}
+
+/** the certificate the device keeps must name it: issued now that the id is known (CPU only, nothing stored) */
+function issueFinal (deps: ClaimDeps, r: ClaimRegistration): void {
+  r.final = issueFor(deps.issuer, storedPublicKey(r.token!.publicKeyPem!), r.deviceId!, deps.certValidityDays)
+}
+
+async function register (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
+  const final = r.final!
+  const certificates = [{ certificateId: final.certificateId, serialNumber: final.serialNumber, notAfter: final.notAfter.getTime() }]
+  // firmware written for AWS keeps the certificate from the create step: it works too
+  const provisional = await deps.registry.getCertificate(r.token!.certificateId)
+  if (provisional) certificates.push({ certificateId: provisional.certificateId, serialNumber: provisional.serialNumber, notAfter: provisional.notAfter })
+  await commitRegistration(deps, { deviceId: r.deviceId!, template: r.template!, parameters: r.finalParameters!, certificates, token: r.tokenValue })
+}
+
+export const registerActions: readonly ClaimStep[] = [findTemplate, readToken, checkOwner, decideDevice, issueFinal, register]
+
+/** Runs the claim flow; throws the JitpError of the first step that refuses. */
+export async function registerClaimed (deps: ClaimDeps, r: ClaimRegistration): Promise<Required<ClaimRegistration>> {
+  for (const step of registerActions) await step(deps, r)
+  return r as Required<ClaimRegistration>
 }

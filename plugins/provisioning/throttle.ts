@@ -1,30 +1,115 @@
 /**
- * Token buckets per key (claim certificate, remote address), so a leaked claim
- * certificate cannot mint devices at will. Per process: with several brokers
- * the effective limit is per broker, which still bounds a single attacker's rate.
+ * Provisioning rate limits (CONTRACT §3.3, §11): per remote address and per claim
+ * certificate, so a leaked claim certificate cannot mint devices at will.
+ *
+ * The address is checked first, and a request refused by either limit consumes
+ * neither: one address flooding cannot drain the claim certificate's budget,
+ * which the whole fleet shares (every device ships the same claim certificate).
+ *
+ * With REDIS_URL the counters live in Redis, so the limits hold across every
+ * broker process (fixed one-minute windows, checked and counted in one script).
+ * A Redis error fails closed, as 429 `Throttled`: provisioning cannot succeed
+ * without the registry in the same Redis anyway, and 429 tells firmware to back
+ * off, where failing open would let a flood through to CSR parsing and signing
+ * (the expensive part) at the moment the system is degraded. Without Redis the
+ * buckets are this process's own (token buckets).
  */
-export interface Throttle { take (key: string): boolean }
+import type { Redis } from 'ioredis'
+import { connectRedis, quitGracefully } from '../../broker/store/redis.js'
 
+export type ThrottleVerdict = 'allow' | 'address' | 'claimCertificate'
+
+export interface ProvisionThrottle {
+  /** counts one request unless a limit refuses it */
+  take (remoteAddress: string, claimCertificateId: string): Promise<ThrottleVerdict>
+  close (): Promise<void>
+}
+
+export interface ThrottleOptions {
+  /** requests per minute per remote address */
+  readonly perAddress: number
+  /** requests per minute per claim certificate */
+  readonly perClaimCertificate: number
+  readonly now: () => number
+  readonly redisUrl?: string | undefined
+  readonly keyPrefix?: string
+  readonly onError?: (err: Error) => void
+}
+
+const WINDOW_MS = 60_000
 const MAX_KEYS = 100_000
 
-export function createThrottle (perMinute: number, now: () => number): Throttle {
-  const buckets = new Map<string, { tokens: number, at: number }>()
-  const refillPerMs = perMinute / 60_000
-  return {
-    take (key) {
-      const t = now()
-      let b = buckets.get(key)
-      if (!b) {
-        // bounded memory under a spray of addresses: forget everyone, start fresh
-        if (buckets.size >= MAX_KEYS) buckets.clear()
-        b = { tokens: perMinute, at: t }
-        buckets.set(key, b)
-      }
-      b.tokens = Math.min(perMinute, b.tokens + (t - b.at) * refillPerMs)
-      b.at = t
-      if (b.tokens < 1) return false
-      b.tokens -= 1
-      return true
+export function createThrottle (opts: ThrottleOptions): ProvisionThrottle {
+  return opts.redisUrl ? redisThrottle(opts, opts.redisUrl) : memoryThrottle(opts)
+}
+
+interface Bucket { tokens: number, at: number }
+
+function memoryThrottle (opts: ThrottleOptions): ProvisionThrottle {
+  const addresses = new Map<string, Bucket>()
+  const claims = new Map<string, Bucket>()
+
+  /** the bucket refilled to now; bounded memory under a spray of addresses: forget everyone, start fresh */
+  function bucket (buckets: Map<string, Bucket>, key: string, perMinute: number, t: number): Bucket {
+    let b = buckets.get(key)
+    if (!b) {
+      if (buckets.size >= MAX_KEYS) buckets.clear()
+      b = { tokens: perMinute, at: t }
+      buckets.set(key, b)
     }
+    b.tokens = Math.min(perMinute, b.tokens + (t - b.at) * (perMinute / WINDOW_MS))
+    b.at = t
+    return b
+  }
+
+  return {
+    async take (remoteAddress, claimCertificateId) {
+      const t = opts.now()
+      const address = bucket(addresses, remoteAddress, opts.perAddress, t)
+      if (address.tokens < 1) return 'address'
+      const claim = bucket(claims, claimCertificateId, opts.perClaimCertificate, t)
+      if (claim.tokens < 1) return 'claimCertificate'
+      address.tokens -= 1
+      claim.tokens -= 1
+      return 'allow'
+    },
+    async close () {
+      addresses.clear()
+      claims.clear()
+    }
+  }
+}
+
+// KEYS: address counter, claim-certificate counter; ARGV: address limit, claim limit, window ms.
+// Both checked before either is counted; a counter's window starts with its first request.
+const TAKE = `
+local address = tonumber(redis.call('GET', KEYS[1]) or '0')
+if address >= tonumber(ARGV[1]) then return 1 end
+local claim = tonumber(redis.call('GET', KEYS[2]) or '0')
+if claim >= tonumber(ARGV[2]) then return 2 end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+return 0`
+
+const VERDICTS: readonly ThrottleVerdict[] = ['allow', 'address', 'claimCertificate']
+
+function redisThrottle (opts: ThrottleOptions, url: string): ProvisionThrottle {
+  const prefix = `${opts.keyPrefix ?? 'jitp:'}throttle:`
+  const onError = opts.onError ?? (() => {})
+  // queued while (re)connecting, rejected after one retry: a request at start-up waits, an outage fails
+  const conn: Redis = connectRedis(url, 'failFast', onError)
+  return {
+    async take (remoteAddress, claimCertificateId) {
+      try {
+        const reply = await conn.eval(TAKE, 2, `${prefix}address:${remoteAddress}`, `${prefix}claim:${claimCertificateId}`,
+          String(opts.perAddress), String(opts.perClaimCertificate), String(WINDOW_MS))
+        return VERDICTS[Number(reply)] ?? 'address'
+      } catch (err) {
+        onError(err as Error)
+        // fail closed (see the header): the request is refused as if its address were over the limit
+        return 'address'
+      }
+    },
+    close: () => quitGracefully(conn)
   }
 }

@@ -272,6 +272,80 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
   })
   // --- end session owners ---
 
+  // --- registration (CONTRACT §3.3): atomic, token used up only by a registration ---
+  const withKey = (clientId: string): OwnershipTokenRecord => ({ ...tokenRecord(clientId), publicKeyPem: 'spki' })
+  const registration = (token: string | null, deviceId: string, certs: CertificateRecord[], replace = false) => ({
+    token, device: device(deviceId), replace, certificates: certs
+  })
+
+  t.test(`${name}: a pending certificate expires with its token`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const pending = certificate('p1', null, { status: 'pending' })
+    await registry.putPendingCertificate(pending, 'tok-p1', withKey('a'), 100)
+    t.strictSame(await registry.getCertificate(pending.certificateId), pending, 'readable while its token lives')
+    t.same(await registry.peekToken('tok-p1'), withKey('a'), 'peekToken reads the record')
+    t.same(await registry.peekToken('tok-p1'), withKey('a'), '...without using it up')
+    // memory follows the injected clock, Redis its own (PEXPIRE): advance both
+    advance(300)
+    await sleep(300)
+    t.equal(await registry.getCertificate(pending.certificateId), null, 'the never registered certificate is gone')
+    t.equal(await registry.peekToken('tok-p1'), null, 'and so is its token')
+  })
+
+  t.test(`${name}: registerDevice binds a pending certificate for good and uses the token up`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const pending = certificate('p2', null, { status: 'pending' })
+    await registry.putPendingCertificate(pending, 'tok-p2', withKey('b'), 100)
+    const bound = [certificate('final-2', 'd2'), certificate('p2', 'd2')]
+    t.same(await registry.registerDevice(registration('tok-p2', 'd2', bound)), { result: 'registered', revoked: [] })
+    t.same(await registry.getDevice('d2'), device('d2'))
+    t.same(ids(await registry.certificatesOfDevice('d2')), ids(bound), 'both certificates bound')
+    t.equal(await registry.peekToken('tok-p2'), null, 'the token is used up')
+    advance(300)
+    await sleep(300)
+    t.strictSame(await registry.getCertificate(pending.certificateId), bound[1], 'a bound certificate no longer expires')
+    t.same(await registry.registerDevice(registration('tok-p2', 'd2b', [certificate('other', 'd2b')])), { result: 'token-used' }, 'a token registers once')
+    t.equal(await registry.getDevice('d2b'), null, 'nothing written for a used token')
+    t.equal(await registry.getCertificate(certId('other')), null)
+  })
+
+  t.test(`${name}: an existing device refuses the registration and keeps the token`, async (t) => {
+    const { registry } = await setup(t)
+    await registry.putDevice(device('d3', { template: 'old' }))
+    await registry.putToken('tok-3', withKey('c'), 60_000)
+    t.same(await registry.registerDevice(registration('tok-3', 'd3', [certificate('c3', 'd3')])), { result: 'device-exists' })
+    t.same(await registry.getDevice('d3'), device('d3', { template: 'old' }), 'the device is untouched')
+    t.equal(await registry.getCertificate(certId('c3')), null, 'no certificate bound')
+    t.same(await registry.peekToken('tok-3'), withKey('c'), 'the token still works')
+    t.same(await registry.registerDevice(registration('tok-3', 'd3-new', [certificate('c3', 'd3-new')])), { result: 'registered', revoked: [] }, 'for another device id')
+  })
+
+  t.test(`${name}: replace revokes the old certificates in the same step`, async (t) => {
+    const { registry } = await setup(t)
+    await registry.putDevice(device('d4'))
+    await registry.putCertificate(certificate('old-4', 'd4'))
+    await registry.putCertificate(certificate('gone-4', 'd4', { status: 'revoked' }))
+    await registry.putToken('tok-4', withKey('d'), 60_000)
+    t.same(await registry.registerDevice(registration('tok-4', 'd4', [certificate('new-4', 'd4')], true)), { result: 'registered', revoked: [certId('old-4')] })
+    t.equal((await registry.getCertificate(certId('old-4')))?.status, 'revoked')
+    t.equal((await registry.getCertificate(certId('new-4')))?.status, 'active')
+  })
+
+  t.test(`${name}: one registration wins a token raced by two`, async (t) => {
+    const { registry } = await setup(t)
+    await registry.putToken('tok-5', withKey('e'), 60_000)
+    const outcomes = await Promise.all(['d5a', 'd5b', 'd5c'].map((id) => registry.registerDevice(registration('tok-5', id, [certificate(`c-${id}`, id)]))))
+    t.equal(outcomes.filter((o) => o.result === 'registered').length, 1, 'exactly one registered')
+    t.equal((await Promise.all(['d5a', 'd5b', 'd5c'].map((id) => registry.getDevice(id)))).filter(Boolean).length, 1, 'one device exists')
+  })
+
+  t.test(`${name}: a manufacturer registration needs no token`, async (t) => {
+    const { registry } = await setup(t)
+    t.same(await registry.registerDevice(registration(null, 'd6', [certificate('c6', 'd6')])), { result: 'registered', revoked: [] })
+    t.same(await registry.registerDevice(registration(null, 'd6', [certificate('c6b', 'd6')])), { result: 'device-exists' })
+  })
+  // --- end registration ---
+
   t.test(`${name}: ping`, async (t) => {
     const { registry } = await setup(t)
     t.equal(await registry.ping(), true)
