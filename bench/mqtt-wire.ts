@@ -8,7 +8,8 @@ export const PacketType = Object.freeze({ CONNACK: 2, PUBLISH: 3, PUBACK: 4, SUB
 
 export const DISCONNECT = Buffer.from([0xe0, 0x00])
 
-function remainingLength (n: number): number[] {
+/** the fixed header's variable-length Remaining Length [MQTT-2.2.3] (the security tests announce sizes with it) */
+export function remainingLength (n: number): number[] {
   const out: number[] = []
   do {
     let byte = n % 128
@@ -19,7 +20,7 @@ function remainingLength (n: number): number[] {
   return out
 }
 
-function withHeader (first: number, body: Buffer): Buffer {
+export function withHeader (first: number, body: Buffer): Buffer {
   const len = remainingLength(body.length)
   const out = Buffer.allocUnsafe(1 + len.length + body.length)
   out[0] = first

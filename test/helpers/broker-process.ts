@@ -15,10 +15,7 @@ import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { startBrokerChild, type Target } from '../../bench/processes.js'
-import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
-import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
-import type { Registry } from '../../broker/store/registry.js'
-import type { ClientCredentials, Pki } from './broker.js'
+import type { Pki } from './broker.js'
 import { waitFor } from './broker.js'
 
 export interface BrokerProcess {
@@ -125,21 +122,5 @@ export async function startBrokerProcess (opts: BrokerProcessOptions): Promise<B
   }
 }
 
-/** Issues a device certificate with the PKI's device CA and registers it in `registry` (as provisioning would). */
-export async function registerDeviceIn (registry: Registry, pki: Pki, deviceId: string): Promise<ClientCredentials> {
-  const issuer = loadIssuer(pki.read('device-ca.pem'), pki.read('device-ca.key'))
-  const keys = generateKeyPair('ec')
-  const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 30, extKeyUsage: ['clientAuth'] })
-  const now = Date.now()
-  await registry.putDevice({ deviceId, status: 'active', template: 'test', createdAt: now, updatedAt: now, attributes: {} })
-  await registry.putCertificate({
-    certificateId: issued.certificateId,
-    deviceId,
-    status: 'active',
-    serialNumber: issued.serialNumber,
-    notAfter: issued.notAfter.getTime(),
-    createdAt: now,
-    updatedAt: now
-  })
-  return { cert: issued.pem + pki.read('device-ca.pem'), key: privateKeyToPem(keys.privateKey) }
-}
+/** as provisioning would: see test/helpers/broker.ts */
+export { registerDeviceIn } from './broker.js'

@@ -13,6 +13,7 @@ import { loadConfig } from '../../broker/config.js'
 import { generateDevPki } from '../../certs-dev/generate.js'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
+import type { Registry } from '../../broker/store/registry.js'
 import { startRedisServer, type RedisServerHandle } from './redis-server.js'
 
 export type StoreKind = 'memory' | 'redis'
@@ -118,14 +119,14 @@ export function credentials (pki: Pki, name: 'claim' | 'service' | 'manufacturer
   return { cert: pki.read(`${name}-chain.pem`), key: pki.read(`${name}.key`) }
 }
 
-/** Issues a device certificate with the broker's device CA and registers it (as provisioning would). */
-export async function registerDevice (tb: TestBroker, deviceId: string): Promise<ClientCredentials & { certificateId: string }> {
-  const issuer = loadIssuer(tb.pki.read('device-ca.pem'), tb.pki.read('device-ca.key'))
+/** Issues a device certificate with the PKI's device CA and registers it in `registry` (as provisioning would). */
+export async function registerDeviceIn (registry: Registry, pki: Pki, deviceId: string): Promise<ClientCredentials & { certificateId: string }> {
+  const issuer = loadIssuer(pki.read('device-ca.pem'), pki.read('device-ca.key'))
   const keys = generateKeyPair('ec')
   const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 30, extKeyUsage: ['clientAuth'] })
   const now = Date.now()
-  await tb.handle.registry.putDevice({ deviceId, status: 'active', template: 'test', createdAt: now, updatedAt: now, attributes: {} })
-  await tb.handle.registry.putCertificate({
+  await registry.putDevice({ deviceId, status: 'active', template: 'test', createdAt: now, updatedAt: now, attributes: {} })
+  await registry.putCertificate({
     certificateId: issued.certificateId,
     deviceId,
     status: 'active',
@@ -134,7 +135,12 @@ export async function registerDevice (tb: TestBroker, deviceId: string): Promise
     createdAt: now,
     updatedAt: now
   })
-  return { cert: issued.pem + tb.pki.read('device-ca.pem'), key: privateKeyToPem(keys.privateKey), certificateId: issued.certificateId }
+  return { cert: issued.pem + pki.read('device-ca.pem'), key: privateKeyToPem(keys.privateKey), certificateId: issued.certificateId }
+}
+
+/** Issues a device certificate with the broker's device CA and registers it (as provisioning would). */
+export function registerDevice (tb: TestBroker, deviceId: string): Promise<ClientCredentials & { certificateId: string }> {
+  return registerDeviceIn(tb.handle.registry, tb.pki, deviceId)
 }
 
 /** An unregistered device certificate from the device CA. */

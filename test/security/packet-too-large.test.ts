@@ -9,26 +9,16 @@
  */
 import t from 'tap'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
+import { remainingLength } from '../../bench/mqtt-wire.js'
 import { collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor, type TestBroker } from '../helpers/broker.js'
 
 const MB = 1024 * 1024
 const CHUNK = Buffer.alloc(16 * 1024, 0x61)
 
-function varint (n: number): number[] {
-  const out: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    out.push(b)
-  } while (n > 0)
-  return out
-}
-
 function connectPacket (clientId: string): Buffer {
   const id = Buffer.from(clientId)
   const body = Buffer.concat([Buffer.from([0, 4, 0x4d, 0x51, 0x54, 0x54, 4, 0x02, 0, 60, 0, id.length]), id])
-  return Buffer.concat([Buffer.from([0x10, ...varint(body.length)]), body])
+  return Buffer.concat([Buffer.from([0x10, ...remainingLength(body.length)]), body])
 }
 
 function claimSocket (tb: TestBroker): Promise<TLSSocket> {
@@ -89,7 +79,7 @@ t.test('packets larger than the limit are refused from their fixed header', asyn
       socket.write(connectPacket(clientId))
       t.equal(await connack, 0, `${clientId}: CONNACK 0, the claim connection is authenticated`)
       // PUBLISH QoS 1 to a provisioning topic, remaining length 200 MB
-      const header = Buffer.from([0x32, ...varint(200 * MB)])
+      const header = Buffer.from([0x32, ...remainingLength(200 * MB)])
       return streamUntilClosed(socket, header, 8 * MB)
     }))
     for (const r of results) {
@@ -107,7 +97,7 @@ t.test('packets larger than the limit are refused from their fixed header', asyn
   t.test('20 raw CONNECTs announcing 10 MB are closed before 1 MB of each', async (t) => {
     const results = await Promise.all(Array.from({ length: 20 }, async () => {
       const socket = await claimSocket(tb)
-      return streamUntilClosed(socket, Buffer.from([0x10, ...varint(10 * MB)]), 4 * MB)
+      return streamUntilClosed(socket, Buffer.from([0x10, ...remainingLength(10 * MB)]), 4 * MB)
     }))
     for (const r of results) t.ok(r.closed && r.sent < MB, `closed after ${r.sent} bytes`)
     // before authentication: aggregated connect.refused lines, counts adding up to 20

@@ -7,8 +7,9 @@
  * counted; keep-alive 0 is clamped to MAX_KEEPALIVE_SECONDS, so a silent client is
  * cut after 1.5 times that.
  */
-import t from 'tap'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
+import t from 'tap'
+import { withHeader } from '../../bench/mqtt-wire.js'
 import { credentials, startBroker, waitFor, type ClientCredentials, type TestBroker } from '../helpers/broker.js'
 
 // --- MQTT 3.1.1 packets by hand: the attack is in the bytes ---
@@ -17,25 +18,14 @@ const str = (b: Buffer | string): Buffer => {
   const bytes = typeof b === 'string' ? Buffer.from(b) : b
   return Buffer.concat([u16(bytes.length), bytes])
 }
-function remainingLength (n: number): Buffer {
-  const out: number[] = []
-  do {
-    let byte = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) byte |= 0x80
-    out.push(byte)
-  } while (n > 0)
-  return Buffer.from(out)
-}
-const frame = (first: number, body: Buffer): Buffer => Buffer.concat([Buffer.from([first]), remainingLength(body.length), body])
 function connectPacket (clientId: Buffer | string, opts: { clean?: boolean, keepalive?: number, version?: 4 | 5 } = {}): Buffer {
   const version = opts.version ?? 4
   const flags = opts.clean === false ? 0x00 : 0x02
   const properties = version === 5 ? Buffer.from([0]) : Buffer.alloc(0)
-  return frame(0x10, Buffer.concat([str('MQTT'), Buffer.from([version, flags]), u16(opts.keepalive ?? 30), properties, str(clientId)]))
+  return withHeader(0x10, Buffer.concat([str('MQTT'), Buffer.from([version, flags]), u16(opts.keepalive ?? 30), properties, str(clientId)]))
 }
-const publishPacket = (topic: Buffer, payload: string): Buffer => frame(0x30, Buffer.concat([str(topic), Buffer.from(payload)]))
-const subscribePacket = (id: number, filter: Buffer): Buffer => frame(0x82, Buffer.concat([u16(id), str(filter), Buffer.from([1])]))
+const publishPacket = (topic: Buffer, payload: string): Buffer => withHeader(0x30, Buffer.concat([str(topic), Buffer.from(payload)]))
+const subscribePacket = (id: number, filter: Buffer): Buffer => withHeader(0x82, Buffer.concat([u16(id), str(filter), Buffer.from([1])]))
 
 /** `prefix` + the bad bytes + `suffix`, as raw bytes */
 const withBytes = (prefix: string, bad: number[], suffix = ''): Buffer => Buffer.concat([Buffer.from(prefix), Buffer.from(bad), Buffer.from(suffix)])
