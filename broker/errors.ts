@@ -92,6 +92,12 @@ export class JitpError extends Error {
   }
 }
 
+/** The audit fields of a refusal, from the catalogue: `{ errorCode, reason }`. */
+export function refusalFields (code: ErrorCode, detail?: string): { errorCode: ErrorCode, reason: string } {
+  const e = Errors[code]
+  return { errorCode: code, reason: detail ? `${e.message}: ${detail}` : e.message }
+}
+
 export function isJitpError (err: unknown): err is JitpError {
   return err instanceof JitpError
 }

@@ -24,6 +24,7 @@ import type { Aedes } from 'aedes'
 import type { Redis } from 'ioredis'
 import type { Audit } from './audit.js'
 import type { Config } from './config.js'
+import { refusalFields } from './errors.js'
 import type { Metrics } from './metrics.js'
 import { liveClients } from './session.js'
 import { connectRedis, quitGracefully } from './store/redis.js'
@@ -108,7 +109,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     const pending = unaudited.get(clientId)
     if (pending === undefined) {
       // the first drop of a burst is audited at once, the rest once a second with their count
-      audit.write('queue.dropped', { clientId, topic: packet.topic, qos: packet.qos, count: 1, errorCode: 'SessionQueueFull', reason: `session queue full (limit ${limit})` }, 'warn')
+      audit.write('queue.dropped', { clientId, topic: packet.topic, qos: packet.qos, count: 1, ...refusalFields('SessionQueueFull', `limit ${limit}`) }, 'warn')
       unaudited.set(clientId, 0)
     } else {
       unaudited.set(clientId, pending + 1)
@@ -200,7 +201,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   function sweep (): void {
     for (const [clientId, count] of unaudited) {
       if (count > 0) {
-        audit.write('queue.dropped', { clientId, count, errorCode: 'SessionQueueFull', reason: `session queue full (limit ${limit})` }, 'warn')
+        audit.write('queue.dropped', { clientId, count, ...refusalFields('SessionQueueFull', `limit ${limit}`) }, 'warn')
         unaudited.set(clientId, 0)
       } else {
         unaudited.delete(clientId)
@@ -216,7 +217,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
       const buffered = (client.conn as { writableLength?: number }).writableLength ?? 0
       if (buffered > config.maxClientBufferBytes) {
         metrics.queueDrops.inc()
-        audit.write('queue.dropped', { clientId: client.id, errorCode: 'SlowConsumer', reason: `${buffered} bytes waiting in its socket (limit ${config.maxClientBufferBytes}): disconnected` }, 'warn')
+        audit.write('queue.dropped', { clientId: client.id, ...refusalFields('SlowConsumer', `${buffered} bytes waiting in its socket (limit ${config.maxClientBufferBytes})`) }, 'warn')
         client.close()
       }
     }
