@@ -1,0 +1,27 @@
+/**
+ * The broker events around a connection: `clientReady` (after CONNACK, once Aedes
+ * registered the client) and `clientDisconnect`; the plugins' `ready` and
+ * `disconnected` hooks run from here.
+ */
+import type { Client } from 'aedes'
+import { stateOf } from '../session.js'
+import { auditFields } from './audit-fields.js'
+import type { ChainContext } from './context.js'
+
+export function clientReady (chain: ChainContext, client: Client): void {
+  const { audit, metrics } = chain.ctx
+  const state = stateOf(client)
+  const role = state?.identity?.role ?? 'unknown'
+  metrics.connections.inc({ role })
+  metrics.connectsAccepted.inc({ role })
+  audit.write('connect.accepted', { ...auditFields(client, state), reason: state?.identity?.registeredOnConnect ? 'registered on first connect' : undefined })
+  if (state?.identity) for (const plugin of chain.hooks.ready) plugin.ready!(client, state)
+}
+
+export function clientDisconnect (chain: ChainContext, client: Client): void {
+  const state = stateOf(client)
+  if (!state?.identity) return
+  chain.ctx.metrics.connections.dec({ role: state.identity.role })
+  chain.ctx.audit.write('disconnect', { ...auditFields(client, state), ...state.closeReason })
+  for (const plugin of chain.hooks.disconnected) plugin.disconnected!(client, state)
+}
