@@ -10,7 +10,7 @@
  *   chain/publish.ts    authorizePublish (vetActions, drop path, intercept, accept), published
  *   chain/subscribe.ts  authorizeSubscribe
  *   chain/forward.ts    authorizeForward (live delivery and the offline queue)
- *   chain/lifecycle.ts  clientReady / clientDisconnect
+ *   chain/lifecycle.ts  clientReady / clientDisconnect / keepaliveTimeout
  * They share one ChainContext (chain/context.ts), built here once.
  */
 import type { Aedes, AedesPublishPacket, Client, ConnectPacket, PublishPacket, Subscription } from 'aedes'
@@ -18,7 +18,7 @@ import type { PluginContext, PluginHooks } from './plugin.js'
 import { authenticate, preConnect } from './chain/connect.js'
 import { createChainContext } from './chain/context.js'
 import { authorizeForward } from './chain/forward.js'
-import { clientDisconnect, clientReady } from './chain/lifecycle.js'
+import { clientDisconnect, clientReady, keepaliveTimeout } from './chain/lifecycle.js'
 import { authorizePublish, published, report, type ErrorReport } from './chain/publish.js'
 import { authorizeSubscribe } from './chain/subscribe.js'
 
@@ -53,6 +53,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
 
   ctx.broker.on('clientReady', function onClientReady (client) { clientReady(chain, client) })
   ctx.broker.on('clientDisconnect', function onClientDisconnect (client) { clientDisconnect(chain, client) })
+  ctx.broker.on('keepaliveTimeout', function onKeepaliveTimeout (client) { keepaliveTimeout(chain, client) })
 
   return {
     report (client: Client, r: ErrorReport): void { report(chain, client, r) }

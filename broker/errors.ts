@@ -40,6 +40,8 @@ export const Errors = Object.freeze({
   UnsupportedProtocolVersion: entry('UnsupportedProtocolVersion', 'only MQTT 3.1.1 (and 3.1) is supported', { connack: 1 }),
   ClientIdRequired: entry('ClientIdRequired', 'a persistent session needs a client id', { connack: 2 }),
   ClientIdInUse: entry('ClientIdInUse', 'client id belongs to another identity', { connack: 2 }),
+  ConnectionClosed: entry('ConnectionClosed', 'the connection closed before its CONNECT was handled'),
+  KeepaliveTimeout: entry('KeepaliveTimeout', 'no packet within 1.5 times the keep-alive [MQTT-3.1.2-24]'),
   SessionRevalidated: entry('SessionRevalidated', 'session no longer valid on re-validation'),
   CrlInvalid: entry('CrlInvalid', 'CRL is malformed or not signed by its role CA; ignored'),
   StoreUnavailable: entry('StoreUnavailable', 'registry unavailable', { connack: 3 }),

@@ -118,8 +118,11 @@ function classifyPeer (req: ConnectRequest): ConnectAnswer {
   const conn = req.client.conn
   const peer = conn instanceof TLSSocket ? ctx.trust.classify(conn) : null
   if (peer === null) {
-    refuseEarly(req, 'UnknownIssuer')
-    return new JitpError('UnknownIssuer')
+    // a socket that died while its CONNECT waited (fuzzers, aborted connects) has no
+    // peer certificate any more: that is not an unknown issuer, and must not read as one
+    const code: ErrorCode = conn instanceof TLSSocket && conn.destroyed ? 'ConnectionClosed' : 'UnknownIssuer'
+    refuseEarly(req, code)
+    return new JitpError(code)
   }
   const state: ConnectionState = { peer, remoteAddress: req.remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: { windowStart: ctx.now(), count: 0 } }
   setState(req.client, state)

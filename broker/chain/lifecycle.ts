@@ -4,6 +4,7 @@
  * `disconnected` hooks run from here.
  */
 import type { Client } from 'aedes'
+import { refusalFields } from '../errors.js'
 import { stateOf } from '../session.js'
 import { auditFields } from './audit-fields.js'
 import type { ChainContext } from './context.js'
@@ -24,4 +25,10 @@ export function clientDisconnect (chain: ChainContext, client: Client): void {
   chain.ctx.metrics.connections.dec({ role: state.identity.role })
   chain.ctx.audit.write('disconnect', { ...auditFields(client, state), ...state.closeReason })
   for (const plugin of chain.hooks.disconnected) plugin.disconnected!(client, state)
+}
+
+/** An idle cut-off is a decision too: the disconnect line says why. */
+export function keepaliveTimeout (_chain: ChainContext, client: Client): void {
+  const state = stateOf(client)
+  if (state && !state.closeReason) state.closeReason = refusalFields('KeepaliveTimeout')
 }

@@ -139,5 +139,9 @@ t.test('keep-alive 0 is clamped: a silent client is cut', async (t) => {
     // silent from here on: no PINGREQ; the clamp of 1 s cuts it after 1.5 s
     const closedAt = await within(raw.closed, 20_000, `the silent client (keep-alive ${keepalive}) to be cut`)
     t.ok(closedAt - connectedAt >= 1000, `keep-alive ${keepalive}: cut after ${closedAt - connectedAt} ms, not before the clamp`)
+    // the idle cut-off is audited, with its reason
+    await waitFor(() => tb.events('disconnect').some((l) => l.clientId === `silent-${keepalive}`), 5000, 'the disconnect line')
+    const line = tb.events('disconnect').find((l) => l.clientId === `silent-${keepalive}`)
+    t.equal(line?.errorCode, 'KeepaliveTimeout', `keep-alive ${keepalive}: disconnect audited as KeepaliveTimeout`)
   }
 })
