@@ -83,6 +83,9 @@ export function vet (chain: ChainContext, ev: PublishEvent): PublishRefusal | nu
   return null
 }
 
+/** close reasons after which a session publishes nothing, not even its will */
+const REVOKED_CLOSES: ReadonlySet<string> = new Set<ErrorCode>(['CertificateRevoked', 'DeviceRevoked', 'SessionRevalidated'])
+
 export function authorizePublish (chain: ChainContext, client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
   if (client === null) {
     // a dead broker's will, vetted when its author connected; Aedes' own `$SYS` guard
@@ -90,6 +93,13 @@ export function authorizePublish (chain: ChainContext, client: Client | null, pa
     return done(isReserved(packet.topic) ? new JitpError('SysTopicReserved') : null)
   }
   const state = stateOf(client)
+  if (state?.closeReason !== undefined && REVOKED_CLOSES.has(state.closeReason.errorCode)) {
+    // a session closed because its certificate or device was revoked gets nothing more
+    // out: Aedes publishes the will of a client it closes (lib/client.js, finish) through
+    // this hook, and a leaked certificate must not get one last command through it
+    chain.ctx.audit.write('publish.denied', { ...auditFields(client, state), topic: packet.topic, errorCode: state.closeReason.errorCode, reason: 'will of a revoked session' }, 'warn')
+    return done(new JitpError(state.closeReason.errorCode as ErrorCode))
+  }
   if (isMalformedMqttString(packet.topic)) return closeMalformed(chain, client, state, packet.topic, done)
   const ev: PublishEvent = { client, identity: state?.identity ?? null, state, packet, isWill: false }
   const refusal = vet(chain, ev)
