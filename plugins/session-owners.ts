@@ -26,17 +26,25 @@ import { liveClients, stateOf, type Identity } from '../broker/session.js'
  */
 export const CLEAN_SESSION_OWNER_TTL_MS = 24 * 3600_000
 
-export function ownerOf (identity: Identity): string {
+/**
+ * The claim certificate is shared by the whole fleet (and public), so it names no
+ * one: a claim connection is "the same identity" only as that certificate from the
+ * same remote address (a device reconnecting after a drop). Another address never
+ * takes a provisioning device's claim session over.
+ */
+export function ownerOf (identity: Identity, remoteAddress: string): string {
   switch (identity.role) {
     case 'device': return `device:${identity.name ?? ''}`
     case 'service': return `service:${identity.name ?? ''}`
-    case 'claim': return `claim:${identity.certificateId}`
+    case 'claim': return `claim:${identity.certificateId}@${remoteAddress}`
   }
 }
 
+const isClaimOwner = (owner: string | null): boolean => owner?.startsWith('claim:') === true
+
 function liveOwner (client: Client): string | null {
-  const identity = stateOf(client)?.identity
-  return identity ? ownerOf(identity) : null
+  const state = stateOf(client)
+  return state?.identity ? ownerOf(state.identity, state.remoteAddress) : null
 }
 
 /**
@@ -48,11 +56,14 @@ export async function holdSession (ctx: PluginContext, identity: Identity, ev: A
   // an empty client id gets a fresh `aedes_<uuid>` from Aedes (clean sessions only, see
   // chain.ts): there is no session to take over
   if (clientId === '') return null
-  const owner = ownerOf(identity)
+  const owner = ownerOf(identity, ev.remoteAddress)
   const live = liveClients(ctx.broker)[clientId]
   const previous = live ? liveOwner(live) : null
   if (identity.role !== 'device') {
-    if (live && previous !== owner) return deny('ClientIdInUse', 'live-session', 'in use by a live session of another identity')
+    // a claim session (clean, anonymous, nothing stored) yields to any certificate that
+    // names someone, so the public claim certificate cannot squat a service's client id
+    const yields = isClaimOwner(previous) && identity.role !== 'claim'
+    if (live && previous !== owner && !yields) return deny('ClientIdInUse', 'live-session', 'in use by a live session of another identity')
     if (await ctx.registry.getDevice(clientId)) return deny('ClientIdInUse', 'device-id', 'a registered device id')
     // claims too: one atomic record makes two identities racing for one id a single winner;
     // a claim session lives at most CLAIM_SESSION_MAX_SECONDS, a clean one is not kept
@@ -70,7 +81,7 @@ export async function holdSession (ctx: PluginContext, identity: Identity, ev: A
       role: identity.role,
       certificateId: identity.certificateId,
       remoteAddress: ev.remoteAddress,
-      reason: previous === owner ? 'the same identity takes its live session over' : `a device takes its own client id back from ${previous?.split(':')[0] ?? 'an unidentified'} session`
+      reason: previous === owner ? 'the same identity takes its live session over' : `a ${identity.role} takes its client id back from ${previous?.split(':')[0] ?? 'an unidentified'} session`
     })
   }
   return null

@@ -152,7 +152,9 @@ export class MemoryRegistry implements Registry {
   async claimSessionOwner (clientId: string, owner: string, ttlMs?: number): Promise<boolean> {
     const now = this.#now()
     const entry = this.#owners.get(clientId)
-    const live = entry !== undefined && now < entry.expiresAt
+    // a claim's record (anonymous, clean) yields to an owner that names someone
+    const yields = entry !== undefined && entry.owner.startsWith('claim:') && !owner.startsWith('claim:')
+    const live = entry !== undefined && now < entry.expiresAt && !yields
     if (live && entry.owner !== owner) return false
     const expiresAt = ttlMs === undefined ? Infinity : now + ttlMs
     // a kept record is never shortened to a clean session's ttl

@@ -72,7 +72,10 @@ return added`
 // a kept record is never shortened, an expiring one only extended (PTTL -2 absent, -1 kept)
 const CLAIM_SESSION_OWNER = `
 local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return 0 end
+-- a claim's record (anonymous, clean) yields to an owner that names someone
+local yields = current and string.sub(current, 1, 6) == 'claim:' and string.sub(ARGV[1], 1, 6) ~= 'claim:'
+if current and current ~= ARGV[1] and not yields then return 0 end
+if yields then redis.call('DEL', KEYS[1]) end
 if ARGV[2] == '' then
   redis.call('SET', KEYS[1], ARGV[1])
 else

@@ -8,7 +8,7 @@
  * still takes its own session over, as MQTT requires.
  */
 import t from 'tap'
-import mqtt, { type MqttClient } from 'mqtt'
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import {
   STORES, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
   type ClientCredentials, type TestBroker
@@ -107,5 +107,32 @@ for (const store of STORES) {
     t.equal(await connackOf(tb, credentials(tb.pki, 'claim'), 'backend-own', true), 2, 'offline: the claim is refused by the recorded owner')
     const refused = tb.events('connect.refused').filter((l) => l.clientId === 'backend-own')
     t.same(refused.map((l) => l.errorCode), ['ClientIdInUse', 'ClientIdInUse'])
+  })
+
+  t.test(`${store}: the shared claim certificate names no one: no claim takeover from another address, no squatting`, async (t) => {
+    const tb = await startBroker({ store })
+    t.teardown(() => tb.close())
+    const claim = credentials(tb.pki, 'claim')
+    // a device provisioning with a predictable client id, from its own address
+    // MQTT.js hands its options to tls.connect: the whole 127.0.0.0/8 is loopback on Linux
+    const provisioning = await connect(tb, claim, { clientId: 'sensor-0042', localAddress: '127.0.0.2' } as IClientOptions)
+    let provisioningClosed = false
+    provisioning.on('close', () => { provisioningClosed = true })
+    // the attacker holds the same (public) claim certificate, from another address
+    t.equal(await connackOf(tb, claim, 'sensor-0042', true), 2, 'a claim connection from another address: CONNACK 2')
+    t.notOk(provisioningClosed, 'the provisioning device keeps its connection')
+    t.equal(tb.events('connect.refused').filter((l) => l.clientId === 'sensor-0042' && l.errorCode === 'ClientIdInUse').length, 1, 'audited ClientIdInUse')
+    await endClient(provisioning)
+
+    // squatting: a claim connection takes a service's client id first; the service still gets it
+    const squatter = await connect(tb, claim, { clientId: 'backend-ingest', reconnectPeriod: 0 })
+    const squatterClosed = new Promise<void>((resolve) => squatter.once('close', () => resolve()))
+    const service = await connect(tb, credentials(tb.pki, 'service'), { clientId: 'backend-ingest', clean: false })
+    await squatterClosed
+    t.ok(service.connected, 'the service takes its client id from the live claim session')
+    const takeover = tb.events('session.takeover').find((l) => l.clientId === 'backend-ingest')
+    t.equal(takeover?.role, 'service', 'audited as a takeover by the service')
+    await endClient(service)
+    t.equal(await connackOf(tb, claim, 'backend-ingest', true), 2, 'and the claim cannot take it back (recorded owner)')
   })
 }

@@ -270,6 +270,14 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.equal(await registry.claimSessionOwner('short', 'claim:x', 50), true, 'free for another identity once expired')
     t.equal(await registry.sessionOwner('kept'), 'service:b', 'kept: the clean reconnect did not shorten it')
   })
+  t.test(`${name}: a claim's record yields to an identity, never the other way round`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.claimSessionOwner('backend-2', 'claim:abc@10.0.0.1', 1000), true, 'the public claim certificate records an id first')
+    t.equal(await registry.claimSessionOwner('backend-2', 'claim:abc@10.0.0.2', 1000), false, 'the same certificate from another address is another owner')
+    t.equal(await registry.claimSessionOwner('backend-2', 'service:billing'), true, 'a service takes its client id back from a claim')
+    t.equal(await registry.sessionOwner('backend-2'), 'service:billing')
+    t.equal(await registry.claimSessionOwner('backend-2', 'claim:abc@10.0.0.1', 1000), false, 'and the claim cannot take it again')
+  })
   // --- end session owners ---
 
   // --- registration (CONTRACT §3.3): atomic, token used up only by a registration ---
