@@ -93,6 +93,8 @@ export interface NewDevice {
 interface Commit {
   readonly device: NewDevice
   configPublished: boolean
+  /** a `replace` template over a device that exists: its config must not change before the commit */
+  replacing: boolean
   committed: boolean
   /** certificates of a replaced device, revoked by the commit */
   revoked: readonly string[]
@@ -106,8 +108,10 @@ type CommitStep = (deps: RegistrationDeps, c: Commit) => Promise<void>
  * over an existing device's.
  */
 async function checkReprovision (deps: RegistrationDeps, c: Commit): Promise<void> {
-  if (c.device.template.reprovision === 'replace') return
-  if (await deps.registry.getDevice(c.device.deviceId) !== null) throw deviceExists(c.device.deviceId)
+  const exists = await deps.registry.getDevice(c.device.deviceId) !== null
+  if (!exists) return
+  if (c.device.template.reprovision !== 'replace') throw deviceExists(c.device.deviceId)
+  c.replacing = true
 }
 
 /**
@@ -117,8 +121,19 @@ async function checkReprovision (deps: RegistrationDeps, c: Commit): Promise<voi
  * behind. A device that is never registered has its config withdrawn (registerDevice).
  */
 async function publishConfig (deps: RegistrationDeps, c: Commit): Promise<void> {
+  if (c.replacing) return
   await publishDeviceConfig(deps.broker, deps.audit, c.device.deviceId, 1, c.device.template.configuration)
   c.configPublished = true
+}
+
+/**
+ * A replaced device already has a retained config, and a registration that fails at
+ * the commit (a racing request took the token, the store) must leave it as it was:
+ * the new config goes out only once the replacement is committed.
+ */
+async function publishReplacedConfig (deps: RegistrationDeps, c: Commit): Promise<void> {
+  if (!c.replacing) return
+  await publishDeviceConfig(deps.broker, deps.audit, c.device.deviceId, 1, c.device.template.configuration)
 }
 
 /** The one step that writes the registry: token, device and certificates, all or nothing. */
@@ -145,7 +160,7 @@ async function revokeReplaced (deps: RegistrationDeps, c: Commit): Promise<void>
   for (const certificateId of c.revoked) await deps.registry.revokeCertificate(certificateId)
 }
 
-export const commitActions: readonly CommitStep[] = [checkReprovision, publishConfig, commit, revokeReplaced]
+export const commitActions: readonly CommitStep[] = [checkReprovision, publishConfig, commit, publishReplacedConfig, revokeReplaced]
 
 function deviceExists (deviceId: string): JitpError {
   return new JitpError('DeviceExists', `device '${deviceId}' is already registered`)
@@ -153,7 +168,7 @@ function deviceExists (deviceId: string): JitpError {
 
 /** Applies the reprovision policy and registers the device, its certificates and its initial config. */
 export async function commitRegistration (deps: RegistrationDeps, device: NewDevice): Promise<void> {
-  const c: Commit = { device, configPublished: false, committed: false, revoked: [] }
+  const c: Commit = { device, configPublished: false, replacing: false, committed: false, revoked: [] }
   try {
     for (const step of commitActions) await step(deps, c)
   } catch (err) {
