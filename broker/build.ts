@@ -29,6 +29,7 @@ import { createMetrics, type Metrics } from './metrics.js'
 import type { PluginContext, PluginHooks } from './plugin.js'
 import { createRegistry } from './store/create-registry.js'
 import type { Registry } from './store/registry.js'
+import { within } from './store/redis.js'
 import { indexRetained } from './store/retained-index.js'
 import { createSessionStore } from './store/session-store.js'
 import { auditPublishNotStored, dropQueuedPacketsOnClean, failPublishVisibly, wrapPersistence } from './store/wrappers.js'
@@ -71,15 +72,29 @@ function closeServer (server: TlsServer | HttpServer): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()))
 }
 
+/**
+ * How long one release step of close() may take before the next one starts
+ * anyway: a component that cannot finish (a Redis connection that never ends,
+ * a client whose close waits on a store that is gone) must not keep the others,
+ * above all the audit log's flush, from being released. Aedes closing every
+ * client gets longer; a clean shutdown takes a fraction of either.
+ */
+const RELEASE_STEP_MS = 2000
+const RELEASE_BROKER_MS = 5000
+
 export async function buildBroker (config: Config, opts: BuildOptions = {}): Promise<BrokerHandle> {
   const log = opts.log ?? createAppLogger(config.logLevel)
   const now = opts.now ?? Date.now
   const audit = createAudit(opts.auditStream ?? config.auditLog)
   const metrics = createMetrics()
-  const releases: Array<() => Promise<void>> = [() => audit.close()]
+  const releases: Array<[step: string, release: () => Promise<void>, boundMs?: number]> = [['audit', () => audit.close()]]
   async function releaseAll (): Promise<void> {
-    for (const release of releases.reverse()) {
-      await release().catch((err: unknown) => log.warn({ err }, 'error while closing'))
+    for (const [step, release, boundMs = RELEASE_STEP_MS] of releases.reverse()) {
+      const done = await within(release().then(() => true, (err: unknown) => {
+        log.warn({ err, step }, 'error while closing')
+        return true
+      }), boundMs)
+      if (done === undefined) log.warn({ step, ms: boundMs }, 'close: step did not finish in time, releasing the rest')
     }
     releases.length = 0
   }
@@ -102,17 +117,17 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     }
     if (!config.redisUrl) log.warn('REDIS_URL is not set: in-memory store, nothing survives a restart')
     const registry = createRegistry({ redisUrl: config.redisUrl, now, onError: onStoreError })
-    releases.push(() => registry.close())
+    releases.push(['registry', () => registry.close()])
     const sessionStore = createSessionStore(config.redisUrl, onStoreError, {
       packetTtlSeconds: config.packetTtlSeconds,
       // a reconnecting session gets its whole bounded queue, not the store's default 1000
       maxSessionDelivery: config.sessionQueueLimit
     })
-    releases.push(() => sessionStore.close())
+    releases.push(['session store', () => sessionStore.close()])
 
     // flow control (broker/flow-control.ts): bounded session queues, slow consumers, drain timeout
     const flow = createFlowControl(config, { audit, metrics })
-    releases.push(() => flow.close())
+    releases.push(['flow control', () => flow.close()])
     // the persistence wrappers (broker/store/wrappers.ts), closest to the store first
     const persistence = wrapPersistence(sessionStore.aedesOptions.persistence, [
       sessionStore.kind === 'memory' ? indexRetained : null,
@@ -137,7 +152,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     brokerEvents.on('error', (err: Error) => log.warn({ err: err.message }, 'broker error'))
     brokerEvents.on('clientError', auditPublishNotStored(audit, metrics))
     // for a build that fails before the listener exists; closing twice is a no-op
-    releases.push(() => new Promise<void>((resolve) => broker.close(() => resolve())))
+    releases.push(['aedes', () => new Promise<void>((resolve) => broker.close(() => resolve())), RELEASE_BROKER_MS])
 
     const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })
     // the fixed order of the chain: revocation → identity → authorization → validation → provisioning → observers
@@ -150,18 +165,18 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await provisioningPlugin.setup(ctx, { policy }),
       await configAckPlugin.setup(ctx, undefined)
     ]
-    for (const h of hooks) if (h.close) releases.push(() => h.close!())
+    for (const h of hooks) if (h.close) releases.push([`plugin ${h.name}`, () => h.close!()])
     const chain = installChain(ctx, hooks)
 
     // the listener (broker/listener.ts): handshake and CONNECT deadlines, limits at accept, packet-size guard, pre-auth audit
     const listener = createListener({ config, trust, broker, audit, metrics, log })
     const tlsServer = listener.server
     const mqttsPort = await listener.listen(config.mqttsPort, config.host)
-    releases.push(async () => {
+    releases.push(['listener and aedes', async () => {
       const closing = listener.close()
       await new Promise<void>((resolve) => broker.close(() => resolve()))
       await closing
-    })
+    }, RELEASE_BROKER_MS])
 
     async function ready () {
       const [store, reg] = await Promise.all([sessionStore.ping(), registry.ping()])
@@ -174,7 +189,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
 
     const httpServer = createHttpServer({ metrics, ready })
     const httpPort = await listen(httpServer, config.httpPort, config.host)
-    releases.push(() => closeServer(httpServer))
+    releases.push(['http', () => closeServer(httpServer)])
     httpServer.unref()
 
     audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, http ${httpPort}, store ${sessionStore.kind}` })

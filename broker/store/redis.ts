@@ -53,7 +53,78 @@ export interface ConnectOptions {
 export function connectRedis (url: string, preset: RedisPreset, onError: (err: Error) => void, opts: ConnectOptions = {}): Redis {
   const conn = new Redis(url, { ...REDIS_PRESETS[preset], enableAutoPipelining: opts.autoPipelining === true })
   conn.on('error', onError)
+  endsEvenWhileReconnecting(conn)
+  quitsWithinADeadline(conn)
   return conn
+}
+
+/** how long a QUIT sent on a live connection may wait for Redis' answer before the socket is dropped */
+const QUIT_WAIT_MS = 500
+
+/**
+ * quit() must end the connection soon whatever state Redis is in; the libraries
+ * call it bare and wait for 'end' (mqemitter-redis' close; aedes-persistence-redis'
+ * destroy calls disconnect()). ioredis queues a QUIT made while the connection is
+ * not ready behind the commands already in its offline queue: with Redis down that
+ * queue is flushed (QUIT rejected) at the next failed attempt and the connection
+ * goes on reconnecting for ever, so 'end' never comes. Not ready: disconnect now
+ * (what is queued is rejected, as it would be at the next failed attempt anyway).
+ * Ready: QUIT, so the replies already on their way still arrive, and disconnect
+ * if Redis has not closed the connection within QUIT_WAIT_MS (a half-open socket
+ * never answers). The returned promise never goes unhandled: a socket that closes
+ * before QUIT's reply is read rejects it, and a bare quit() must not kill the
+ * process at shutdown.
+ */
+function quitsWithinADeadline (conn: Redis): void {
+  const quit = conn.quit.bind(conn)
+  conn.quit = function quitWithinADeadline (callback?: (err?: Error | null, res?: 'OK') => void) {
+    if (conn.status !== 'ready' && conn.status !== 'end') {
+      conn.disconnect()
+      callback?.(null, 'OK')
+      return Promise.resolve('OK' as const)
+    }
+    const quitting = quit(callback)
+    quitting.catch(() => undefined)
+    if (conn.status !== 'end') {
+      const deadline = setTimeout(() => { if (conn.status !== 'end') conn.disconnect() }, QUIT_WAIT_MS)
+      deadline.unref()
+      conn.once('end', () => clearTimeout(deadline))
+    }
+    return quitting
+  } as typeof conn.quit
+}
+
+/** what ioredis (5.11) keeps private and this module needs to finish a close it leaves half done */
+interface IoredisInternals {
+  setStatus (status: 'end'): void
+  flushQueue (err: Error): void
+  manuallyClosing: boolean
+}
+
+/**
+ * ioredis ends a connection (status 'end', the 'end' event, pending commands
+ * rejected) from its socket's 'close'. Between two reconnect attempts (status
+ * 'reconnecting') that socket has already closed: disconnect() (and quit(),
+ * which calls disconnect() when nothing is queued) cancels the next attempt and
+ * ends the dead socket again, which never closes twice, so the connection stays
+ * 'reconnecting' and 'end' never comes. mqemitter-redis closes by waiting for
+ * 'end' on both of its connections, so after a Redis outage Aedes' broker.close
+ * never called back and the broker could not shut down
+ * (test/faults/shutdown-after-redis-restart.test.ts). This finishes the close
+ * the way ioredis' own close handler does when the socket does close. Every
+ * connection comes through connectRedis, so this is the one place.
+ */
+function endsEvenWhileReconnecting (conn: Redis): void {
+  const disconnect = conn.disconnect.bind(conn)
+  conn.disconnect = function disconnectEvenWhileReconnecting (reconnect = false): void {
+    const socketGone = conn.status === 'reconnecting'
+    disconnect(reconnect)
+    if (reconnect || !socketGone || conn.status !== 'reconnecting') return
+    const internals = conn as unknown as IoredisInternals
+    internals.manuallyClosing = false
+    internals.setStatus('end')
+    internals.flushQueue(new Error('Connection is closed.'))
+  }
 }
 
 /** the promise's value, or undefined once `ms` have passed */
@@ -67,7 +138,6 @@ export async function within<T> (promise: Promise<T>, ms: number): Promise<T | u
   }
 }
 
-const QUIT_WAIT_MS = 500
 
 /**
  * QUIT, not only disconnect(): QUIT is queued behind the commands already sent,
@@ -77,6 +147,9 @@ const QUIT_WAIT_MS = 500
  */
 export async function quitGracefully (conn: Redis): Promise<void> {
   if (conn.status === 'end') return
+  const ended = new Promise<void>((resolve) => conn.once('end', () => resolve()))
   if (conn.status === 'ready') await within(conn.quit().catch(() => undefined), QUIT_WAIT_MS)
   conn.disconnect()
+  // 'end' follows the socket's close (at most ioredis' disconnectTimeout for a socket that hangs)
+  await within(ended, QUIT_WAIT_MS)
 }

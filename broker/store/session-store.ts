@@ -43,17 +43,10 @@ export function createSessionStore (redisUrl: string | undefined, onError: (err:
   const pubConn = connectRedis(redisUrl, 'failFast', onError)
   const subConn = connectRedis(redisUrl, 'failFast', onError)
   const pingConn = connectRedis(redisUrl, 'failFast', onError)
-  // mqemitter-redis closes with a bare `conn.quit()`; when the socket closes before
-  // QUIT's reply is read, that promise rejects with no handler and the process would
-  // die of an unhandled rejection at shutdown. Its 'end' listener still fires.
-  for (const conn of [pubConn, subConn]) {
-    const quit = conn.quit.bind(conn)
-    conn.quit = ((...args: Parameters<typeof quit>) => {
-      const p = quit(...args)
-      p.catch(() => undefined)
-      return p
-    }) as typeof conn.quit
-  }
+  // mqemitter-redis closes with a bare `conn.quit()` and waits for 'end' on both
+  // connections: connectRedis (./redis.ts) makes that quit end the connection within
+  // a deadline even when Redis is down or the connection between reconnect attempts,
+  // and never leaves its promise unhandled
   const mq = MQEmitterRedis({ pubConn, subConn })
   ;(mq as unknown as { state: NodeJS.EventEmitter }).state.on('error', onError)
   const ttl = opts.packetTtlSeconds ?? 0

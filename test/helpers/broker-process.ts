@@ -53,7 +53,7 @@ function * sourceFiles (dir: string): Generator<string> {
 }
 
 /** true when every source file has a compiled twin in dist/ at least as new as itself */
-function distIsFresh (): boolean {
+export function distIsFresh (): boolean {
   try {
     for (const dir of SOURCE_DIRS) {
       for (const file of sourceFiles(join(ROOT, dir))) {
