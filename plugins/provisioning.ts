@@ -54,7 +54,9 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       perClaimCertificate: config.provisionRatePerClaimCert,
       now: ctx.now,
       redisUrl: config.redisUrl,
-      onError: (err) => ctx.log.warn({ err: err.message }, 'provisioning throttle: Redis error, refusing (fail closed)')
+      // the session store already reports a Redis outage once, at warn; this connection's
+      // retries would repeat it every second
+      onError: (err) => ctx.log.debug({ err: err.message }, 'provisioning throttle: Redis error, refusing (fail closed)')
     })
     const claimTimers = new WeakMap<Client, NodeJS.Timeout>()
     function disarmClaimTimer (client: Client): void {
