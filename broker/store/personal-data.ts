@@ -47,14 +47,17 @@ export function createPersonalData (catalogue: SchemaCatalogue, cipher: PiiCiphe
     return format?.kind === 'json' ? format.pii : null
   }
 
+  // one visitor for every message (the hot path allocates no closure per publish)
+  function sealValue (container: unknown, key: string | number, value: unknown): void {
+    // always sealed, even when it looks like an envelope: only ours open, and
+    // opening unwraps as many layers as this key made
+    ;(container as Record<string | number, unknown>)[key] = cipher.seal(value)
+  }
+
   function sealParsed (topic: string, data: unknown): Buffer | null {
     const map = piiMapOf(topic)
     if (map === null) return null
-    const found = visitPersonalData(map, data, function sealValue (container, key, value) {
-      // always sealed, even when it looks like an envelope: only ours open, and
-      // opening unwraps as many layers as this key made
-      ;(container as Record<string | number, unknown>)[key] = cipher.seal(value)
-    })
+    const found = visitPersonalData(map, data, sealValue)
     if (found === 0) return null
     const payload = Buffer.from(JSON.stringify(data))
     sealed.add(payload)
@@ -128,6 +131,8 @@ export function personalDataWrapper (pd: PersonalData): PersistenceWrapper {
       return outgoingEnqueue(sub, pd.storedForm(packet))
     }
     store.outgoingEnqueueCombi = function outgoingEnqueueCombiSealed (subs, packet) {
+      // Aedes calls it for every QoS 1 publish, persistent subscribers or not: nothing is stored for none
+      if (!subs || subs.length === 0) return outgoingEnqueueCombi(subs, packet)
       return outgoingEnqueueCombi(subs, pd.storedForm(packet))
     }
     store.outgoingUpdate = async function outgoingUpdateSealed (client, packet) {
