@@ -7,7 +7,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
-import { connectRedis, quitGracefully } from './redis.js'
+import { connectRedis, quitGracefully, within } from './redis.js'
 import type {
   CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener,
   RevocationQuery, RevocationTarget
@@ -548,13 +548,3 @@ function waitReady (conn: Redis, ms: number): Promise<boolean> {
   })
 }
 
-/** the promise's value, or undefined once `ms` have passed */
-async function within<T> (promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<undefined>((resolve) => { timer = setTimeout(resolve, Math.max(0, ms), undefined) })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}

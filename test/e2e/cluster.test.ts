@@ -5,37 +5,11 @@
  * Needs `npm run build` (npm test's pretest does it).
  */
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { resolve } from 'node:path'
 import { collect, connect, credentials, endClient, publish, RUN_AUDIT_FILE, sleep, startBroker, subscribe, waitFor } from '../helpers/broker.js'
+import { cli, startChildBroker } from '../helpers/cli.js'
 import { provision } from '../helpers/provisioning.js'
 import { freePort, startRedisServer } from '../helpers/redis-server.js'
 
-const CLI = resolve('dist/bin/aedes-jitp.js')
-
-function cli (args: string[], env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  return new Promise((resolve_) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    child.on('exit', (code) => resolve_({ code, stdout, stderr }))
-  })
-}
-
-async function startChildBroker (env: Record<string, string>, httpPort: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CLI, 'start'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
-  const start = Date.now()
-  while (Date.now() - start < 30_000) {
-    if (child.exitCode !== null) throw new Error(`broker B exited with ${child.exitCode}`)
-    try {
-      if ((await fetch(`http://127.0.0.1:${httpPort}/readyz`)).status === 200) return child
-    } catch { /* not up yet */ }
-    await sleep(100)
-  }
-  throw new Error('broker B did not become ready')
-}
 
 t.test('two brokers, one Redis', async (t) => {
   const redis = await startRedisServer()

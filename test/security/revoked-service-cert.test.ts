@@ -7,41 +7,16 @@
  * the reason. The same by issuer + serial, and for a whole CA.
  * Needs `npm run build` (npm test's pretest does it).
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { collect, connect, publish, registerDevice, RUN_AUDIT_FILE, sleep, startBroker, subscribe, waitFor } from '../helpers/broker.js'
+import { cli, startChildBroker } from '../helpers/cli.js'
 import { freePort, startRedisServer } from '../helpers/redis-server.js'
 import { connackOf, issueClient, type IssuedClient } from '../helpers/revocation.js'
 
-const CLI = resolve('dist/bin/aedes-jitp.js')
 const ACTOR = 'alice-ops'
-
-function cli (args: string[], env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  return new Promise((resolve_) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, USER: ACTOR, ...env } })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    child.on('exit', (code) => resolve_({ code, stdout, stderr }))
-  })
-}
-
-async function startChildBroker (env: Record<string, string>, httpPort: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CLI, 'start'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
-  const start = Date.now()
-  while (Date.now() - start < 30_000) {
-    if (child.exitCode !== null) throw new Error(`broker B exited with ${child.exitCode}`)
-    try {
-      if ((await fetch(`http://127.0.0.1:${httpPort}/readyz`)).status === 200) return child
-    } catch { /* not up yet */ }
-    await sleep(100)
-  }
-  throw new Error('broker B did not become ready')
-}
 
 function lines (file: string): Array<Record<string, unknown>> {
   if (!existsSync(file)) return []
@@ -66,7 +41,8 @@ t.test('a leaked service certificate, revoked through the CLI', async (t) => {
   const b = await startChildBroker({ ...shared, AUDIT_LOG: auditB, MQTTS_PORT: String(portB), HTTP_PORT: String(httpB), HOST: '127.0.0.1', GENERATE_DEV_CERTS: 'false' }, httpB)
   t.teardown(() => { if (b.exitCode === null) b.kill('SIGKILL') })
   const onB = { port: portB, pki: a.pki }
-  const cliEnv = { ...shared, AUDIT_LOG: auditCli }
+  // the CLI names its operator from USER
+  const cliEnv = { ...shared, AUDIT_LOG: auditCli, USER: ACTOR }
 
   const creds = await registerDevice(a, 'meter-0042')
   const device = await connect(a, creds, { clientId: 'meter-0042' })
