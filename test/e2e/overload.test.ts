@@ -7,14 +7,14 @@
  * The broker runs in its own process (bench/broker-child.ts) so its RSS is its own.
  */
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { Duplex } from 'node:stream'
 import type { MqttClient } from 'mqtt'
 import type { BenchDevice } from '../../bench/broker-child.js'
 import { procUsage } from '../../bench/proc.js'
+import { ensureBuilt } from '../helpers/broker-process.js'
 import { startBrokerChild } from '../../bench/processes.js'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
@@ -65,32 +65,6 @@ function flood (client: MqttClient, deviceId: string, deadline: number): Promise
 }
 
 const CHILD_SCRIPT = resolve('dist/bench/broker-child.js')
-const SOURCE_DIRS = ['broker', 'plugins', 'pki', 'bench', 'certs-dev']
-
-function newestSource (dir: string): number {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (entry.isFile() && entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs)
-  }
-  return newest
-}
-
-/**
- * The broker child runs compiled (under the TypeScript loader the compiler alone
- * would weigh about 200 MB of the RSS being measured); build when dist is stale.
- */
-function ensureBuilt (): void {
-  let built = 0
-  try {
-    built = statSync(CHILD_SCRIPT).mtimeMs
-  } catch {
-    // not built yet
-  }
-  if (SOURCE_DIRS.every((d) => newestSource(resolve(d)) <= built)) return
-  const tsc = spawnSync(process.execPath, [resolve('node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { encoding: 'utf8', timeout: 120_000 })
-  if (tsc.status !== 0) throw new Error(`build failed: ${tsc.stdout}${tsc.stderr}`)
-}
-
 function deviceCredentials (pkiDir: string, deviceIds: string[]): { creds: Map<string, ClientCredentials>, file: string } {
   const caPem = readFileSync(join(pkiDir, 'device-ca.pem'), 'utf8')
   const issuer = loadIssuer(caPem, readFileSync(join(pkiDir, 'device-ca.key'), 'utf8'))

@@ -9,6 +9,7 @@
  * Devices are registered straight into the shared Redis registry, as another
  * broker process would have done.
  */
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
@@ -65,6 +66,16 @@ export function distIsFresh (): boolean {
   } catch {
     return false
   }
+}
+
+/**
+ * Compiles when dist/ is stale: tests that measure a broker child's memory run it
+ * compiled (under the TypeScript loader the compiler would be measured too).
+ */
+export function ensureBuilt (): void {
+  if (distIsFresh()) return
+  const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { encoding: 'utf8', timeout: 120_000 })
+  if (tsc.status !== 0) throw new Error(`build failed: ${tsc.stdout}${tsc.stderr}`)
 }
 
 /** the child script and the node flags it needs */

@@ -8,11 +8,10 @@
  * ~5 KB per connection without a plateau on Node 20 (88 → 289 MB for 30k).
  */
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
-import { readdirSync, statSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls'
 import { DISCONNECT, PacketReader, PacketType, connectPacket } from '../../bench/mqtt-wire.js'
+import { ensureBuilt } from '../helpers/broker-process.js'
 import { startBrokerChild, type Target } from '../../bench/processes.js'
 import { credentials, devPki } from '../helpers/broker.js'
 
@@ -31,29 +30,6 @@ const GROWTH_SLACK = 8 * MB
 t.setTimeout(15 * 60_000)
 
 const CHILD_SCRIPT = resolve('dist/bench/broker-child.js')
-const SOURCE_DIRS = ['broker', 'plugins', 'pki', 'bench', 'certs-dev']
-
-function newestSource (dir: string): number {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (entry.isFile() && entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs)
-  }
-  return newest
-}
-
-/** the broker children run compiled: under the TypeScript loader the compiler would be measured too */
-function ensureBuilt (): void {
-  let built = 0
-  try {
-    built = statSync(CHILD_SCRIPT).mtimeMs
-  } catch {
-    // not built yet
-  }
-  if (SOURCE_DIRS.every((d) => newestSource(resolve(d)) <= built)) return
-  const tsc = spawnSync(process.execPath, [resolve('node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { encoding: 'utf8', timeout: 120_000 })
-  if (tsc.status !== 0) throw new Error(`build failed: ${tsc.stdout}${tsc.stderr}`)
-}
-
 /** one cycle: handshake, CONNECT, CONNACK 0, DISCONNECT, close; rejects on anything else */
 function cycle (port: number, context: SecureContext, clientId: string): Promise<void> {
   return new Promise((resolve, reject) => {
