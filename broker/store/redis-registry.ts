@@ -217,12 +217,17 @@ export class RedisRegistry implements Registry {
     await conn.set(this.#tokenKey(token), value, 'PX', Math.max(1, Math.ceil(ttlMs)))
   }
 
-  async takeToken (token: string): Promise<OwnershipTokenRecord | null> {
-    const conn = await this.#ready()
-    const value = await conn.getdel(this.#tokenKey(token))
+  /** a stored token's record, unless its expiresAt has passed (an injected clock may expire it before PX does) */
+  #liveToken (value: string | null): OwnershipTokenRecord | null {
     if (value === null) return null
     const stored = JSON.parse(value) as { record: OwnershipTokenRecord, expiresAt: number }
     return this.#now() < stored.expiresAt ? stored.record : null
+  }
+
+  async takeToken (token: string): Promise<OwnershipTokenRecord | null> {
+    const conn = await this.#ready()
+    const value = await conn.getdel(this.#tokenKey(token))
+    return this.#liveToken(value)
   }
 
   async revokeDevice (deviceId: string): Promise<boolean> {
@@ -334,9 +339,7 @@ export class RedisRegistry implements Registry {
   async peekToken (token: string): Promise<OwnershipTokenRecord | null> {
     const conn = await this.#ready()
     const value = await conn.get(this.#tokenKey(token))
-    if (value === null) return null
-    const stored = JSON.parse(value) as { record: OwnershipTokenRecord, expiresAt: number }
-    return this.#now() < stored.expiresAt ? stored.record : null
+    return this.#liveToken(value)
   }
 
   async putPendingCertificate (cert: CertificateRecord, token: string, record: OwnershipTokenRecord, ttlMs: number): Promise<void> {
