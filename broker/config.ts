@@ -15,6 +15,8 @@ const configSchema = {
     MQTTS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8883 },
     HOST: { type: 'string', minLength: 1, default: '0.0.0.0' },
     HTTP_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9100 },
+    // the admin API (CONTRACT §8, broker/admin/): HTTPS, client certificate from the admin CA
+    ADMIN_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9443 },
     REDIS_URL: { type: 'string', pattern: '^rediss?://' },
     CERTS_DIR: { type: 'string', minLength: 1, default: 'certs-dev' },
     TLS_SESSION_TICKETS: { type: 'boolean', default: false },
@@ -50,6 +52,12 @@ const configSchema = {
     CONNECT_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
     AUDIT_AGGREGATE_SECONDS: { type: 'integer', minimum: 1, default: 10 },
     SESSION_REVALIDATE_SECONDS: { type: 'integer', minimum: 1, default: 60 },
+    // device activity (first/last seen, counters) is written at most this often per device
+    ACTIVITY_FLUSH_MS: { type: 'integer', minimum: 100, default: 5000 },
+    // the audit stream shared by every process (Redis store), capped at about this many entries
+    AUDIT_STREAM_MAXLEN: { type: 'integer', minimum: 100, default: 100000 },
+    // the in-process audit ring the admin API queries when AUDIT_LOG is not a file (memory store)
+    AUDIT_MEMORY_LINES: { type: 'integer', minimum: 100, default: 10000 },
     // personal data in the session store (CONTRACT §5): base64 of 32 bytes
     PII_KEY: { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' }
   }
@@ -59,6 +67,7 @@ export interface Config {
   readonly mqttsPort: number
   readonly host: string
   readonly httpPort: number
+  readonly adminPort: number
   readonly redisUrl: string | undefined
   readonly certsDir: string
   readonly tlsSessionTickets: boolean
@@ -98,6 +107,9 @@ export interface Config {
   readonly sessionRevalidateSeconds: number
   /** 32-byte key for personal data kept in the session store; derived from the device CA key when unset */
   readonly piiKey: string | undefined
+  readonly activityFlushMs: number
+  readonly auditStreamMaxLen: number
+  readonly auditMemoryLines: number
 }
 
 export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
@@ -176,6 +188,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     mqttsPort: c.MQTTS_PORT,
     host: c.HOST,
     httpPort: c.HTTP_PORT,
+    adminPort: c.ADMIN_PORT,
     redisUrl: c.REDIS_URL,
     certsDir: resolve(c.CERTS_DIR),
     tlsSessionTickets: c.TLS_SESSION_TICKETS,
@@ -209,6 +222,9 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     connectRatePerAddress: c.CONNECT_RATE_PER_ADDRESS,
     auditAggregateSeconds: c.AUDIT_AGGREGATE_SECONDS,
     sessionRevalidateSeconds: c.SESSION_REVALIDATE_SECONDS,
-    piiKey: c.PII_KEY
+    piiKey: c.PII_KEY,
+    activityFlushMs: c.ACTIVITY_FLUSH_MS,
+    auditStreamMaxLen: c.AUDIT_STREAM_MAXLEN,
+    auditMemoryLines: c.AUDIT_MEMORY_LINES
   })
 }

@@ -4,7 +4,8 @@
  * One interface, two implementations (memory, Redis), one contract test suite.
  */
 
-export type DeviceStatus = 'active' | 'revoked'
+/** CONTRACT §3.7: `quarantined` devices may connect but only report state and receive config (issue 13 adds `provisioned`) */
+export type DeviceStatus = 'active' | 'quarantined' | 'revoked'
 export type CertificateStatus = 'pending' | 'active' | 'revoked'
 
 export interface DeviceRecord {
