@@ -11,6 +11,8 @@ export interface CatalogueEntry {
   readonly connack?: number
   /** provisioning reply statusCode, for $provision rejections */
   readonly statusCode?: 400 | 403 | 404 | 429 | 500
+  /** admin API (CONTRACT §8) HTTP status, when it differs from statusCode; see httpStatusOf */
+  readonly httpStatus?: 400 | 403 | 404 | 409 | 503
 }
 
 function entry<const C extends string> (code: C, message: string, extra: Omit<CatalogueEntry, 'code' | 'message'> = {}): CatalogueEntry & { code: C } {
@@ -24,7 +26,7 @@ export const Errors = Object.freeze({
   UnknownCertificate: entry('UnknownCertificate', 'certificate is not registered', { connack: 5 }),
   CertificateRevoked: entry('CertificateRevoked', 'certificate is revoked', { connack: 5 }),
   DeviceUnknown: entry('DeviceUnknown', 'device is not registered', { connack: 5 }),
-  DeviceRevoked: entry('DeviceRevoked', 'device is revoked', { connack: 5 }),
+  DeviceRevoked: entry('DeviceRevoked', 'device is revoked', { connack: 5, httpStatus: 409 }),
   ClientIdMismatch: entry('ClientIdMismatch', 'client id must equal the device id', { connack: 2 }),
   ClaimSessionNotClean: entry('ClaimSessionNotClean', 'claim sessions must be clean sessions', { connack: 5 }),
   CertificateExpired: entry('CertificateExpired', 'client certificate is expired or not yet valid', { connack: 5 }),
@@ -44,7 +46,7 @@ export const Errors = Object.freeze({
   KeepaliveTimeout: entry('KeepaliveTimeout', 'no packet within 1.5 times the keep-alive [MQTT-3.1.2-24]'),
   SessionRevalidated: entry('SessionRevalidated', 'session no longer valid on re-validation'),
   CrlInvalid: entry('CrlInvalid', 'CRL is malformed or not signed by its role CA; ignored'),
-  StoreUnavailable: entry('StoreUnavailable', 'registry unavailable', { connack: 3 }),
+  StoreUnavailable: entry('StoreUnavailable', 'registry unavailable', { connack: 3, httpStatus: 503 }),
   // authorization
   PublishDenied: entry('PublishDenied', 'no rule allows this publish'),
   SubscribeDenied: entry('SubscribeDenied', 'no rule allows this subscription'),
@@ -70,6 +72,11 @@ export const Errors = Object.freeze({
   DeviceExists: entry('DeviceExists', 'a device with this id is already registered', { statusCode: 400 }),
   Throttled: entry('Throttled', 'too many requests', { statusCode: 429 }),
   InternalError: entry('InternalError', 'internal error', { statusCode: 500, connack: 3 }),
+  // admin API (CONTRACT §8)
+  AdminCertificateRequired: entry('AdminCertificateRequired', 'a client certificate from the admin CA is required', { httpStatus: 403 }),
+  NotFound: entry('NotFound', 'no such resource', { httpStatus: 404 }),
+  DeviceNotFound: entry('DeviceNotFound', 'no such device', { httpStatus: 404 }),
+  InvalidCursor: entry('InvalidCursor', 'cursor is malformed or from another listing', { httpStatus: 400 }),
   // start-up
   InvalidConfig: entry('InvalidConfig', 'invalid configuration')
 })
@@ -92,6 +99,12 @@ export class JitpError extends Error {
     this.statusCode = e.statusCode
     this.detail = detail
   }
+}
+
+/** the HTTP status the admin API answers a refusal with */
+export function httpStatusOf (code: ErrorCode): number {
+  const e: CatalogueEntry = Errors[code]
+  return e.httpStatus ?? e.statusCode ?? 500
 }
 
 /** The audit fields of a refusal, from the catalogue: `{ errorCode, reason }`. */

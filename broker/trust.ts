@@ -18,10 +18,19 @@ export const TRUST_FILES = Object.freeze({
   deviceCaKey: 'device-ca.key',
   claimCa: 'claim-ca.pem',
   serviceCa: 'service-ca.pem',
-  manufacturerCa: 'manufacturer-ca.pem'
+  manufacturerCa: 'manufacturer-ca.pem',
+  adminCa: 'admin-ca.pem'
 })
 
-interface RoleCa { readonly role: IssuerRole, readonly cert: X509Certificate, readonly fingerprint: string }
+interface RoleCa<R extends string = IssuerRole> { readonly role: R, readonly cert: X509Certificate, readonly fingerprint: string }
+
+/** who an admin API client is: the admin CA vouched for it; CN = operator name */
+export interface AdminPeer {
+  readonly issuerFingerprint: string
+  readonly certificateId: string
+  readonly serialNumber: string
+  readonly commonName: string
+}
 
 export interface Trust {
   readonly serverCertPem: string
@@ -33,6 +42,12 @@ export interface Trust {
   /** manufacturer CAs by fingerprint, for templates that name one */
   readonly manufacturerFingerprints: readonly string[]
   classify (socket: TLSSocket): PeerCertificate | null
+  /**
+   * The admin listener's trust (CONTRACT §2 `admin`): only the admin CAs, never
+   * accepted on MQTT, and no MQTT role's CA here. Null when CERTS_DIR has no
+   * `admin-ca.pem` (the admin API is then off).
+   */
+  readonly admin: { readonly caPems: readonly string[], classify (socket: TLSSocket): AdminPeer | null } | null
 }
 
 export function splitPem (bundle: string): string[] {
@@ -60,7 +75,7 @@ function readRequired (dir: string, file: string): string {
   return readFileSync(path, 'utf8')
 }
 
-function readCas (dir: string, file: string, role: IssuerRole, required: boolean): RoleCa[] {
+function readCas<R extends string> (dir: string, file: string, role: R, required: boolean): Array<RoleCa<R>> {
   const path = join(dir, file)
   if (!existsSync(path)) {
     if (required) throw new JitpError('InvalidConfig', `CERTS_DIR: missing ${path}`)
@@ -93,6 +108,12 @@ export function loadTrust (dir: string): Trust {
   const roots = existsSync(rootPath) ? splitPem(readFileSync(rootPath, 'utf8')) : []
   const deviceCaCertPem = splitPem(readRequired(dir, TRUST_FILES.deviceCa))[0] ?? ''
   const classified = new Map<string, PeerCertificate | null>()
+  const adminCas = readCas(dir, TRUST_FILES.adminCa, 'admin' as const, false)
+  for (const ca of adminCas) {
+    // an admin CA that also issues an MQTT role would let a device certificate administer the fleet
+    const other = seen.get(ca.fingerprint)
+    if (other) throw new JitpError('InvalidConfig', `CERTS_DIR: the same CA is configured as ${other} and admin`)
+  }
 
   return Object.freeze({
     serverCertPem: readRequired(dir, TRUST_FILES.serverCert),
@@ -101,6 +122,31 @@ export function loadTrust (dir: string): Trust {
     deviceCaCertPem,
     deviceCaKeyPem: readRequired(dir, TRUST_FILES.deviceCaKey),
     manufacturerFingerprints: cas.filter((c) => c.role === 'manufacturer').map((c) => c.fingerprint),
+    admin: adminCas.length === 0
+      ? null
+      : Object.freeze({
+        // the root is needed to complete an intermediate admin CA's chain; the role is still decided
+        // by the issuing CA below, so a device certificate under the same root gets no further
+        caPems: [...roots, ...adminCas.map((c) => c.cert.toString())],
+        classify (socket: TLSSocket): AdminPeer | null {
+          if (!socket.authorized) return null
+          const der = socket.getPeerCertificate(false).raw as Buffer | undefined
+          if (!der || der.length === 0) return null
+          // admin connections are few: parsed each time, never cached
+          const leaf = new X509Certificate(der)
+          const now = Date.now()
+          if (Date.parse(leaf.validFrom) > now || Date.parse(leaf.validTo) < now) return null
+          const ca = adminCas.find((c) => leaf.checkIssued(c.cert) && leaf.verify(c.cert.publicKey))
+          const commonName = commonNameOf(leaf)
+          if (!ca || !commonName) return null
+          return Object.freeze({
+            issuerFingerprint: ca.fingerprint,
+            certificateId: createHash('sha256').update(der).digest('hex'),
+            serialNumber: leaf.serialNumber.toLowerCase(),
+            commonName
+          })
+        }
+      }),
     classify (socket: TLSSocket): PeerCertificate | null {
       if (!socket.authorized) return null
       // the legacy object, not getPeerX509Certificate(): one X509Certificate per connect grew a

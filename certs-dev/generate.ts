@@ -1,12 +1,13 @@
 /**
  * Development PKI: one root, five CAs beneath it (device, claim, service,
- * manufacturer) and the leaves a local broker and its test clients need.
+ * manufacturer, admin) and the leaves a local broker, its test clients and an
+ * operator's CLI need.
  * Everything is generated natively in-process; no openssl binary is involved.
  *
  *   node dist/certs-dev/generate.js [--out DIR] [--rsa] [--days N]
  */
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, open, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { issueCertificate, loadIssuer, type IssueOptions, type Issuer } from '../pki/certificate.js'
@@ -27,12 +28,15 @@ export interface DevPkiResult {
   files: string[]
 }
 
-const CA_NAMES = ['root-ca', 'device-ca', 'claim-ca', 'service-ca', 'manufacturer-ca'] as const
+const CA_NAMES = ['root-ca', 'device-ca', 'claim-ca', 'service-ca', 'manufacturer-ca', 'admin-ca'] as const
 const CLIENT_LEAVES = [
   { name: 'claim', issuer: 'claim-ca', commonName: 'claim-dev' },
   { name: 'service', issuer: 'service-ca', commonName: 'backend-dev' },
-  { name: 'manufacturer-device', issuer: 'manufacturer-ca', commonName: 'mfg-0001' }
+  { name: 'manufacturer-device', issuer: 'manufacturer-ca', commonName: 'mfg-0001' },
+  { name: 'admin', issuer: 'admin-ca', commonName: 'admin-dev' }
 ] as const
+/** what an older dev PKI (before the admin API) lacks; added under its existing root */
+const ADMIN_FILES = ['admin-ca.pem', 'admin-ca.key', 'admin.pem', 'admin.key', 'admin-chain.pem']
 
 export const DEV_PKI_FILES: readonly string[] = Object.freeze([
   ...CA_NAMES.flatMap((n) => [`${n}.pem`, `${n}.key`]),
@@ -56,7 +60,9 @@ export async function generateDevPki (opts: DevPkiOptions): Promise<DevPkiResult
   const waited = await acquireLock(outDir)
   try {
     if (waited && devPkiComplete(outDir)) return { outDir, files: DEV_PKI_FILES.map((f) => join(outDir, f)) }
-    const contents = await buildDevPki(opts)
+    // a dev PKI from before the admin API: keep its devices' certificates valid, add only the admin part
+    const onlyAdminMissing = DEV_PKI_FILES.every((f) => ADMIN_FILES.includes(f) || f === 'ca-bundle.pem' || existsSync(join(outDir, f)))
+    const contents = onlyAdminMissing ? await buildAdminPart(outDir, opts) : await buildDevPki(opts)
     const files: string[] = []
     for (const [name, text] of contents) {
       const path = join(outDir, name)
@@ -129,6 +135,30 @@ async function buildDevPki (opts: DevPkiOptions): Promise<Map<string, string>> {
     out.set(`${name}.pem`, pem).set(`${name}.key`, privateKeyToPem(keyOf(name).privateKey))
     return pem
   }
+}
+
+async function buildAdminPart (dir: string, opts: DevPkiOptions): Promise<Map<string, string>> {
+  const leafDays = opts.validityDays ?? 825
+  const alg = opts.rsa === true ? 'rsa' : 'ec'
+  const [caKeys, leafKeys] = await Promise.all([generateKeyPairAsync(alg), generateKeyPairAsync(alg)])
+  const rootPem = await readFile(join(dir, 'root-ca.pem'), 'utf8')
+  const root = loadIssuer(rootPem, await readFile(join(dir, 'root-ca.key'), 'utf8'))
+  const base = { organization: ORGANIZATION }
+  const ca = issueCertificate({
+    ...base, commonName: 'aedes-jitp dev admin CA', publicKey: caKeys.publicKey, issuer: root,
+    validityDays: Math.max(3650, leafDays), isCa: true, pathLength: 0
+  })
+  const caKeyPem = privateKeyToPem(caKeys.privateKey)
+  const leaf = issueCertificate({
+    ...base, commonName: 'admin-dev', publicKey: leafKeys.publicKey, issuer: loadIssuer(ca.pem, caKeyPem),
+    validityDays: leafDays, extKeyUsage: ['clientAuth']
+  })
+  const bundle = existsSync(join(dir, 'ca-bundle.pem')) ? await readFile(join(dir, 'ca-bundle.pem'), 'utf8') : rootPem
+  return new Map([
+    ['admin-ca.pem', ca.pem], ['admin-ca.key', caKeyPem],
+    ['admin.pem', leaf.pem], ['admin.key', privateKeyToPem(leafKeys.privateKey)], ['admin-chain.pem', leaf.pem + ca.pem],
+    ['ca-bundle.pem', bundle + ca.pem]
+  ])
 }
 
 /** true when another generator held the lock and this call had to wait for it */
