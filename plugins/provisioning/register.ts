@@ -197,6 +197,11 @@ async function withdrawConfig (deps: RegistrationDeps, deviceId: string): Promis
 /** One claim-flow registration request (`$provision/templates/<name>/provision/json`). */
 export interface ClaimRegistration {
   readonly templateName: string
+  /**
+   * `templateName` from the payload, as AWS IoT Device SDK's older identity client
+   * (v1 API) sends it; when present it must name the topic's template (CONTRACT §3.3)
+   */
+  readonly payloadTemplateName?: string | undefined
   /** the ownership token as presented (never logged) */
   readonly tokenValue: string
   readonly parameters: Record<string, string>
@@ -212,6 +217,15 @@ export interface ClaimRegistration {
 }
 
 type ClaimStep = (deps: ClaimDeps, r: ClaimRegistration) => void | Promise<void>
+
+/**
+ * The topic names the template; a payload naming another one is a malformed request
+ * whatever templates exist, refused before anything is read, so its token is untouched.
+ */
+function checkTemplateName (_deps: ClaimDeps, r: ClaimRegistration): void {
+  if (r.payloadTemplateName === undefined || r.payloadTemplateName === r.templateName) return
+  throw new JitpError('InvalidRequest', `templateName '${r.payloadTemplateName}' does not match the topic's template '${r.templateName}'`)
+}
 
 function findTemplate (deps: ClaimDeps, r: ClaimRegistration): void {
   const template = deps.templates.get(r.templateName)
@@ -253,7 +267,7 @@ async function register (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
   await commitRegistration(deps, { deviceId: r.deviceId!, template: r.template!, parameters: r.finalParameters!, certificates, token: r.tokenValue })
 }
 
-export const registerActions: readonly ClaimStep[] = [findTemplate, readToken, checkOwner, decideDevice, issueFinal, register]
+export const registerActions: readonly ClaimStep[] = [checkTemplateName, findTemplate, readToken, checkOwner, decideDevice, issueFinal, register]
 
 /** Runs the claim flow; throws the JitpError of the first step that refuses. */
 export async function registerClaimed (deps: ClaimDeps, r: ClaimRegistration): Promise<Required<ClaimRegistration>> {
