@@ -29,6 +29,8 @@ export interface Identity {
   readonly name: string | null
   /** permissions from the policy, e.g. `pii` */
   readonly permissions: ReadonlySet<string>
+  /** CONTRACT §3.7: a quarantined device may connect, report state and receive its configuration, nothing else */
+  readonly quarantined?: boolean
   /** true when the device was registered by its manufacturer certificate on this connect */
   readonly registeredOnConnect?: boolean
 }
