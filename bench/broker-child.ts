@@ -36,7 +36,7 @@ export interface BrokerChildOptions {
 }
 
 export type ChildMessage =
-  | { type: 'ready', port: number, httpPort: number | null }
+  | { type: 'ready', port: number, httpPort: number | null, adminPort: number | null }
   | { type: 'usage', rss: number, heapUsed: number, cpuUser: number, cpuSystem: number }
   | { type: 'gc' }
 
@@ -44,7 +44,7 @@ function send (msg: ChildMessage): void {
   process.send?.(msg)
 }
 
-interface Running { port: number, httpPort: number | null, close (): Promise<void> }
+interface Running { port: number, httpPort: number | null, adminPort: number | null, close (): Promise<void> }
 
 async function startJitp (opts: BrokerChildOptions): Promise<Running> {
   const config = loadConfig({
@@ -52,6 +52,7 @@ async function startJitp (opts: BrokerChildOptions): Promise<Running> {
     overrides: {
       MQTTS_PORT: 0,
       HTTP_PORT: 0,
+      ADMIN_PORT: 0,
       HOST: '127.0.0.1',
       CERTS_DIR: opts.certsDir,
       GENERATE_DEV_CERTS: false,
@@ -75,7 +76,7 @@ async function startJitp (opts: BrokerChildOptions): Promise<Running> {
       }))
     }
   }
-  return { port: handle.mqttsPort, httpPort: handle.httpPort, close: () => handle.close() }
+  return { port: handle.mqttsPort, httpPort: handle.httpPort, adminPort: handle.adminPort, close: () => handle.close() }
 }
 
 async function startBareAedes (opts: BrokerChildOptions): Promise<Running> {
@@ -89,6 +90,7 @@ async function startBareAedes (opts: BrokerChildOptions): Promise<Running> {
   return {
     port: (server.address() as AddressInfo).port,
     httpPort: null,
+    adminPort: null,
     async close () {
       server.close()
       await new Promise<void>((resolve) => broker.close(() => resolve()))
@@ -115,7 +117,7 @@ async function main (): Promise<void> {
     }
   })
   process.on('disconnect', () => process.exit(0))
-  send({ type: 'ready', port: running.port, httpPort: running.httpPort })
+  send({ type: 'ready', port: running.port, httpPort: running.httpPort, adminPort: running.adminPort })
 }
 
 main().catch((err: unknown) => {

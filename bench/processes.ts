@@ -22,6 +22,8 @@ export interface Target {
   readonly pid: number
   readonly port: number
   readonly httpPort: number | null
+  /** the admin API of an aedes-jitp child; null for other brokers */
+  readonly adminPort: number | null
   /** null while running */
   exitStatus (): string | null
   stderrTail (): string
@@ -116,13 +118,13 @@ export async function startBrokerChild (key: string, opts: BrokerChildOptions, l
     stdio: ['ignore', 'ignore', 'pipe', 'ipc']
   })
   const stderrTail = keepTail(child)
-  const ready = await new Promise<{ port: number, httpPort: number | null }>((resolve, reject) => {
+  const ready = await new Promise<{ port: number, httpPort: number | null, adminPort: number | null }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${key}: not ready within ${START_TIMEOUT_MS} ms\n${stderrTail()}`)), START_TIMEOUT_MS)
     child.on('message', function onReady (msg: ChildMessage) {
       if (msg.type !== 'ready') return
       clearTimeout(timer)
       child.off('message', onReady)
-      resolve({ port: msg.port, httpPort: msg.httpPort })
+      resolve({ port: msg.port, httpPort: msg.httpPort, adminPort: msg.adminPort })
     })
     child.once('exit', () => {
       clearTimeout(timer)
@@ -135,6 +137,7 @@ export async function startBrokerChild (key: string, opts: BrokerChildOptions, l
     pid,
     port: ready.port,
     httpPort: ready.httpPort,
+    adminPort: ready.adminPort,
     exitStatus: () => exitStatusOf(child),
     stderrTail,
     usage: () => procUsage(pid),
@@ -205,6 +208,7 @@ export async function startMosquitto (certsDir: string): Promise<Target | null> 
     pid,
     port,
     httpPort: null,
+    adminPort: null,
     exitStatus: () => exitStatusOf(child),
     stderrTail,
     usage: () => procUsage(pid),

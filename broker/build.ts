@@ -14,10 +14,12 @@ import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
 import { revocationPlugin } from '../plugins/revocation.js'
+import { loadTemplates } from '../plugins/provisioning/templates.js'
 import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validationPlugin } from '../plugins/validation.js'
 import { createPiiCipher, piiKeyFrom } from './pii-crypto.js'
 import { createPersonalData, personalDataWrapper } from './store/personal-data.js'
+import { createAdminServer } from './admin/server.js'
 import { createAudit, type Audit } from './audit.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
@@ -32,7 +34,7 @@ import type { Registry } from './store/registry.js'
 import { within } from './store/redis.js'
 import { indexRetained } from './store/retained-index.js'
 import { createSessionStore } from './store/session-store.js'
-import { auditPublishNotStored, dropQueuedPacketsOnClean, failPublishVisibly, wrapPersistence } from './store/wrappers.js'
+import { auditPublishNotStored, dropQueuedPacketsOnClean, failPublishVisibly, wrapPersistence, type AedesPersistence } from './store/wrappers.js'
 import { loadTrust } from './trust.js'
 
 export interface BuildOptions {
@@ -54,6 +56,8 @@ export interface BrokerHandle {
   readonly ctx: PluginContext
   readonly mqttsPort: number
   readonly httpPort: number
+  /** null when the admin API is off (no admin CA) */
+  readonly adminPort: number | null
   ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
   close (): Promise<void>
 }
@@ -85,7 +89,13 @@ const RELEASE_BROKER_MS = 5000
 export async function buildBroker (config: Config, opts: BuildOptions = {}): Promise<BrokerHandle> {
   const log = opts.log ?? createAppLogger(config.logLevel)
   const now = opts.now ?? Date.now
-  const audit = createAudit(opts.auditStream ?? config.auditLog)
+  // every line also to the shared Redis stream (the admin API's cluster-wide audit query), or an in-process ring
+  const audit = createAudit(opts.auditStream ?? config.auditLog, {
+    redisUrl: config.redisUrl,
+    streamMaxLen: config.auditStreamMaxLen,
+    memoryLines: config.auditMemoryLines,
+    log
+  })
   const metrics = createMetrics()
   const releases: Array<[step: string, release: () => Promise<void>, boundMs?: number]> = [['audit', () => audit.close()]]
   async function releaseAll (): Promise<void> {
@@ -106,6 +116,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     }
     const trust = loadTrust(config.certsDir)
     const policy = loadPolicy(config.policyFile, { awsTopics: config.provisioningAwsTopics })
+    // loaded once: provisioning uses them, the admin API shows them
+    const templates = await loadTemplates(config.templatesDir)
     // one catalogue and one personal-data key for the validation plugin and the store wrapper
     const catalogue = loadSchemaCatalogue(config.schemasDir)
     const personalData = createPersonalData(catalogue, createPiiCipher(piiKeyFrom(config.piiKey, trust.deviceCaKeyPem)))
@@ -162,7 +174,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),
-      await provisioningPlugin.setup(ctx, { policy }),
+      await provisioningPlugin.setup(ctx, { policy, templates }),
       await configAckPlugin.setup(ctx, undefined)
     ]
     for (const h of hooks) if (h.close) releases.push([`plugin ${h.name}`, () => h.close!()])
@@ -192,8 +204,21 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(['http', () => closeServer(httpServer)])
     httpServer.unref()
 
-    audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, http ${httpPort}, store ${sessionStore.kind}` })
-    log.info({ mqttsPort, httpPort, store: sessionStore.kind }, 'aedes-jitp listening')
+    // the admin API (broker/admin/server.ts): operators only, mutual TLS with the admin CA
+    let adminPort: number | null = null
+    if (trust.admin) {
+      const admin = await createAdminServer({
+        config, trust: trust.admin, serverCertPem: trust.serverCertPem, serverKeyPem: trust.serverKeyPem,
+        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now
+      })
+      releases.push(['admin API', () => admin.close()])
+      adminPort = await admin.listen(config.adminPort, config.host)
+    } else {
+      log.warn({ dir: config.certsDir }, 'no admin-ca.pem in CERTS_DIR: the admin API is off')
+    }
+
+    audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, http ${httpPort}, admin ${adminPort ?? 'off'}, store ${sessionStore.kind}` })
+    log.info({ mqttsPort, httpPort, adminPort, store: sessionStore.kind }, 'aedes-jitp listening')
 
     let closed: Promise<void> | undefined
     return {
@@ -206,6 +231,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       ctx,
       mqttsPort,
       httpPort,
+      adminPort,
       ready,
       close () {
         closed ??= (async () => {

@@ -24,7 +24,7 @@ export const Errors = Object.freeze({
   NoClientCertificate: entry('NoClientCertificate', 'no verified client certificate', { connack: 5 }),
   UnknownIssuer: entry('UnknownIssuer', 'certificate issuer is not a configured CA', { connack: 5 }),
   UnknownCertificate: entry('UnknownCertificate', 'certificate is not registered', { connack: 5 }),
-  CertificateRevoked: entry('CertificateRevoked', 'certificate is revoked', { connack: 5 }),
+  CertificateRevoked: entry('CertificateRevoked', 'certificate is revoked', { connack: 5, httpStatus: 403 }),
   DeviceUnknown: entry('DeviceUnknown', 'device is not registered', { connack: 5 }),
   DeviceRevoked: entry('DeviceRevoked', 'device is revoked', { connack: 5, httpStatus: 409 }),
   ClientIdMismatch: entry('ClientIdMismatch', 'client id must equal the device id', { connack: 2 }),

@@ -22,6 +22,9 @@ export type PreProvisioningHook = (request: PreProvisioningRequest) => Promise<P
 
 export interface Template {
   readonly name: string
+  readonly description: string | null
+  /** the parameters' JSON Schema as written, for operators (admin API `GET /v1/templates/{name}`) */
+  readonly parametersSchema: Readonly<Record<string, unknown>>
   readonly validateParameters: ValidateFunction
   readonly deviceIdPattern: string
   readonly configuration: Readonly<Record<string, unknown>>
@@ -61,7 +64,8 @@ const templateSchema = {
 } as const
 
 interface TemplateFile {
-  parameters: object
+  description?: string
+  parameters: Record<string, unknown>
   deviceId: string
   configuration: Record<string, unknown>
   reprovision?: 'deny' | 'replace'
@@ -106,6 +110,8 @@ export async function loadTemplates (dir: string): Promise<ReadonlyMap<string, T
     }
     templates.set(name, Object.freeze({
       name,
+      description: t.description ?? null,
+      parametersSchema: Object.freeze(t.parameters),
       validateParameters,
       deviceIdPattern: t.deviceId,
       configuration: Object.freeze(t.configuration),

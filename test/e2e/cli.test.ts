@@ -35,7 +35,7 @@ t.test('start generates a dev PKI and mosquitto_sub subscribes with the service 
   const certs = mkdtempSync(join(tmpdir(), 'jitp-cli-'))
   const [mqttsPort, httpPort] = [await freePort(), await freePort()]
   const child = spawn(process.execPath, [CLI, 'start'], {
-    env: { ...process.env, MQTTS_PORT: String(mqttsPort), HTTP_PORT: String(httpPort), HOST: '127.0.0.1', CERTS_DIR: certs, AUDIT_LOG: RUN_AUDIT_FILE, LOG_LEVEL: 'warn', REDIS_URL: '' },
+    env: { ...process.env, MQTTS_PORT: String(mqttsPort), HTTP_PORT: String(httpPort), ADMIN_PORT: '0', HOST: '127.0.0.1', CERTS_DIR: certs, AUDIT_LOG: RUN_AUDIT_FILE, LOG_LEVEL: 'warn', REDIS_URL: '' },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let stderr = ''

@@ -198,7 +198,7 @@ t.test('a malformed schema or a duplicate mapping stops the start, naming the fi
     const run = spawnSync(process.execPath, [cli, 'start'], {
       encoding: 'utf8',
       timeout: 20000,
-      env: { ...process.env, SCHEMAS_DIR: dir, CERTS_DIR: pkiDir, MQTTS_PORT: '0', HTTP_PORT: '0', HOST: '127.0.0.1', REDIS_URL: '', LOG_LEVEL: 'silent', AUDIT_LOG: join(dir, 'audit.log') }
+      env: { ...process.env, SCHEMAS_DIR: dir, CERTS_DIR: pkiDir, MQTTS_PORT: '0', HTTP_PORT: '0', ADMIN_PORT: '0', HOST: '127.0.0.1', REDIS_URL: '', LOG_LEVEL: 'silent', AUDIT_LOG: join(dir, 'audit.log') }
     })
     t.not(run.status, 0, `${name}: non-zero exit`)
     t.match(run.stderr, name === 'malformed schema' ? /state\.json/ : /topics\.json/, `${name}: names the file`)

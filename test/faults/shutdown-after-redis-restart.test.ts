@@ -130,6 +130,7 @@ t.test('aedes-jitp start: SIGTERM while Redis is down exits promptly with code 0
       HOST: '127.0.0.1',
       MQTTS_PORT: '0',
       HTTP_PORT: '0',
+      ADMIN_PORT: '0',
       AUDIT_LOG: auditLog,
       LOG_LEVEL: 'info'
     },

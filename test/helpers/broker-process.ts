@@ -24,6 +24,7 @@ export interface BrokerProcess {
   /** MQTTS port */
   readonly port: number
   readonly httpPort: number
+  readonly adminPort: number
   readonly pki: Pki
   /** the audit lines written so far (a killed child loses what it had not flushed) */
   auditLines (): Array<Record<string, unknown>>
@@ -112,6 +113,7 @@ export async function startBrokerProcess (opts: BrokerProcessOptions): Promise<B
     pid: target.pid,
     port: target.port,
     httpPort: target.httpPort ?? 0,
+    adminPort: target.adminPort ?? 0,
     pki: opts.pki,
     auditLines () {
       let text = ''

@@ -66,6 +66,8 @@ export interface TestBroker {
   pki: Pki
   port: number
   httpPort: number
+  /** the admin API (null if off) */
+  adminPort: number | null
   redis?: RedisServerHandle
   events (name: string): Array<Record<string, unknown>>
   close (): Promise<void>
@@ -90,6 +92,7 @@ export async function startBroker (opts: StartOptions): Promise<TestBroker> {
     overrides: {
       MQTTS_PORT: 0,
       HTTP_PORT: 0,
+      ADMIN_PORT: 0,
       HOST: '127.0.0.1',
       CERTS_DIR: pki.dir,
       GENERATE_DEV_CERTS: false,
@@ -104,6 +107,7 @@ export async function startBroker (opts: StartOptions): Promise<TestBroker> {
     pki,
     port: handle.mqttsPort,
     httpPort: handle.httpPort,
+    adminPort: handle.adminPort,
     redis,
     events: (name) => audit.lines.filter((l) => l.event === name),
     async close () {
@@ -115,7 +119,7 @@ export async function startBroker (opts: StartOptions): Promise<TestBroker> {
 
 export interface ClientCredentials { cert: string, key: string }
 
-export function credentials (pki: Pki, name: 'claim' | 'service' | 'manufacturer-device'): ClientCredentials {
+export function credentials (pki: Pki, name: 'claim' | 'service' | 'manufacturer-device' | 'admin'): ClientCredentials {
   return { cert: pki.read(`${name}-chain.pem`), key: pki.read(`${name}.key`) }
 }
 

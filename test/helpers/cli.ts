@@ -24,7 +24,7 @@ export function cli (args: string[], env: Record<string, string>): Promise<CliRe
 
 /** `aedes-jitp start` as another process, resolved once its /readyz answers 200 */
 export async function startChildBroker (env: Record<string, string>, httpPort: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CLI, 'start'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = spawn(process.execPath, [CLI, 'start'], { env: { ...process.env, ADMIN_PORT: '0', ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
   const start = Date.now()
   while (Date.now() - start < 30_000) {
     if (child.exitCode !== null) throw new Error(`broker B exited with ${child.exitCode}`)
