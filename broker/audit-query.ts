@@ -7,7 +7,7 @@
  * following the log) never rescans or skips a line.
  */
 import { open, type FileHandle } from 'node:fs/promises'
-import type { Redis } from 'ioredis'
+import { ReplyError, type Redis } from 'ioredis'
 import { JitpError } from './errors.js'
 import { connectRedis, quitGracefully } from './store/redis.js'
 
@@ -327,7 +327,11 @@ function redisSource (conn: Redis, key: string, owned: boolean): AuditSource {
       let more = true
       while (more && scanned < AUDIT_SCAN_MAX && items.length < limit) {
         const count = Math.min(XRANGE_COUNT, AUDIT_SCAN_MAX - scanned)
-        const entries = await conn.xrange(key, start, '+', 'COUNT', count)
+        const entries = await conn.xrange(key, start, '+', 'COUNT', count).catch((err: unknown) => {
+          // the connection died under the call: the same answer as when it was down before it
+          if (err instanceof ReplyError) throw err
+          throw new JitpError('StoreUnavailable', `audit stream: ${(err as Error).message}`)
+        })
         more = entries.length === count
         for (const [id, fields] of entries) {
           scanned++

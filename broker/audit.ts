@@ -233,6 +233,10 @@ function createStreamWriter (url: string, key: string, maxLen: number, backlogLi
     drop(backlog.unshift(lines), 'backlog full while Redis was away')
   }
 
+  /** a connection still making its first connect is worth waiting for (briefly); one in an outage is not */
+  let everReady = false
+  conn.once('ready', () => { everReady = true })
+
   async function flush (ms: number): Promise<void> {
     const deadline = Date.now() + ms
     while (Date.now() < deadline) {
@@ -240,7 +244,12 @@ function createStreamWriter (url: string, key: string, maxLen: number, backlogLi
         await within(inFlight, deadline - Date.now())
         continue
       }
-      if (backlog.size === 0 || conn.status !== 'ready') return
+      if (backlog.size === 0) return
+      if (conn.status !== 'ready') {
+        if (everReady || conn.status === 'end') return
+        await within(new Promise((resolve) => conn.once('ready', resolve)), deadline - Date.now())
+        continue
+      }
       clearTimeout(timer)
       timer = undefined
       send()
