@@ -29,7 +29,8 @@ export function createHttpServer (deps: HttpDeps): Server {
       return
     }
     if (path === '/metrics') {
-      deps.metrics.registry.metrics().then((text) => {
+      // jitp_store_up is what ready() last saw: look again, so a scrape never reads a stale (or the initial 0) value
+      deps.ready().catch(() => undefined).then(() => deps.metrics.registry.metrics()).then((text) => {
         res.writeHead(200, { 'content-type': deps.metrics.registry.contentType }).end(text)
       }, () => res.writeHead(500).end())
       return

@@ -141,6 +141,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
     async function register (rc: RequestContext, payload: Record<string, unknown>): Promise<void> {
       const r = await registerClaimed(claimDeps, {
         templateName: rc.request.template ?? '',
+        payloadTemplateName: typeof payload.templateName === 'string' ? payload.templateName : undefined,
         tokenValue: typeof payload.certificateOwnershipToken === 'string' ? payload.certificateOwnershipToken : '',
         parameters: (payload.parameters ?? {}) as Record<string, string>,
         clientId: rc.client.id,
