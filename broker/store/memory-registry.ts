@@ -3,9 +3,12 @@
  * other process (the CLI, a second broker) can see it.
  */
 import type {
-  CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
+  ActivityDelta, CertificateQuery, CertificateRecord, DeviceActivity, DeviceQuery, DeviceRecord, OwnershipTokenRecord, Page, Registration, RegistrationOutcome, Registry,
+  RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
 } from './registry.js'
-import { entryOf, listField, normalizeTarget, noticeOf } from './registry.js'
+import {
+  certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, pageLimit, pageOf
+} from './registry.js'
 
 type RevocationEvent = Parameters<RevocationListener>[0]
 
@@ -37,6 +40,32 @@ export class MemoryRegistry implements Registry {
 
   async listDevices (): Promise<DeviceRecord[]> {
     return [...this.#devices.values()].map(copyDevice)
+  }
+
+  async listDevicesPage (q: DeviceQuery): Promise<Page<DeviceRecord>> {
+    const after = decodeCursor('d', q.cursor)
+    const limit = pageLimit(q.limit)
+    const matching = [...this.#devices.values()].filter((d) => deviceMatches(d, q))
+    const page = pageOf(matching, (d) => d.deviceId, 'd', after, limit)
+    return { items: page.items.map(copyDevice), nextCursor: page.nextCursor }
+  }
+
+  async listCertificatesPage (q: CertificateQuery): Promise<Page<CertificateRecord>> {
+    const { kind, after, limit, keyOf } = certificatePlan(q)
+    const matching = [...this.#certificates.values()].filter((c) => certificateMatches(c, q) && (q.deviceId === undefined || c.deviceId === q.deviceId))
+    const page = pageOf(matching, keyOf, kind, after, limit)
+    return { items: page.items.map(copyCertificate), nextCursor: page.nextCursor }
+  }
+
+  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null> {
+    const device = this.#devices.get(deviceId)
+    if (!device) return null
+    // never un-revokes; an unchanged status is no news for the sessions
+    if (device.status === 'revoked' || device.status === status) return copyDevice(device)
+    const updated = { ...device, status, updatedAt: this.#now() }
+    this.#devices.set(deviceId, updated)
+    this.#emit({ deviceId, certificateId: null, statusChanged: true })
+    return copyDevice(updated)
   }
 
   async putDevice (device: DeviceRecord): Promise<void> {
@@ -235,6 +264,32 @@ export class MemoryRegistry implements Registry {
     this.#pendingSweepAt = Math.max(1024, this.#pendingExpiry.size * 2)
   }
   // --- end registration ---
+
+  // --- device activity: kept per device id, through revocation and replacement ---
+  readonly #activity = new Map<string, { -readonly [K in keyof DeviceActivity]: DeviceActivity[K] }>()
+
+  async recordActivity (deltas: readonly ActivityDelta[]): Promise<void> {
+    for (const d of deltas) {
+      let a = this.#activity.get(d.deviceId)
+      if (a === undefined) {
+        a = { firstSeen: d.seenAt, lastSeen: d.seenAt, connects: 0, messagesIn: 0, rejected: 0, lastErrorCode: null, remoteAddress: null, certificateNotAfter: null }
+        this.#activity.set(d.deviceId, a)
+      }
+      a.lastSeen = Math.max(a.lastSeen ?? d.seenAt, d.seenAt)
+      a.connects += d.connects
+      a.messagesIn += d.messagesIn
+      a.rejected += d.rejected
+      if (d.lastErrorCode !== undefined) a.lastErrorCode = d.lastErrorCode
+      if (d.remoteAddress !== undefined) a.remoteAddress = d.remoteAddress
+      if (d.certificateNotAfter !== undefined) a.certificateNotAfter = d.certificateNotAfter
+    }
+  }
+
+  async getActivity (deviceId: string): Promise<DeviceActivity | null> {
+    const a = this.#activity.get(deviceId)
+    return a === undefined ? null : { ...a }
+  }
+  // --- end device activity ---
 
   async ping (): Promise<boolean> {
     return !this.#closed

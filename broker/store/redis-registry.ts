@@ -4,15 +4,28 @@
  * field without JSON handling in Lua; tokens are stored under their SHA-256 so
  * a Redis dump never yields a usable token. An outage must make calls fail
  * fast and ping() report false, never crash or hang the broker.
+ *
+ * Listing pages (the admin API) reads sorted-set indexes, never the keyspace:
+ * every member has score 0, so ZRANGEBYLEX pages them in byte order from the
+ * cursor on. Every write of a device or certificate hash goes through a script
+ * that takes the record out of its indexes as it was and puts it back as it is
+ * (INDEX_LIB), so no write path can leave an index behind:
+ *   idx:dev, idx:dev:status:<s>, idx:dev:template:<t>, idx:dev:st:<s>:<t>   deviceId
+ *   idx:cert, idx:cert:status:<s>                                          certificateId (bound ones)
+ *   idx:cert:exp, idx:cert:exp:<s>                                         <notAfter, 16 digits>:<certificateId>
+ * Data written before the indexes existed is indexed once, on the first page
+ * asked for (#indexed).
  */
 import { createHash, randomUUID } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
 import { connectRedis, quitGracefully, within } from './redis.js'
 import type {
-  CertificateRecord, CertificateStatus, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener,
-  RevocationQuery, RevocationTarget
+  ActivityDelta, CertificateQuery, CertificateRecord, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Page, Registration,
+  RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
 } from './registry.js'
-import { entryOf, listField, normalizeTarget, noticeOf } from './registry.js'
+import {
+  certificateMatches, certificatePlan, decodeCursor, deviceMatches, encodeCursor, entryOf, listField, normalizeTarget, noticeOf, padExpiry, pageLimit, pageOf
+} from './registry.js'
 
 export interface RedisRegistryOptions {
   url: string
@@ -27,46 +40,197 @@ type RevocationEvent = Parameters<RevocationListener>[0]
 /** how long a call waits for a (re)connecting Redis before it rejects */
 const COMMAND_WAIT_MS = 1000
 const PING_BUDGET_MS = 500
+/** devices indexed per script while indexing data written before the indexes: each script blocks Redis briefly */
+const BACKFILL_BATCH = 500
+/** activity deltas per script in one flush (all of a flush's scripts still go in one pipeline) */
+const ACTIVITY_BATCH = 500
+/** the marker of a key space whose indexes are complete; bump it when an index is added */
+const INDEX_VERSION = '1'
 
-// KEYS: device, device-certs; ARGV: deviceId, fields...
-const CREATE_DEVICE_IF_ABSENT = `
+// --- indexes ---
+// Every script that writes a device or certificate hash starts with these. Each
+// index entry is derived from the hash alone: unindex* before a write removes what
+// the record was listed under, index* after it lists what the record is now.
+// A certificate is listed only while it is bound to a device (deviceId present).
+const INDEX_LIB = `
+local function padExpiry (n)
+  if #n >= 16 then return n end
+  return string.rep('0', 16 - #n) .. n
+end
+local function deviceEntries (P, id)
+  local h = redis.call('HMGET', P .. 'device:' .. id, 'status', 'template')
+  if not h[1] or not h[2] then return {} end
+  return { P .. 'idx:dev', P .. 'idx:dev:status:' .. h[1], P .. 'idx:dev:template:' .. h[2], P .. 'idx:dev:st:' .. h[1] .. ':' .. h[2] }
+end
+local function unindexDevice (P, id)
+  for _, key in ipairs(deviceEntries(P, id)) do redis.call('ZREM', key, id) end
+end
+local function indexDevice (P, id)
+  for _, key in ipairs(deviceEntries(P, id)) do redis.call('ZADD', key, 0, id) end
+end
+local function certEntries (P, id)
+  local h = redis.call('HMGET', P .. 'cert:' .. id, 'deviceId', 'status', 'notAfter')
+  if not h[1] or not h[2] or not h[3] then return {} end
+  local e = padExpiry(h[3]) .. ':' .. id
+  return { { P .. 'idx:cert', id }, { P .. 'idx:cert:status:' .. h[2], id }, { P .. 'idx:cert:exp', e }, { P .. 'idx:cert:exp:' .. h[2], e } }
+end
+local function unindexCert (P, id)
+  for _, entry in ipairs(certEntries(P, id)) do redis.call('ZREM', entry[1], entry[2]) end
+end
+local function indexCert (P, id)
+  for _, entry in ipairs(certEntries(P, id)) do redis.call('ZADD', entry[1], 0, entry[2]) end
+end
+`
+
+/**
+ * The script with INDEX_LIB in front, as a `#!lua` script: Redis then refuses the
+ * whole script up front when it cannot write (out of memory, read-only replica).
+ * Without the shebang it would run the ZREMs and DELs (never refused for memory)
+ * and fail at the first HSET, leaving a record out of its indexes, or gone.
+ */
+function indexed (body: string): string {
+  return '#!lua\n' + INDEX_LIB + body.replace(/^#!lua[^\n]*\n/, '')
+}
+
+// KEYS: device; ARGV: prefix, deviceId, fields...
+const PUT_DEVICE = indexed(`
+local P, id = ARGV[1], ARGV[2]
+unindexDevice(P, id)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', P .. 'devices', id)
+indexDevice(P, id)
+return 1`)
+
+// KEYS: device; ARGV: prefix, deviceId, fields...
+const CREATE_DEVICE_IF_ABSENT = indexed(`
+local P, id = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1`
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', P .. 'devices', id)
+indexDevice(P, id)
+return 1`)
 
-// KEYS: device, device-certs; ARGV: deviceId, updatedAt, cert key prefix, channel, message.
+// KEYS: device; ARGV: prefix, deviceId, status, updatedAt, channel, message.
+// Replies nil (no device), or {changed (0/1), the record's fields and values...}.
+const SET_DEVICE_STATUS = indexed(`
+local P, id = ARGV[1], ARGV[2]
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return nil end
+if current == 'revoked' or current == ARGV[3] then return { 0, unpack(redis.call('HGETALL', KEYS[1])) } end
+unindexDevice(P, id)
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'updatedAt', ARGV[4])
+indexDevice(P, id)
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return { 1, unpack(redis.call('HGETALL', KEYS[1])) }`)
+
+// KEYS: certificate; ARGV: prefix, certificateId, deviceId ('' unbound), fields...
+const PUT_CERTIFICATE = indexed(`
+local P, id = ARGV[1], ARGV[2]
+unindexCert(P, id)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if ARGV[3] ~= '' then redis.call('SADD', P .. 'device-certs:' .. ARGV[3], id) end
+indexCert(P, id)
+return 1`)
+
+// KEYS: certificate, token; ARGV: prefix, certificateId, ttl ms, token value, fields...
+// A pending certificate expires (PEXPIRE): it is taken out of the indexes (a bound
+// record it replaces) and never listed, so nothing it leaves behind is indexed.
+const PUT_PENDING_CERTIFICATE = indexed(`
+local P, id = ARGV[1], ARGV[2]
+unindexCert(P, id)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+return 1`)
+
+// KEYS: device, device-certs; ARGV: deviceId, updatedAt, prefix, channel, message.
 // The set may still list a certificate since bound to another device, hence the deviceId check.
-const REVOKE_DEVICE = `
+const REVOKE_DEVICE = indexed(`
+local P = ARGV[3]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+unindexDevice(P, ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'revoked', 'updatedAt', ARGV[2])
+indexDevice(P, ARGV[1])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local key = ARGV[3] .. id
+  local key = P .. 'cert:' .. id
   if redis.call('HGET', key, 'deviceId') == ARGV[1] then
+    unindexCert(P, id)
     redis.call('HSET', key, 'status', 'revoked', 'updatedAt', ARGV[2])
+    indexCert(P, id)
   end
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1`
+return 1`)
 
-// KEYS: certificate, revocation list; ARGV: updatedAt, channel, message, list field
-const REVOKE_CERTIFICATE = `
+// KEYS: certificate, revocation list; ARGV: updatedAt, channel, message, list field, prefix, certificateId
+const REVOKE_CERTIFICATE = indexed(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+unindexCert(ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[1], 'status', 'revoked', 'updatedAt', ARGV[1])
+indexCert(ARGV[5], ARGV[6])
 redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1`
+return 1`)
 
-// KEYS: revocation list [, certificate]; ARGV: list field, revokedAt, channel, message.
+// KEYS: revocation list [, certificate]; ARGV: list field, revokedAt, channel, message, prefix, certificateId ('' without).
 // The durable record and the notice in one step: a process that misses the notice
 // still finds the record on its next connect check or re-validation.
-const REVOKE = `
+const REVOKE = indexed(`
 local added = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 and redis.call('HGET', KEYS[2], 'status') ~= 'revoked' then
+  unindexCert(ARGV[5], ARGV[6])
   redis.call('HSET', KEYS[2], 'status', 'revoked', 'updatedAt', ARGV[2])
+  indexCert(ARGV[5], ARGV[6])
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return added`
+return added`)
+
+// ARGV: prefix, deviceIds... Indexes records written before the indexes existed (and
+// their bound certificates) from their hashes: idempotent, and as consistent as any write
+// path, since each script reads the hashes as they are when it runs.
+const BACKFILL_INDEXES = indexed(`
+local P = ARGV[1]
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  indexDevice(P, id)
+  for _, cid in ipairs(redis.call('SMEMBERS', P .. 'device-certs:' .. id)) do
+    if redis.call('HGET', P .. 'cert:' .. cid, 'deviceId') == id then indexCert(P, cid) end
+  end
+end
+return 1`)
+// --- end indexes ---
+
+// --- device activity ---
+// KEYS: activity hashes; ARGV: per key 7 values: seenAt, connects, messagesIn, rejected,
+// lastErrorCode, remoteAddress, certificateNotAfter ('' = not in this delta).
+// firstSeen is set once, lastSeen only moves forward (two processes may flush out of order).
+const RECORD_ACTIVITY = `#!lua
+for i, key in ipairs(KEYS) do
+  local o = (i - 1) * 7
+  local seen = ARGV[o + 1]
+  local last = redis.call('HGET', key, 'lastSeen')
+  local fields = {}
+  if not last then
+    table.insert(fields, 'firstSeen'); table.insert(fields, seen)
+  end
+  if not last or tonumber(last) < tonumber(seen) then
+    table.insert(fields, 'lastSeen'); table.insert(fields, seen)
+  end
+  local names = { 'lastErrorCode', 'remoteAddress', 'certificateNotAfter' }
+  for j, name in ipairs(names) do
+    local v = ARGV[o + 4 + j]
+    if v ~= '' then table.insert(fields, name); table.insert(fields, v) end
+  end
+  if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+  if ARGV[o + 2] ~= '0' then redis.call('HINCRBY', key, 'connects', ARGV[o + 2]) end
+  if ARGV[o + 3] ~= '0' then redis.call('HINCRBY', key, 'messagesIn', ARGV[o + 3]) end
+  if ARGV[o + 4] ~= '0' then redis.call('HINCRBY', key, 'rejected', ARGV[o + 4]) end
+end
+return #KEYS`
+// --- end device activity ---
 
 // KEYS: owner record; ARGV: owner, ttl in ms ('' = kept). One winner when identities race;
 // a kept record is never shortened, an expiring one only extended (PTTL -2 absent, -1 kept)
@@ -91,34 +255,41 @@ return 1`
 // All checks before the first write, and the shebang makes Redis refuse the whole script
 // up front when it cannot write (out of memory, read-only replica): all or nothing. The
 // token is deleted only in the step that registers; DEL + HSET of a certificate drops the
-// expiry its pending record had.
-const REGISTER_DEVICE = `#!lua
+// expiry its pending record had. Every hash written is re-indexed (INDEX_LIB) in the same step.
+const REGISTER_DEVICE = indexed(`#!lua
 local plan = cjson.decode(ARGV[1])
+local P = plan.prefix
 if plan.token and redis.call('EXISTS', KEYS[1]) == 0 then return {'token-used'} end
 local exists = redis.call('EXISTS', KEYS[2]) == 1
 if exists and not plan.replace then return {'device-exists'} end
 local reply = {'registered'}
 if exists then
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-    local key = plan.certPrefix .. id
+    local key = P .. 'cert:' .. id
     local owner = redis.call('HMGET', key, 'deviceId', 'status')
     if owner[1] == plan.deviceId and owner[2] ~= 'revoked' then
+      unindexCert(P, id)
       redis.call('HSET', key, 'status', 'revoked', 'updatedAt', plan.now)
+      indexCert(P, id)
       table.insert(reply, id)
     end
   end
+  unindexDevice(P, plan.deviceId)
   redis.call('DEL', KEYS[2])
 end
 if plan.token then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[2], unpack(plan.device))
 redis.call('SADD', KEYS[3], plan.deviceId)
+indexDevice(P, plan.deviceId)
 for _, c in ipairs(plan.certs) do
-  local key = plan.certPrefix .. c.id
+  local key = P .. 'cert:' .. c.id
+  unindexCert(P, c.id)
   redis.call('DEL', key)
   redis.call('HSET', key, unpack(c.fields))
   redis.call('SADD', KEYS[4], c.id)
+  indexCert(P, c.id)
 end
-return reply`
+return reply`)
 // --- end registration ---
 
 export class RedisRegistry implements Registry {
@@ -173,17 +344,65 @@ export class RedisRegistry implements Registry {
     return hashes.map(parseDevice).filter((d): d is DeviceRecord => d !== null)
   }
 
+  async listDevicesPage (q: DeviceQuery): Promise<Page<DeviceRecord>> {
+    const after = decodeCursor('d', q.cursor)
+    const limit = pageLimit(q.limit)
+    const conn = await this.#indexed()
+    const index = q.status !== undefined && q.template !== undefined
+      ? `idx:dev:st:${q.status}:${q.template}`
+      : q.status !== undefined ? `idx:dev:status:${q.status}` : q.template !== undefined ? `idx:dev:template:${q.template}` : 'idx:dev'
+    const ids = await conn.zrangebylex(this.#prefix + index, after === null ? '-' : `(${after}`, '+', 'LIMIT', 0, limit + 1)
+    const hashes = await hgetallMany(conn, ids.slice(0, limit).map((id) => this.#key('device', id)))
+    // the index and the record change in one script; the check only guards against a record changed by hand
+    const items = hashes.map(parseDevice).filter((d): d is DeviceRecord => d !== null && deviceMatches(d, q))
+    return { items, nextCursor: ids.length > limit ? encodeCursor('d', ids[limit - 1]!) : null }
+  }
+
+  async listCertificatesPage (q: CertificateQuery): Promise<Page<CertificateRecord>> {
+    const { kind, after, limit, keyOf } = certificatePlan(q)
+    // one device holds a handful of certificates: its own set, sorted here, is the index
+    if (q.deviceId !== undefined) return pageOf((await this.certificatesOfDevice(q.deviceId)).filter((c) => certificateMatches(c, q)), keyOf, kind, after, limit)
+    const conn = await this.#indexed()
+    const from = after === null ? '-' : `(${after}`
+    let members: string[]
+    if (kind === 'e') {
+      // integral notAfter < expiringBefore ⇔ notAfter < ceil(expiringBefore); `(` makes the bound exclusive
+      const before = Math.ceil(q.expiringBefore!)
+      if (before <= 0) return { items: [], nextCursor: null }
+      const index = q.status === undefined ? 'idx:cert:exp' : `idx:cert:exp:${q.status}`
+      members = await conn.zrangebylex(this.#prefix + index, from, before >= 1e16 ? '+' : `(${padExpiry(before)}`, 'LIMIT', 0, limit + 1)
+    } else {
+      const index = q.status === undefined ? 'idx:cert' : `idx:cert:status:${q.status}`
+      members = await conn.zrangebylex(this.#prefix + index, from, '+', 'LIMIT', 0, limit + 1)
+    }
+    const ids = members.slice(0, limit).map((m) => kind === 'e' ? m.slice(m.indexOf(':') + 1) : m)
+    const hashes = await hgetallMany(conn, ids.map((id) => this.#key('cert', id)))
+    const items = hashes.map(parseCertificate).filter((c): c is CertificateRecord => c !== null && certificateMatches(c, q))
+    return { items, nextCursor: members.length > limit ? encodeCursor(kind, members[limit - 1]!) : null }
+  }
+
+  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null> {
+    const conn = await this.#ready()
+    const event: RevocationEvent = { deviceId, certificateId: null, statusChanged: true }
+    const reply = await conn.eval(SET_DEVICE_STATUS, 1, this.#key('device', deviceId),
+      this.#prefix, deviceId, status, String(this.#now()), this.#channel, this.#message(event)) as [number, ...string[]] | null
+    if (reply === null) return null
+    const [changed, ...flat] = reply
+    const fields: Record<string, string> = {}
+    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!
+    if (changed === 1) this.#emit(event)
+    return parseDevice(fields)
+  }
+
   async putDevice (device: DeviceRecord): Promise<void> {
     const conn = await this.#ready()
-    const key = this.#key('device', device.deviceId)
-    await exec(conn.multi().del(key).hset(key, deviceFields(device)).sadd(`${this.#prefix}devices`, device.deviceId))
+    await conn.eval(PUT_DEVICE, 1, this.#key('device', device.deviceId), this.#prefix, device.deviceId, ...Object.entries(deviceFields(device)).flat())
   }
 
   async createDeviceIfAbsent (device: DeviceRecord): Promise<boolean> {
     const conn = await this.#ready()
     const fields = Object.entries(deviceFields(device)).flat()
-    const created = await conn.eval(CREATE_DEVICE_IF_ABSENT, 2,
-      this.#key('device', device.deviceId), `${this.#prefix}devices`, device.deviceId, ...fields)
+    const created = await conn.eval(CREATE_DEVICE_IF_ABSENT, 1, this.#key('device', device.deviceId), this.#prefix, device.deviceId, ...fields)
     return created === 1
   }
 
@@ -197,10 +416,8 @@ export class RedisRegistry implements Registry {
 
   async putCertificate (cert: CertificateRecord): Promise<void> {
     const conn = await this.#ready()
-    const key = this.#key('cert', cert.certificateId)
-    const tx = conn.multi().del(key).hset(key, certificateFields(cert))
-    if (cert.deviceId !== null) tx.sadd(this.#key('device-certs', cert.deviceId), cert.certificateId)
-    await exec(tx)
+    await conn.eval(PUT_CERTIFICATE, 1, this.#key('cert', cert.certificateId),
+      this.#prefix, cert.certificateId, cert.deviceId ?? '', ...Object.entries(certificateFields(cert)).flat())
   }
 
   async certificatesOfDevice (deviceId: string): Promise<CertificateRecord[]> {
@@ -235,7 +452,7 @@ export class RedisRegistry implements Registry {
     const event: RevocationEvent = { deviceId, certificateId: null }
     const found = await conn.eval(REVOKE_DEVICE, 2,
       this.#key('device', deviceId), this.#key('device-certs', deviceId),
-      deviceId, String(this.#now()), this.#key('cert', ''), this.#channel, this.#message(event))
+      deviceId, String(this.#now()), this.#prefix, this.#channel, this.#message(event))
     if (found !== 1) return false
     this.#emit(event)
     return true
@@ -246,7 +463,8 @@ export class RedisRegistry implements Registry {
     // deviceId stays null: listeners read a non-null deviceId as "the whole device is revoked"
     const event: RevocationEvent = { deviceId: null, certificateId }
     const found = await conn.eval(REVOKE_CERTIFICATE, 2,
-      this.#key('cert', certificateId), this.#listKey(), String(this.#now()), this.#channel, this.#message(event), `cert:${certificateId}`)
+      this.#key('cert', certificateId), this.#listKey(), String(this.#now()), this.#channel, this.#message(event), `cert:${certificateId}`,
+      this.#prefix, certificateId)
     if (found !== 1) return false
     this.#emit(event)
     return true
@@ -263,7 +481,7 @@ export class RedisRegistry implements Registry {
     const keys = [this.#listKey()]
     if ('certificateId' in t) keys.push(this.#key('cert', t.certificateId))
     const added = await conn.eval(REVOKE, keys.length, ...keys,
-      listField(t), String(this.#now()), this.#channel, this.#message(noticeOf(t)))
+      listField(t), String(this.#now()), this.#channel, this.#message(noticeOf(t)), this.#prefix, 'certificateId' in t ? t.certificateId : '')
     this.#emit(noticeOf(t))
     return added === 1
   }
@@ -346,13 +564,10 @@ export class RedisRegistry implements Registry {
     const conn = await this.#ready()
     const ttl = Math.max(1, Math.ceil(ttlMs))
     const expiresAt = this.#now() + ttlMs
-    const key = this.#key('cert', cert.certificateId)
-    // one transaction: the certificate and its token live and expire together
-    await exec(conn.multi()
-      .del(key)
-      .hset(key, { ...certificateFields(cert), expiresAt: String(expiresAt) })
-      .pexpire(key, ttl)
-      .set(this.#tokenKey(token), JSON.stringify({ record, expiresAt }), 'PX', ttl))
+    // one script: the certificate and its token live and expire together
+    await conn.eval(PUT_PENDING_CERTIFICATE, 2, this.#key('cert', cert.certificateId), this.#tokenKey(token),
+      this.#prefix, cert.certificateId, String(ttl), JSON.stringify({ record, expiresAt }),
+      ...Object.entries({ ...certificateFields(cert), expiresAt: String(expiresAt) }).flat())
   }
 
   async registerDevice (reg: Registration): Promise<RegistrationOutcome> {
@@ -363,7 +578,7 @@ export class RedisRegistry implements Registry {
       token: reg.token !== null,
       replace: reg.replace,
       now: String(this.#now()),
-      certPrefix: this.#key('cert', ''),
+      prefix: this.#prefix,
       device: Object.entries(deviceFields(reg.device)).flat(),
       certs: reg.certificates.map((c) => ({ id: c.certificateId, fields: Object.entries(certificateFields(c)).flat() }))
     })
@@ -375,6 +590,60 @@ export class RedisRegistry implements Registry {
     return { result: 'registered', revoked: reply.slice(1) }
   }
   // --- end registration ---
+
+  // --- device activity: `<prefix>activity:<deviceId>`, kept through revocation and replacement ---
+  async recordActivity (deltas: readonly ActivityDelta[]): Promise<void> {
+    if (deltas.length === 0) return
+    const conn = await this.#ready()
+    // one round trip for the whole flush; batches keep each script short
+    const pipeline = conn.pipeline()
+    for (let i = 0; i < deltas.length; i += ACTIVITY_BATCH) {
+      const batch = deltas.slice(i, i + ACTIVITY_BATCH)
+      const args = batch.flatMap((d) => [
+        String(d.seenAt), String(d.connects), String(d.messagesIn), String(d.rejected),
+        d.lastErrorCode ?? '', d.remoteAddress ?? '', d.certificateNotAfter === undefined ? '' : String(d.certificateNotAfter)
+      ])
+      pipeline.eval(RECORD_ACTIVITY, batch.length, ...batch.map((d) => this.#activityKey(d.deviceId)), ...args)
+    }
+    await exec(pipeline)
+  }
+
+  async getActivity (deviceId: string): Promise<DeviceActivity | null> {
+    const conn = await this.#ready()
+    return parseActivity(await conn.hgetall(this.#activityKey(deviceId)))
+  }
+
+  #activityKey (deviceId: string): string {
+    return `${this.#prefix}activity:${deviceId}`
+  }
+  // --- end device activity ---
+
+  /**
+   * The connection, once the listing indexes cover every record: the first page
+   * asked of a key space written before the indexes existed indexes it (batches of
+   * idempotent scripts over the devices set), then marks it done for every process.
+   */
+  async #indexed (): Promise<Redis> {
+    const conn = await this.#ready()
+    this.#backfill ??= this.#backfillIndexes(conn).catch((err: unknown) => {
+      this.#backfill = null
+      throw err
+    })
+    await this.#backfill
+    return conn
+  }
+
+  #backfill: Promise<void> | null = null
+
+  async #backfillIndexes (conn: Redis): Promise<void> {
+    const marker = `${this.#prefix}index-version`
+    if (await conn.get(marker) === INDEX_VERSION) return
+    const ids = await conn.smembers(`${this.#prefix}devices`)
+    for (let i = 0; i < ids.length; i += BACKFILL_BATCH) {
+      await conn.eval(BACKFILL_INDEXES, 0, this.#prefix, ...ids.slice(i, i + BACKFILL_BATCH))
+    }
+    await conn.set(marker, INDEX_VERSION)
+  }
 
   /** Also false while the subscriber is down: this process would miss revocations. */
   async ping (): Promise<boolean> {
@@ -498,6 +767,21 @@ function parseCertificate (h: Record<string, string>): CertificateRecord | null 
   }
 }
 
+function parseActivity (h: Record<string, string>): DeviceActivity | null {
+  if (h.lastSeen === undefined) return null
+  const num = (v: string | undefined): number | null => v === undefined ? null : Number(v)
+  return {
+    firstSeen: num(h.firstSeen),
+    lastSeen: num(h.lastSeen),
+    connects: Number(h.connects ?? 0),
+    messagesIn: Number(h.messagesIn ?? 0),
+    rejected: Number(h.rejected ?? 0),
+    lastErrorCode: h.lastErrorCode ?? null,
+    remoteAddress: h.remoteAddress ?? null,
+    certificateNotAfter: num(h.certificateNotAfter)
+  }
+}
+
 function parseEvent (message: string): (RevocationEvent & { origin: unknown }) | null {
   try {
     const e = JSON.parse(message) as Record<string, unknown>
@@ -510,6 +794,8 @@ function parseEvent (message: string): (RevocationEvent & { origin: unknown }) |
       if (typeof v !== 'string') return null
       event[key] = v
     }
+    if (e.statusChanged === true) event.statusChanged = true
+    else if (e.statusChanged !== undefined) return null
     return event
   } catch {
     return null

@@ -3,6 +3,7 @@
  * which is also the certificate fingerprint), and single-use ownership tokens.
  * One interface, two implementations (memory, Redis), one contract test suite.
  */
+import { JitpError } from '../errors.js'
 
 /** CONTRACT §3.7: `quarantined` devices may connect but only report state and receive config (issue 13 adds `provisioned`) */
 export type DeviceStatus = 'active' | 'quarantined' | 'revoked'
@@ -52,6 +53,13 @@ export interface RevocationNotice {
   issuerFingerprint?: string
   serialNumber?: string
   caFingerprint?: string
+  /**
+   * set by setDeviceStatus: the device was quarantined or reinstated, not revoked.
+   * Its live sessions must be closed (or their rules re-derived) so they pick up
+   * the new status; a listener that ignores this field would read the notice as a
+   * device revocation (deviceId non-null).
+   */
+  statusChanged?: true
 }
 export type RevocationListener = (event: RevocationNotice) => void
 
@@ -196,9 +204,198 @@ export interface Registrations {
 }
 // --- end registration ---
 
+// --- paginated listing (CONTRACT §8: collections take `limit` and `cursor`) ---
+export interface Page<T> {
+  readonly items: T[]
+  /** opaque; null on the last page */
+  readonly nextCursor: string | null
+}
+
+/** devices ordered by deviceId */
+export interface DeviceQuery {
+  readonly status?: DeviceStatus
+  readonly template?: string
+  /** 1..MAX_PAGE_LIMIT */
+  readonly limit: number
+  /** nextCursor of the previous page */
+  readonly cursor?: string
+}
+
+/**
+ * Registered certificates (bound to a device; pending ones are not listed), ordered
+ * by notAfter (ties by certificateId) when `expiringBefore` is given, else by certificateId.
+ */
+export interface CertificateQuery {
+  readonly deviceId?: string
+  /** only certificates with notAfter < this (ms since the epoch) */
+  readonly expiringBefore?: number
+  readonly status?: CertificateStatus
+  /** 1..MAX_PAGE_LIMIT */
+  readonly limit: number
+  readonly cursor?: string
+}
+
+/** the largest page a store hands out; a larger limit is capped to it */
+export const MAX_PAGE_LIMIT = 1000
+
+/** the catalogue's refusal of a cursor this store did not hand out for this ordering */
+export function invalidCursor (): JitpError {
+  return new JitpError('InvalidCursor')
+}
+
+/** a whole number in 1..MAX_PAGE_LIMIT (larger is capped); anything else is a caller bug */
+export function pageLimit (limit: number): number {
+  if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`page limit must be a positive integer, got ${limit}`)
+  return Math.min(limit, MAX_PAGE_LIMIT)
+}
+
+/**
+ * Cursors are base64url of a kind letter and the last item's sort key: `d` a
+ * deviceId, `c` a certificateId, `e` an expiry key. A cursor of another kind (from
+ * another ordering) or not in canonical base64url is refused, not misread.
+ */
+export type CursorKind = 'd' | 'c' | 'e'
+
+export function encodeCursor (kind: CursorKind, key: string): string {
+  return Buffer.from(kind + key, 'utf8').toString('base64url')
+}
+
+/** the sort key after which the page starts, or null for the first page */
+export function decodeCursor (kind: CursorKind, cursor: string | undefined): string | null {
+  if (cursor === undefined) return null
+  const raw = Buffer.from(cursor, 'base64url')
+  const text = raw.toString('utf8')
+  // Buffer decoding is lenient (it skips what is not base64url): only a canonical round trip counts
+  if (cursor.length === 0 || raw.toString('base64url') !== cursor || Buffer.from(text, 'utf8').toString('base64url') !== cursor) throw invalidCursor()
+  if (text[0] !== kind || text.length < 2) throw invalidCursor()
+  const key = text.slice(1)
+  if (kind === 'e' && !EXPIRY_KEY.test(key)) throw invalidCursor()
+  return key
+}
+
+const EXPIRY_DIGITS = 16
+const EXPIRY_KEY = /^\d{16}:.+$/
+
+/** a notAfter as fixed-width digits, so the expiry order is the byte order (the Redis index is lexicographic) */
+export function padExpiry (notAfter: number | string): string {
+  const digits = String(notAfter)
+  return digits.length >= EXPIRY_DIGITS ? digits : '0'.repeat(EXPIRY_DIGITS - digits.length) + digits
+}
+
+/** the expiry order's sort key: notAfter, then certificateId */
+export function expiryKey (c: { readonly notAfter: number, readonly certificateId: string }): string {
+  return `${padExpiry(c.notAfter)}:${c.certificateId}`
+}
+
+/**
+ * String order as Redis sorts members (bytes of UTF-8, i.e. code points): JS's `<`
+ * compares UTF-16 units, which put characters above U+FFFF before U+E000..U+FFFF.
+ */
+export function byteOrder (a: string, b: string): number {
+  const n = Math.min(a.length, b.length)
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i)
+    const y = b.charCodeAt(i)
+    if (x !== y) return codeUnitRank(x) - codeUnitRank(y)
+  }
+  return a.length - b.length
+}
+
+function codeUnitRank (unit: number): number {
+  if (unit >= 0xd800 && unit <= 0xdfff) return unit + 0x2000
+  return unit >= 0xe000 ? unit - 0x800 : unit
+}
+
+/**
+ * A page out of candidates in no order: those after `after` (in byteOrder of
+ * their key), sorted, the first `limit`. For stores that hold the records in
+ * memory, and for short lists (one device's certificates).
+ */
+export function pageOf<T> (candidates: Iterable<T>, keyOf: (item: T) => string, kind: CursorKind, after: string | null, limit: number): Page<T> {
+  const rest: Array<[string, T]> = []
+  for (const item of candidates) {
+    const key = keyOf(item)
+    if (after === null || byteOrder(key, after) > 0) rest.push([key, item])
+  }
+  rest.sort(([a], [b]) => byteOrder(a, b))
+  const last = rest.length > limit ? rest[limit - 1] : undefined
+  return { items: rest.slice(0, limit).map(([, item]) => item), nextCursor: last ? encodeCursor(kind, last[0]) : null }
+}
+
+/** whether a registered certificate matches a query's filters (the deviceId filter aside) */
+export function certificateMatches (c: CertificateRecord, q: CertificateQuery): boolean {
+  return c.deviceId !== null && (q.status === undefined || c.status === q.status) &&
+    (q.expiringBefore === undefined || c.notAfter < q.expiringBefore)
+}
+
+export function deviceMatches (d: DeviceRecord, q: DeviceQuery): boolean {
+  return (q.status === undefined || d.status === q.status) && (q.template === undefined || d.template === q.template)
+}
+
+/** the validated shape of a certificate query: its ordering, where it starts, how many */
+export function certificatePlan (q: CertificateQuery): { kind: 'c' | 'e', after: string | null, limit: number, keyOf: (c: CertificateRecord) => string } {
+  if (q.expiringBefore !== undefined && !Number.isFinite(q.expiringBefore)) throw new RangeError(`expiringBefore must be a number of ms, got ${q.expiringBefore}`)
+  const kind = q.expiringBefore === undefined ? 'c' : 'e'
+  const limit = pageLimit(q.limit)
+  return { kind, after: decodeCursor(kind, q.cursor), limit, keyOf: kind === 'e' ? expiryKey : (c) => c.certificateId }
+}
+// --- end paginated listing ---
+
+// --- device activity (CONTRACT §8 GET /v1/devices/{id}) ---
+/**
+ * What the broker saw of a device, batched by plugins/activity.ts. It belongs to
+ * the device id: it survives the device's revocation and a registration that
+ * replaces the device (an operator looking into a revoked or re-provisioned
+ * device wants to know when it was last seen).
+ */
+export interface DeviceActivity {
+  readonly firstSeen: number | null
+  readonly lastSeen: number | null
+  readonly connects: number
+  readonly messagesIn: number
+  readonly rejected: number
+  readonly lastErrorCode: string | null
+  readonly remoteAddress: string | null
+  readonly certificateNotAfter: number | null
+}
+
+/** what one process saw of one device since its last flush */
+export interface ActivityDelta {
+  readonly deviceId: string
+  /** when it was last seen in this batch */
+  readonly seenAt: number
+  readonly connects: number
+  readonly messagesIn: number
+  readonly rejected: number
+  readonly lastErrorCode?: string
+  readonly remoteAddress?: string
+  readonly certificateNotAfter?: number
+}
+// --- end device activity ---
+
 export interface Registry extends RevocationList, SessionOwners, Registrations {
   getDevice (deviceId: string): Promise<DeviceRecord | null>
+  /** every device, in no particular order (the CLI's and tests' view; the admin API pages) */
   listDevices (): Promise<DeviceRecord[]>
+  /** one page of devices, ordered by deviceId; a cursor it did not hand out → InvalidCursor */
+  listDevicesPage (q: DeviceQuery): Promise<Page<DeviceRecord>>
+  /** one page of registered certificates (see CertificateQuery for the order); a bad cursor → InvalidCursor */
+  listCertificatesPage (q: CertificateQuery): Promise<Page<CertificateRecord>>
+  /**
+   * Quarantines or reinstates a device (CONTRACT §3.7) and tells every broker process
+   * through the revocation channel (`{ deviceId, certificateId: null, statusChanged: true }`),
+   * so its live sessions can be closed and checked again. null when there is no such
+   * device; a revoked device is never un-revoked (its record is returned unchanged), and
+   * a device already in that status is returned unchanged without a notice.
+   */
+  setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null>
+  /**
+   * Adds a batch of activity deltas in one round trip: firstSeen is set once,
+   * lastSeen only moves forward, counters add up, the optional fields overwrite.
+   */
+  recordActivity (deltas: readonly ActivityDelta[]): Promise<void>
+  /** null when nothing was ever recorded for the device */
+  getActivity (deviceId: string): Promise<DeviceActivity | null>
   /** creates or replaces the device record */
   putDevice (device: DeviceRecord): Promise<void>
   /**

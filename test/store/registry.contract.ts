@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
-import type { CertificateRecord, DeviceRecord, OwnershipTokenRecord, Registry, RevocationListener } from '../../broker/store/registry.js'
+import type { CertificateRecord, DeviceRecord, OwnershipTokenRecord, Page, Registry, RevocationListener } from '../../broker/store/registry.js'
 
 export type MakeRegistry = (opts: { now: () => number }) => Promise<{ registry: Registry, cleanup: () => Promise<void> }>
 export type RevocationEvent = Parameters<RevocationListener>[0]
@@ -44,6 +44,24 @@ export function collectRevocations (registry: Registry): RevocationEvent[] {
 
 const ids = (records: ReadonlyArray<{ certificateId: string } | { deviceId: string }>): string[] =>
   records.map((r) => 'certificateId' in r ? r.certificateId : r.deviceId).sort()
+
+/** every page from the first, with the cursor each one handed out; fails on a runaway loop */
+export async function allPages<T> (fetch: (cursor: string | undefined) => Promise<Page<T>>, maxPages = 1000): Promise<{ items: T[], pages: number, sizes: number[] }> {
+  const items: T[] = []
+  const sizes: number[] = []
+  let cursor: string | undefined
+  for (;;) {
+    const page = await fetch(cursor)
+    items.push(...page.items)
+    sizes.push(page.items.length)
+    if (page.nextCursor === null) return { items, pages: sizes.length, sizes }
+    if (sizes.length >= maxPages) throw new Error('paging did not end')
+    cursor = page.nextCursor
+  }
+}
+
+const inOrder = (records: ReadonlyArray<{ certificateId: string } | { deviceId: string }>): string[] =>
+  records.map((r) => 'certificateId' in r ? r.certificateId : r.deviceId)
 
 export function registryContract (t: Test, name: string, make: MakeRegistry): void {
   async function setup (t: Test): Promise<{ registry: Registry, advance: (ms: number) => number }> {
@@ -353,6 +371,220 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.same(await registry.registerDevice(registration(null, 'd6', [certificate('c6b', 'd6')])), { result: 'device-exists' })
   })
   // --- end registration ---
+
+  // --- paginated listing (CONTRACT §8) ---
+  /** 23 devices: every third quarantined, every fourth revoked, templates alternate */
+  async function manyDevices (registry: Registry): Promise<DeviceRecord[]> {
+    const all: DeviceRecord[] = []
+    for (let i = 0; i < 23; i++) {
+      const d = device(`dev-${String(i).padStart(2, '0')}`, {
+        status: i % 4 === 0 ? 'revoked' : i % 3 === 0 ? 'quarantined' : 'active',
+        template: i % 2 === 0 ? 'thermostat' : 'meter'
+      })
+      all.push(d)
+      // both write paths of a device
+      if (i % 5 === 0) await registry.createDeviceIfAbsent(d)
+      else await registry.putDevice(d)
+    }
+    return all
+  }
+
+  const idsOf = (devices: DeviceRecord[], keep: (d: DeviceRecord) => boolean = () => true): string[] =>
+    devices.filter(keep).map((d) => d.deviceId).sort()
+
+  t.test(`${name}: listDevicesPage pages every device exactly once, in deviceId order`, async (t) => {
+    const { registry } = await setup(t)
+    t.strictSame(await registry.listDevicesPage({ limit: 10 }), { items: [], nextCursor: null }, 'empty registry')
+    const all = await manyDevices(registry)
+    const { items, pages, sizes } = await allPages((cursor) => registry.listDevicesPage({ limit: 5, cursor }))
+    t.strictSame(inOrder(items), idsOf(all), 'all 23, each once, ordered')
+    t.equal(pages, 5)
+    t.strictSame(sizes, [5, 5, 5, 5, 3], 'full pages, then the rest')
+    t.strictSame(items.find((d) => d.deviceId === 'dev-03'), all[3], 'whole records')
+    const exact = await registry.listDevicesPage({ limit: 23 })
+    t.equal(exact.items.length, 23)
+    t.equal(exact.nextCursor, null, 'no cursor when the page holds the last device')
+  })
+
+  t.test(`${name}: listDevicesPage filters by status, template, and both`, async (t) => {
+    const { registry } = await setup(t)
+    const all = await manyDevices(registry)
+    const cases: Array<[{ status?: 'active' | 'quarantined' | 'revoked', template?: string }, (d: DeviceRecord) => boolean]> = [
+      [{ status: 'quarantined' }, (d) => d.status === 'quarantined'],
+      [{ status: 'revoked' }, (d) => d.status === 'revoked'],
+      [{ template: 'meter' }, (d) => d.template === 'meter'],
+      [{ status: 'active', template: 'thermostat' }, (d) => d.status === 'active' && d.template === 'thermostat'],
+      [{ template: 'nobody-uses-this' }, () => false]
+    ]
+    for (const [filter, keep] of cases) {
+      const { items } = await allPages((cursor) => registry.listDevicesPage({ ...filter, limit: 3, cursor }))
+      t.strictSame(inOrder(items), idsOf(all, keep), JSON.stringify(filter))
+    }
+  })
+
+  t.test(`${name}: listDevicesPage follows every write path (indexes never go stale)`, async (t) => {
+    const { registry } = await setup(t)
+    const statusOf = async (status: 'active' | 'quarantined' | 'revoked', template?: string): Promise<string[]> =>
+      inOrder((await allPages((cursor) => registry.listDevicesPage({ status, template, limit: 2, cursor }))).items)
+    await registry.putDevice(device('w1'))
+    await registry.putDevice(device('w2'))
+    await registry.createDeviceIfAbsent(device('w3'))
+    t.strictSame(await statusOf('active'), ['w1', 'w2', 'w3'])
+    await registry.putDevice(device('w1', { template: 'other' }))
+    t.strictSame(await statusOf('active', 'thermostat'), ['w2', 'w3'], 'a replaced record leaves its old template')
+    t.strictSame(await statusOf('active', 'other'), ['w1'])
+    await registry.revokeDevice('w2')
+    t.strictSame(await statusOf('revoked'), ['w2'], 'revokeDevice')
+    await registry.setDeviceStatus('w3', 'quarantined')
+    t.strictSame(await statusOf('quarantined'), ['w3'], 'setDeviceStatus')
+    t.strictSame(await statusOf('active'), ['w1'])
+    await registry.putToken('tok-w', withKey('w'), 60_000)
+    await registry.registerDevice({ token: 'tok-w', device: device('w3', { template: 'fresh' }), replace: true, certificates: [certificate('cw3', 'w3')] })
+    t.strictSame(await statusOf('active', 'fresh'), ['w3'], 'registerDevice (replace)')
+    t.strictSame(await statusOf('quarantined'), [], 'the replaced record left its status')
+    await registry.registerDevice({ token: null, device: device('w4'), replace: false, certificates: [] })
+    t.strictSame(await statusOf('active'), ['w1', 'w3', 'w4'], 'registerDevice (new)')
+    t.strictSame(inOrder((await registry.listDevicesPage({ limit: 100 })).items), ['w1', 'w2', 'w3', 'w4'])
+  })
+
+  t.test(`${name}: a cursor stays valid while devices come and go`, async (t) => {
+    const { registry } = await setup(t)
+    await manyDevices(registry)
+    const first = await registry.listDevicesPage({ limit: 5 })
+    t.equal(inOrder(first.items).at(-1), 'dev-04')
+    await registry.putDevice(device('dev-00a')) // before the cursor: not on the next pages
+    await registry.putDevice(device('dev-04a')) // just after it: on the next page
+    const next = await registry.listDevicesPage({ limit: 5, cursor: first.nextCursor ?? undefined })
+    t.strictSame(inOrder(next.items), ['dev-04a', 'dev-05', 'dev-06', 'dev-07', 'dev-08'])
+  })
+
+  t.test(`${name}: a bad cursor or limit is refused`, async (t) => {
+    const { registry } = await setup(t)
+    await manyDevices(registry)
+    await fleet(registry)
+    const page = await registry.listDevicesPage({ limit: 2 })
+    const certPage = await registry.listCertificatesPage({ limit: 1 })
+    const expiryPage = await registry.listCertificatesPage({ limit: 1, expiringBefore: T0 * 2 })
+    t.ok(page.nextCursor && certPage.nextCursor && expiryPage.nextCursor, 'cursors handed out')
+    const invalid = { code: 'InvalidCursor' }
+    for (const cursor of ['not a cursor!', '', 'ZGV2LTAx=', page.nextCursor! + '$', Buffer.from('x').toString('base64url'), certPage.nextCursor!]) {
+      await t.rejects(registry.listDevicesPage({ limit: 2, cursor }), invalid, `devices: ${JSON.stringify(cursor)}`)
+    }
+    await t.rejects(registry.listCertificatesPage({ limit: 2, cursor: page.nextCursor! }), invalid, 'a device cursor for certificates')
+    await t.rejects(registry.listCertificatesPage({ limit: 2, cursor: expiryPage.nextCursor! }), invalid, 'an expiry-ordered cursor without expiringBefore')
+    await t.rejects(registry.listCertificatesPage({ limit: 2, cursor: certPage.nextCursor!, expiringBefore: T0 * 2 }), invalid, 'an id-ordered cursor with expiringBefore')
+    await t.rejects(registry.listCertificatesPage({ limit: 2, expiringBefore: T0, cursor: Buffer.from('e123:x').toString('base64url') }), invalid, 'a malformed expiry key')
+    await t.rejects(registry.listDevicesPage({ limit: 0 }), RangeError, 'limit 0')
+    await t.rejects(registry.listDevicesPage({ limit: 2.5 }), RangeError, 'a fractional limit')
+    t.equal((await registry.listDevicesPage({ limit: 1_000_000 })).items.length, 25, 'a huge limit is capped, not refused')
+  })
+
+  /** d1: c1 (expires T0+3d), c2 (T0+1d), c5→d2 rebound; d2: c3 (T0+1d, revoked), c5 (T0+2d); c4 pending; d3: c6 (T0+1d) */
+  async function expiringFleet (registry: Registry): Promise<void> {
+    const day = 86_400_000
+    await registry.putDevice(device('d1'))
+    await registry.putDevice(device('d2'))
+    await registry.putDevice(device('d3'))
+    await registry.putCertificate(certificate('c1', 'd1', { notAfter: T0 + 3 * day }))
+    await registry.putCertificate(certificate('c2', 'd1', { notAfter: T0 + day }))
+    await registry.putCertificate(certificate('c3', 'd2', { notAfter: T0 + day }))
+    await registry.putCertificate(certificate('c4', null, { status: 'pending', notAfter: T0 }))
+    await registry.putCertificate(certificate('c5', 'd1', { notAfter: T0 + 9 * day }))
+    await registry.putCertificate(certificate('c5', 'd2', { notAfter: T0 + 2 * day }))
+    await registry.putCertificate(certificate('c6', 'd3', { notAfter: T0 + day }))
+    await registry.revokeCertificate(certId('c3'))
+  }
+
+  t.test(`${name}: listCertificatesPage: registered certificates, by id, by device, by status`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const at = advance(0)
+    await expiringFleet(registry)
+    await registry.putPendingCertificate(certificate('p9', null, { status: 'pending' }), 'tok-p9', withKey('p9'), 60_000)
+    const bound = ['c1', 'c2', 'c3', 'c5', 'c6'].map(certId).sort()
+    const all = await allPages((cursor) => registry.listCertificatesPage({ limit: 2, cursor }))
+    t.strictSame(inOrder(all.items), bound, 'bound ones only (no pending), each once, by certificateId')
+    t.strictSame(all.items.find((c) => c.certificateId === certId('c3')), certificate('c3', 'd2', { status: 'revoked', notAfter: T0 + 86_400_000, updatedAt: at }), 'whole records')
+    t.strictSame(inOrder((await allPages((cursor) => registry.listCertificatesPage({ deviceId: 'd1', limit: 1, cursor }))).items), ['c1', 'c2'].map(certId).sort(), 'deviceId: not the rebound c5')
+    t.strictSame(inOrder((await allPages((cursor) => registry.listCertificatesPage({ deviceId: 'd2', status: 'active', limit: 1, cursor }))).items), [certId('c5')])
+    t.strictSame(inOrder((await allPages((cursor) => registry.listCertificatesPage({ status: 'revoked', limit: 1, cursor }))).items), [certId('c3')])
+    t.strictSame(await registry.listCertificatesPage({ deviceId: 'nobody', limit: 5 }), { items: [], nextCursor: null })
+  })
+
+  t.test(`${name}: listCertificatesPage expiringBefore: soonest first, exclusive bound, ties by id`, async (t) => {
+    const { registry } = await setup(t)
+    await expiringFleet(registry)
+    const day = 86_400_000
+    const soon = await allPages((cursor) => registry.listCertificatesPage({ expiringBefore: T0 + 2 * day + 1, limit: 1, cursor }))
+    const tied = ['c2', 'c3', 'c6'].map(certId).sort()
+    t.strictSame(inOrder(soon.items), [...tied, certId('c5')], 'by notAfter, the three tied ones by id, c1 (3 days) left out')
+    t.strictSame(inOrder((await registry.listCertificatesPage({ expiringBefore: T0 + 2 * day, limit: 10 })).items), tied, 'notAfter equal to the bound is not before it')
+    t.strictSame(inOrder((await allPages((cursor) => registry.listCertificatesPage({ expiringBefore: T0 + 10 * day, status: 'active', limit: 2, cursor }))).items),
+      [...['c2', 'c6'].map(certId).sort(), certId('c5'), certId('c1')], 'with a status')
+    t.strictSame(inOrder((await registry.listCertificatesPage({ expiringBefore: T0 + 10 * day, deviceId: 'd1', limit: 10 })).items), [certId('c2'), certId('c1')], 'with a device')
+    t.strictSame(await registry.listCertificatesPage({ expiringBefore: T0, limit: 10 }), { items: [], nextCursor: null }, 'nothing expires before T0')
+    t.strictSame(await registry.listCertificatesPage({ expiringBefore: 0, limit: 10 }), { items: [], nextCursor: null })
+    await t.rejects(registry.listCertificatesPage({ expiringBefore: Number.NaN, limit: 10 }), RangeError)
+    // the certificate indexes follow revocation by device, by list, and replacement
+    await registry.revokeDevice('d3')
+    await registry.revoke({ certificateId: certId('c2') })
+    t.strictSame(inOrder((await registry.listCertificatesPage({ expiringBefore: T0 + 2 * day, status: 'revoked', limit: 10 })).items), tied, 'revokeDevice and revoke moved c6 and c2')
+    await registry.putToken('tok-d1', withKey('d1'), 60_000)
+    await registry.registerDevice({ token: 'tok-d1', device: device('d1'), replace: true, certificates: [certificate('c7', 'd1', { notAfter: T0 + 4 * day })] })
+    t.strictSame(inOrder((await registry.listCertificatesPage({ status: 'active', limit: 10 })).items), ['c5', 'c7'].map(certId).sort(), 'replace: c1 revoked, c7 listed')
+  })
+  // --- end paginated listing ---
+
+  // --- quarantine and reinstatement (CONTRACT §3.7, §8) ---
+  t.test(`${name}: setDeviceStatus changes the status and tells every listener`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await fleet(registry)
+    const at = advance(1000)
+    t.strictSame(await registry.setDeviceStatus('d1', 'quarantined'), device('d1', { status: 'quarantined', updatedAt: at }))
+    t.strictSame(await registry.getDevice('d1'), device('d1', { status: 'quarantined', updatedAt: at }), 'stored')
+    t.equal((await registry.getCertificate(certId('c1')))?.status, 'active', 'its certificates are untouched')
+    t.ok(await eventually(() => events.length === 1, 1000), 'notice')
+    t.strictSame(events[0], { deviceId: 'd1', certificateId: null, statusChanged: true }, 'on the revocation channel, marked as a status change')
+    advance(1000)
+    t.strictSame(await registry.setDeviceStatus('d1', 'quarantined'), device('d1', { status: 'quarantined', updatedAt: at }), 'the same status again: unchanged')
+    const back = advance(1000)
+    t.strictSame(await registry.setDeviceStatus('d1', 'active'), device('d1', { status: 'active', updatedAt: back }), 'reinstated')
+    t.equal(await registry.setDeviceStatus('nobody', 'active'), null, 'unknown device')
+    await registry.revokeDevice('d2')
+    const revoked = await registry.getDevice('d2')
+    t.strictSame(await registry.setDeviceStatus('d2', 'active'), revoked, 'a revoked device is never un-revoked')
+    t.equal((await registry.getDevice('d2'))?.status, 'revoked')
+    t.ok(await eventually(() => events.length === 3, 1000), 'reinstatement and revocation notices')
+    await sleep(200)
+    t.strictSame(events.map((e) => e.statusChanged === true), [true, true, false], 'no notice for a no-op, the unknown or the revoked device')
+  })
+  // --- end quarantine ---
+
+  // --- device activity ---
+  t.test(`${name}: recordActivity adds batches up; getActivity reads them`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.getActivity('a1'), null, 'nothing recorded yet')
+    await registry.recordActivity([])
+    await registry.recordActivity([
+      { deviceId: 'a1', seenAt: T0 + 100, connects: 1, messagesIn: 5, rejected: 0, remoteAddress: '10.0.0.1', certificateNotAfter: T0 + 9000 },
+      { deviceId: 'a2', seenAt: T0 + 50, connects: 0, messagesIn: 1, rejected: 1, lastErrorCode: 'SchemaViolation' },
+      // the same device twice in one batch (two processes' deltas, say), the later one first
+      { deviceId: 'a1', seenAt: T0 + 80, connects: 0, messagesIn: 2, rejected: 1, lastErrorCode: 'InvalidJson' }
+    ])
+    t.strictSame(await registry.getActivity('a1'), {
+      firstSeen: T0 + 100, lastSeen: T0 + 100, connects: 1, messagesIn: 7, rejected: 1, lastErrorCode: 'InvalidJson', remoteAddress: '10.0.0.1', certificateNotAfter: T0 + 9000
+    }, 'counters add up, lastSeen never goes back')
+    t.strictSame(await registry.getActivity('a2'), {
+      firstSeen: T0 + 50, lastSeen: T0 + 50, connects: 0, messagesIn: 1, rejected: 1, lastErrorCode: 'SchemaViolation', remoteAddress: null, certificateNotAfter: null
+    })
+    await registry.putDevice(device('a1'))
+    await registry.revokeDevice('a1')
+    await registry.recordActivity([{ deviceId: 'a1', seenAt: T0 + 500, connects: 2, messagesIn: 0, rejected: 0, remoteAddress: '10.0.0.2' }])
+    t.strictSame(await registry.getActivity('a1'), {
+      firstSeen: T0 + 100, lastSeen: T0 + 500, connects: 3, messagesIn: 7, rejected: 1, lastErrorCode: 'InvalidJson', remoteAddress: '10.0.0.2', certificateNotAfter: T0 + 9000
+    }, 'firstSeen set once; fields absent from a delta keep their value; kept through revocation')
+  })
+  // --- end device activity ---
 
   t.test(`${name}: ping`, async (t) => {
     const { registry } = await setup(t)
