@@ -136,7 +136,8 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
     audit.write('admin.request', {
       actor: req.admin?.commonName,
       remoteAddress: req.raw.socket.remoteAddress,
-      reason: `${req.method} ${req.routeOptions.url ?? req.url.split('?')[0]}`,
+      method: req.method,
+      url: req.url,
       statusCode: reply.statusCode
     })
   })

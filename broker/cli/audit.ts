@@ -1,12 +1,14 @@
-/** `aedes-jitp audit [--follow] [--event GLOB] [--device ID] [FILE]`: the audit log for humans. */
+/**
+ * `aedes-jitp audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]`: the audit log for humans.
+ * With FILE (or `-` for stdin) it reads that file here; without, it asks the admin API
+ * (`GET /v1/audit`), which answers from the Redis stream every broker process writes
+ * to, or from the embedded broker's file or ring: one query sees the whole cluster.
+ */
 import { createReadStream, existsSync, statSync, watch } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
-
-function globToRegExp (glob: string): RegExp {
-  const escaped = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')
-  return new RegExp(`^${escaped}$`)
-}
+import { globToRegExp } from '../audit-query.js'
+import { ADMIN_OPTIONS, adminCall, adminTarget, withQuery, type AdminTarget } from './admin-client.js'
 
 /**
  * Every control character a terminal could act on: C0, DEL, C1, and the Unicode
@@ -29,7 +31,7 @@ export function escapeControl (value: string): string {
 
 const SHOWN = ['clientId', 'deviceId', 'role', 'topic', 'errorCode', 'reason', 'remoteAddress', 'certificateId', 'template', 'version', 'count']
 
-export function formatLine (line: string, filter: { event?: RegExp, device?: string }): string | null {
+export function formatLine (line: string, filter: { event?: RegExp | undefined, device?: string | undefined, since?: number | undefined }): string | null {
   let entry: Record<string, unknown>
   try {
     entry = JSON.parse(line) as Record<string, unknown>
@@ -39,25 +41,68 @@ export function formatLine (line: string, filter: { event?: RegExp, device?: str
   if (typeof entry.event !== 'string') return null
   if (filter.event && !filter.event.test(entry.event)) return null
   if (filter.device && entry.deviceId !== filter.device) return null
+  if (filter.since !== undefined && (typeof entry.time !== 'number' || entry.time < filter.since)) return null
   const time = typeof entry.time === 'number' ? new Date(entry.time).toISOString() : '-'
   const level = typeof entry.level === 'string' ? escapeControl(entry.level.toUpperCase()) : ''
   const details = SHOWN.filter((k) => entry[k] !== undefined).map((k) => `${k}=${escapeControl(String(entry[k]))}`).join(' ')
   return `${time} ${level.padEnd(5)} ${escapeControl(entry.event).padEnd(28)} ${details}`
 }
 
+/** ISO 8601 or ms since the epoch */
+function parseSince (since: string | undefined): number | undefined {
+  if (since === undefined) return undefined
+  const ms = /^\d+$/.test(since) ? Number(since) : Date.parse(since)
+  if (!Number.isFinite(ms)) throw new Error(`audit: --since '${since}' is neither an ISO 8601 time nor milliseconds since the epoch`)
+  return ms
+}
+
+const FOLLOW_POLL_MS = 1000
+
+/** pages through GET /v1/audit; with follow, keeps asking from the follow cursor until interrupted */
+async function fromApi (target: AdminTarget, query: { event?: string | undefined, deviceId?: string | undefined, since?: number | undefined }, follow: boolean, print: (line: string) => void): Promise<number | null> {
+  let cursor: string | undefined
+  for (;;) {
+    const page = await adminCall<{ items: unknown[], nextCursor: string | null, followCursor: string }>(target, 'GET',
+      withQuery('/v1/audit', { ...query, limit: 1000, cursor }))
+    for (const item of page.items) print(JSON.stringify(item))
+    if (page.nextCursor) {
+      cursor = page.nextCursor
+      continue
+    }
+    if (!follow) return 0
+    cursor = page.followCursor
+    await new Promise((resolve) => setTimeout(resolve, FOLLOW_POLL_MS))
+  }
+}
+
 export async function auditCommand (args: string[]): Promise<number | null> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { follow: { type: 'boolean', short: 'f', default: false }, event: { type: 'string' }, device: { type: 'string' } }
+    options: {
+      ...ADMIN_OPTIONS,
+      follow: { type: 'boolean', short: 'f', default: false },
+      event: { type: 'string' },
+      device: { type: 'string' },
+      since: { type: 'string' }
+    }
   })
-  const file = positionals[0] ?? process.env.AUDIT_LOG
-  const filter = { event: values.event ? globToRegExp(values.event) : undefined, device: values.device }
+  const file = positionals[0]
+  const since = parseSince(values.since)
+  const filter = { event: values.event ? globToRegExp(values.event) : undefined, device: values.device, since }
   const print = (line: string): void => {
+    if (values.json) {
+      // the API already filtered; a file is filtered here, the line passed on as it is
+      if (file === undefined || formatLine(line, filter) !== null) process.stdout.write(line + '\n')
+      return
+    }
     const out = formatLine(line, filter)
     if (out !== null) process.stdout.write(out + '\n')
   }
-  if (!file || file === 'stdout' || file === '-') {
+  if (file === undefined) {
+    return fromApi(adminTarget(values), { event: values.event, deviceId: values.device, since }, values.follow, print)
+  }
+  if (file === '-') {
     for await (const line of createInterface({ input: process.stdin })) print(line)
     return 0
   }

@@ -4,7 +4,15 @@
  * broker (Aedes, the plugins), which roughly halves its start-up.
  */
 
-const USAGE = 'usage: aedes-jitp [start [--config FILE]] | certs dev [--rsa] [--out DIR] | devices list|show <id>|revoke <id> | certificates revoke <id>|--issuer <fp> --serial <hex>|--ca <fp> | certificates list [--json] | audit [--follow] [--event GLOB] [--device ID] [FILE]'
+const USAGE = [
+  'usage: aedes-jitp [start [--config FILE]]',
+  '  certs dev [--rsa] [--out DIR]',
+  '  devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id>',
+  '  certificates list [--device ID] [--status S] [--expiring-within-days N] | revoke <id> | revoke --issuer <fp> --serial <hex> | revoke --ca <fp>',
+  '  audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]',
+  'fleet commands (devices, certificates, audit without FILE) talk to the admin API: --admin-url URL (default https://127.0.0.1:$ADMIN_PORT),',
+  '  --cert/--key/--ca (default: the dev admin certificate in $CERTS_DIR), --json for scripts'
+].join('\n')
 
 export async function runCommand (argv: string[]): Promise<number | null> {
   const [command = 'start', ...rest] = argv
@@ -20,6 +28,6 @@ export async function runCommand (argv: string[]): Promise<number | null> {
       return 0
     default:
       if (command.startsWith('--')) return (await import('./start.js')).startCommand(argv)
-      throw new Error(`unknown command '${command}'; ${USAGE}`)
+      throw new Error(`unknown command '${command}' (aedes-jitp help lists them)`)
   }
 }

@@ -1,53 +1,71 @@
 /**
- * `aedes-jitp devices list | show <id> | revoke <id>`: works on the same store as
- * the broker, so it needs REDIS_URL (an in-memory store lives inside the broker
- * process and cannot be reached from here).
+ * `aedes-jitp devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id>`:
+ * a client of the admin API (broker/cli/admin-client.ts), so it works the same
+ * on the embedded in-memory broker and a cluster. Tables by default, `--json` for scripts.
+ * The change is audited once, by the broker process that made it, with the operator's CN.
  */
 import { parseArgs } from 'node:util'
-import { loadConfig } from '../config.js'
-import { createRegistry } from '../store/create-registry.js'
-import { auditAction } from './certificates.js'
+import { ADMIN_OPTIONS, adminCall, adminTarget, allPages, iso, table } from './admin-client.js'
+import { escapeControl } from './audit.js'
+
+const USAGE = 'usage: aedes-jitp devices list [--status active|quarantined|revoked] [--template NAME] | show <id> | revoke <id> | quarantine <id> | reinstate <id> [--json] [--admin-url URL] [--cert F --key F --ca F]'
+
+interface DeviceSummary { deviceId: string, status: string, template: string, createdAt: number, updatedAt: number }
+interface DeviceDetail extends DeviceSummary {
+  attributes?: Record<string, string>
+  certificates: Array<{ certificateId: string, status: string, notAfter: number, serialNumber?: string }>
+  activity: { firstSeen: number | null, lastSeen: number | null, connects: number, messagesIn: number, rejected: number, lastErrorCode: string | null, remoteAddress?: string | null, certificateNotAfter?: number | null }
+  config: { version: number | null, lastKnownGood: number | null }
+}
 
 export async function devicesCommand (args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { config: { type: 'string' }, json: { type: 'boolean', default: false } } })
-  const [action, id] = positionals
-  const config = loadConfig({ file: values.config })
-  if (!config.redisUrl) throw new Error('devices: REDIS_URL is not set; the in-memory store of a running broker cannot be reached from another process')
-  const registry = createRegistry({ redisUrl: config.redisUrl })
-  try {
-    if (!(await registry.ping())) throw new Error(`devices: cannot reach Redis at ${config.redisUrl}`)
-    switch (action) {
-      case 'list': {
-        const devices = await registry.listDevices()
-        if (values.json) {
-          process.stdout.write(JSON.stringify(devices) + '\n')
-        } else {
-          for (const d of devices.sort((a, b) => a.deviceId.localeCompare(b.deviceId))) {
-            process.stdout.write(`${d.deviceId}\t${d.status}\t${d.template}\t${new Date(d.createdAt).toISOString()}\n`)
-          }
-        }
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { ...ADMIN_OPTIONS, status: { type: 'string' }, template: { type: 'string' } }
+  })
+  const [action, id, ...extra] = positionals
+  if (extra.length > 0) throw new Error(USAGE)
+  const out = (text: string): void => { process.stdout.write(text) }
+  switch (action) {
+    case 'list': {
+      const target = adminTarget(values)
+      const devices = await allPages<DeviceSummary>(target, '/v1/devices', { status: values.status, template: values.template })
+      if (values.json) {
+        out(JSON.stringify(devices) + '\n')
         return 0
       }
-      case 'show': {
-        if (!id) throw new Error('usage: aedes-jitp devices show <id>')
-        const device = await registry.getDevice(id)
-        if (!device) throw new Error(`devices: no device '${id}'`)
-        const certificates = await registry.certificatesOfDevice(id)
-        process.stdout.write(JSON.stringify({ ...device, certificates }, null, 2) + '\n')
-        return 0
-      }
-      case 'revoke': {
-        if (!id) throw new Error('usage: aedes-jitp devices revoke <id>')
-        if (!(await registry.revokeDevice(id))) throw new Error(`devices: no device '${id}'`)
-        // audited once, here, with the actor; each broker audits only the sessions it closes
-        await auditAction(config, 'device.revoked', { deviceId: id, reason: 'device and its certificates revoked' })
-        process.stdout.write(`revoked ${id}\n`)
-        return 0
-      }
-      default:
-        throw new Error('usage: aedes-jitp devices list|show <id>|revoke <id>')
+      out(table(['DEVICE', 'STATUS', 'TEMPLATE', 'REGISTERED'], devices.map((d) => [d.deviceId, d.status, d.template, iso(d.createdAt)])))
+      return 0
     }
-  } finally {
-    await registry.close()
+    case 'show': {
+      if (!id) throw new Error(USAGE)
+      const d = await adminCall<DeviceDetail>(adminTarget(values), 'GET', `/v1/devices/${encodeURIComponent(id)}`)
+      if (values.json) {
+        out(JSON.stringify(d, null, 2) + '\n')
+        return 0
+      }
+      const a = d.activity
+      out(table(['FIELD', 'VALUE'], [
+        ['device', d.deviceId], ['status', d.status], ['template', d.template], ['registered', iso(d.createdAt)],
+        ...Object.entries(d.attributes ?? {}).map(([k, v]) => [`attribute ${escapeControl(k)}`, escapeControl(v)]),
+        ['first seen', iso(a.firstSeen)], ['last seen', iso(a.lastSeen)], ['connects', String(a.connects)],
+        ['messages in', String(a.messagesIn)], ['rejected payloads', String(a.rejected)], ['last error', a.lastErrorCode ?? '-'],
+        ['remote address', a.remoteAddress ?? '-'], ['certificate expires', iso(a.certificateNotAfter)],
+        ['config version', d.config.version === null ? '-' : String(d.config.version)]
+      ]))
+      out('\n' + table(['CERTIFICATE', 'STATUS', 'NOT AFTER'], d.certificates.map((c) => [c.certificateId, c.status, iso(c.notAfter)])))
+      return 0
+    }
+    case 'revoke':
+    case 'quarantine':
+    case 'reinstate': {
+      if (!id) throw new Error(USAGE)
+      const r = await adminCall<{ deviceId: string, status: string }>(adminTarget(values), 'POST', `/v1/devices/${encodeURIComponent(id)}/${action}`)
+      out(values.json ? JSON.stringify(r) + '\n' : `${r.deviceId}: ${r.status}\n`)
+      return 0
+    }
+    default:
+      throw new Error(USAGE)
   }
 }
