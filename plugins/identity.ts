@@ -1,7 +1,8 @@
 /**
  * Identity: turns the verified client certificate into who the connection is.
- * - device: CN is the device id; certificate and device must be active in the
- *   registry, and the MQTT client id must be the device id.
+ * - device: CN is the device id; the certificate must be active in the registry,
+ *   the device active or quarantined (CONTRACT §3.7: it may still connect, and
+ *   its rules are fenced, see policy.ts), and the MQTT client id the device id.
  * - manufacturer: a factory certificate acts as a device once registered; an
  *   unregistered one is deferred to provisioning (JITP on first connect).
  * - claim: anonymous, may only provision; clean sessions only.
@@ -10,12 +11,24 @@
  * A client id in use by another identity is refused (plugins/session-owners.ts).
  */
 import type { Identity } from '../broker/session.js'
+import type { DeviceStatus } from '../broker/store/registry.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
 import type { Policy } from './policy.js'
 import { permissionsFor } from './policy.js'
 import { holdSession } from './session-owners.js'
 
 export interface IdentityOptions { readonly policy: Policy }
+
+// TODO(lead): move this field into `Identity` in broker/session.ts and delete the augmentation
+declare module '../broker/session.js' {
+  interface Identity {
+    /** a device whose registry status is `quarantined` (CONTRACT §3.7): its rules are fenced (policy.ts) */
+    readonly quarantined?: boolean
+  }
+}
+
+/** the device statuses that may connect; any other (revoked, or one added later) may not */
+const MAY_CONNECT: ReadonlySet<DeviceStatus> = new Set<DeviceStatus>(['active', 'quarantined'])
 
 async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
   const { peer } = ev
@@ -27,7 +40,7 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
   if (cert.deviceId === null) return deny('UnknownCertificate', undefined, 'certificate not bound to a device')
   const device = await ctx.registry.getDevice(cert.deviceId)
   if (!device) return deny('DeviceUnknown')
-  if (device.status !== 'active') return deny('DeviceRevoked')
+  if (!MAY_CONNECT.has(device.status)) return deny('DeviceRevoked')
   if (cert.status !== 'active') return deny('CertificateRevoked')
   if (ev.clientId !== device.deviceId) return deny('ClientIdMismatch', undefined, `expected client id ${device.deviceId}`)
   const identity: Identity = {
@@ -35,7 +48,8 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
     clientId: ev.clientId,
     certificateId: peer.certificateId,
     name: device.deviceId,
-    permissions: permissionsFor(policy, 'device')
+    permissions: permissionsFor(policy, 'device'),
+    quarantined: device.status === 'quarantined'
   }
   return { verdict: 'allow', identity }
 }

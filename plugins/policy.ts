@@ -1,22 +1,33 @@
 /**
- * Topic rules per role. The default table is CONTRACT §4; POLICY_FILE replaces
- * it and is validated at start-up. Rules are compiled per connection, once, with
- * `${deviceId}`, `${clientId}` and `${commonName}` filled in.
+ * Topic rules per role (CONTRACT §4). The default table is built in; POLICY_FILE
+ * replaces it and is validated at start-up. Rules are ordered and say `allow`
+ * (the default) or `deny`; for a topic, the first rule that matches decides, and
+ * no rule matching means deny. Rules are compiled per connection, once, with
+ * `${deviceId}`, `${clientId}` and `${commonName}` filled in, into the lists the
+ * authorization plugin scans (plugins/authorization.ts says what they answer).
  */
 import { readFileSync } from 'node:fs'
 import { Ajv } from 'ajv'
-import { JitpError } from '../broker/errors.js'
+import { JitpError, type ErrorCode } from '../broker/errors.js'
+import { deny, type Allow, type Deny } from '../broker/plugin.js'
 import { AWS_PROVISIONING_REQUESTS, PROVISIONING_REQUESTS } from '../broker/reserved-topics.js'
 import type { Identity, Role } from '../broker/session.js'
+import { intersect, scopeOf, type Levels } from './topic-filters.js'
+
+// the filter algebra lives in topic-filters.ts; `matches` stays importable from here
+export { matches } from './topic-filters.js'
 
 export type Action = 'publish' | 'subscribe'
+export type Effect = 'allow' | 'deny'
 
 export interface PolicyRule {
   readonly name: string
   readonly role: Role
+  /** `allow` when absent */
+  readonly effect?: Effect
   readonly actions: readonly Action[]
   readonly topics: readonly string[]
-  /** publishing retained messages is allowed on these topics */
+  /** publishing retained messages is allowed on these topics (allow rules only) */
   readonly retain?: boolean
 }
 
@@ -49,6 +60,7 @@ const policySchema = {
         properties: {
           name: { type: 'string', minLength: 1 },
           role: { enum: ['device', 'claim', 'service'] },
+          effect: { enum: ['allow', 'deny'] },
           actions: { type: 'array', minItems: 1, items: { enum: ['publish', 'subscribe'] } },
           topics: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
           retain: { type: 'boolean' }
@@ -88,6 +100,36 @@ export function defaultPolicy (opts: { awsTopics: boolean }): Policy {
   }
 }
 
+const VARIABLE = /\$\{(deviceId|clientId|commonName)\}/g
+const ANY_VARIABLE = /\$\{([^}]*)\}/g
+
+/** why a rule's topic filter cannot be used, or null when it can */
+function filterProblem (filter: string): string | null {
+  const levels = filter.split('/')
+  for (let i = 0; i < levels.length; i++) {
+    const level = levels[i]!
+    if (level === '#' && i !== levels.length - 1) return '`#` must be the last level'
+    if (level !== '#' && level !== '+' && /[+#]/.test(level)) return '`+` and `#` must fill a whole level'
+  }
+  for (const [, name] of filter.matchAll(ANY_VARIABLE)) {
+    if (name !== 'deviceId' && name !== 'clientId' && name !== 'commonName') return `unknown variable \${${name ?? ''}}`
+  }
+  return null
+}
+
+/** what the JSON Schema cannot say clearly: well-formed filters, known variables, retain on allow rules only */
+function checkRules (file: string, rules: readonly PolicyRule[]): void {
+  rules.forEach((rule, r) => {
+    if (rule.effect === 'deny' && rule.retain !== undefined) {
+      throw new JitpError('InvalidConfig', `POLICY_FILE: ${file}/rules/${r}/retain only applies to allow rules`)
+    }
+    rule.topics.forEach((topic, t) => {
+      const problem = filterProblem(topic)
+      if (problem !== null) throw new JitpError('InvalidConfig', `POLICY_FILE: ${file}/rules/${r}/topics/${t} ${JSON.stringify(topic)}: ${problem}`)
+    })
+  })
+}
+
 export function loadPolicy (file: string | undefined, opts: { awsTopics: boolean }): Policy {
   if (!file) return defaultPolicy(opts)
   let parsed: unknown
@@ -102,13 +144,42 @@ export function loadPolicy (file: string | undefined, opts: { awsTopics: boolean
   }
   // `permissions` is optional: a policy that names none grants none
   const policy = parsed as Omit<Policy, 'permissions'> & { permissions?: Policy['permissions'] }
+  checkRules(file, policy.rules)
   return { rules: policy.rules, permissions: policy.permissions ?? {} }
 }
 
-export interface CompiledRule { readonly name: string, readonly levels: readonly string[], readonly retain: boolean }
-export interface CompiledRules { readonly publish: readonly CompiledRule[], readonly subscribe: readonly CompiledRule[] }
+export interface CompiledRule {
+  readonly name: string
+  readonly effect: Effect
+  readonly levels: Levels
+  readonly retain: boolean
+  /** what the rule answers when it decides, built once: the hot path hands it out as it is */
+  readonly answer: Allow | Deny
+  /** publish only: the answer to a retained publish an allow rule does not let retain */
+  readonly retainRefused: Deny
+  /** the deny rules before this one in its list: what they take away from an allow rule */
+  readonly deniedBefore: readonly Levels[]
+}
 
-const VARIABLE = /\$\{(deviceId|clientId|commonName)\}/g
+export interface CompiledRules {
+  /** in policy order: the first match decides */
+  readonly publish: readonly CompiledRule[]
+  /** in policy order: the first match decides, on subscribe and on every delivery */
+  readonly subscribe: readonly CompiledRule[]
+  /** how far a subscription filter may reach: the scope of each subscribe allow rule (topic-filters.ts, scopeOf) */
+  readonly scopes: readonly Levels[]
+}
+
+/**
+ * CONTRACT §3.7: what a quarantined device may still do, whatever else the policy
+ * grants it. Its rules are the policy's cut down to these topics (each rule
+ * intersected with each of them), then a `quarantine` rule denies the rest.
+ */
+export const QUARANTINE_FENCE: Readonly<Record<Action, readonly string[]>> = {
+  publish: [`${dev}/state`, `${dev}/config/ack`],
+  subscribe: [`${dev}/config`, `${dev}/errors`]
+}
+export const QUARANTINE_RULE = 'quarantine'
 
 /** Fills variables; a value that could act as a wildcard or level separator voids the rule. */
 function fill (topic: string, identity: Identity): string | null {
@@ -121,49 +192,63 @@ function fill (topic: string, identity: Identity): string | null {
   return void_ ? null : out
 }
 
+interface RuleTopic { readonly name: string, readonly effect: Effect, readonly levels: Levels, readonly retain: boolean }
+
+const DENY_CODE: Readonly<Record<Action, ErrorCode>> = { publish: 'PublishDenied', subscribe: 'SubscribeDenied' }
+
+function compileList (action: Action, topics: readonly RuleTopic[]): CompiledRule[] {
+  const denied: Levels[] = []
+  return topics.map((t) => {
+    const rule: CompiledRule = {
+      name: t.name,
+      effect: t.effect,
+      levels: t.levels,
+      retain: t.retain,
+      answer: Object.freeze(t.effect === 'allow' ? { verdict: 'allow', rule: t.name } : deny(DENY_CODE[action], t.name)),
+      retainRefused: Object.freeze(deny('PublishDenied', t.name, 'retain not allowed')),
+      deniedBefore: [...denied]
+    }
+    if (t.effect === 'deny') denied.push(t.levels)
+    return rule
+  })
+}
+
+/** every rule topic cut down to the fence's topics, then everything else denied */
+function fenced (topics: readonly RuleTopic[], fence: readonly Levels[]): RuleTopic[] {
+  const out: RuleTopic[] = []
+  for (const t of topics) {
+    for (const f of fence) {
+      const levels = intersect(t.levels, f)
+      if (levels !== null) out.push({ ...t, levels })
+    }
+  }
+  out.push({ name: QUARANTINE_RULE, effect: 'deny', levels: ['#'], retain: false })
+  return out
+}
+
 export function compileRules (policy: Policy, identity: Identity): CompiledRules {
-  const publish: CompiledRule[] = []
-  const subscribe: CompiledRule[] = []
+  const lists: Record<Action, RuleTopic[]> = { publish: [], subscribe: [] }
   for (const rule of policy.rules) {
     if (rule.role !== identity.role) continue
     for (const topic of rule.topics) {
       const filled = fill(topic, identity)
       if (filled === null) continue
-      const compiled = { name: rule.name, levels: filled.split('/'), retain: rule.retain === true }
-      if (rule.actions.includes('publish')) publish.push(compiled)
-      if (rule.actions.includes('subscribe')) subscribe.push(compiled)
+      const t: RuleTopic = { name: rule.name, effect: rule.effect ?? 'allow', levels: filled.split('/'), retain: rule.retain === true }
+      for (const action of rule.actions) lists[action].push(t)
     }
   }
-  return { publish, subscribe }
-}
-
-/** MQTT topic matching of a concrete topic against a rule filter. */
-export function matches (filter: readonly string[], topic: readonly string[]): boolean {
-  for (let i = 0; i < filter.length; i++) {
-    const f = filter[i]
-    if (f === '#') return true
-    const t = topic[i]
-    if (t === undefined) return false
-    if (f === '+') continue
-    if (f !== t) return false
+  if (identity.role === 'device' && identity.quarantined === true) {
+    for (const action of ['publish', 'subscribe'] as const) {
+      const fence = QUARANTINE_FENCE[action].map((f) => fill(f, identity)).filter((f) => f !== null).map((f) => f.split('/'))
+      lists[action] = fenced(lists[action], fence)
+    }
   }
-  return filter.length === topic.length
-}
-
-/**
- * True when every topic the subscription filter can match is matched by the rule
- * filter, so a wildcard subscription can never reach past what the rule grants.
- */
-export function covers (rule: readonly string[], sub: readonly string[]): boolean {
-  for (let i = 0; i < rule.length; i++) {
-    const r = rule[i]
-    if (r === '#') return true
-    const s = sub[i]
-    if (s === undefined || s === '#') return false
-    if (r === '+') continue
-    if (s === '+' || r !== s) return false
+  const subscribe = compileList('subscribe', lists.subscribe)
+  return {
+    publish: compileList('publish', lists.publish),
+    subscribe,
+    scopes: subscribe.filter((r) => r.effect === 'allow').map((r) => scopeOf(r.levels))
   }
-  return rule.length === sub.length
 }
 
 export function permissionsFor (policy: Policy, role: Role): ReadonlySet<string> {

@@ -1,9 +1,11 @@
 /**
- * The delivery flow, per message and subscriber (live, and the offline queue after a
- * reconnect: a filter refused at SUBSCRIBE may still sit in a persistent session, so
- * delivery is checked again here):
- *   quarantined → no identity → reserved topics → plugin answers → transforms
+ * The delivery flow, per message and subscriber (live, retained, and the offline
+ * queue after a reconnect: a filter granted for what it may match, or refused at
+ * SUBSCRIBE but kept in a persistent session, delivers only what the rules allow):
+ *   dropped packet (QUARANTINE_TOPIC) → no identity → reserved topics → plugin answers → transforms
  * Synchronous plain calls, as Aedes requires; null means "not to this subscriber".
+ * A refused delivery allocates nothing: the answers are built once, and so are the
+ * counters they are counted under.
  */
 import type { AedesPublishPacket, Client } from 'aedes'
 import { isReserved } from '../reserved-topics.js'
@@ -17,30 +19,43 @@ export function authorizeForward (chain: ChainContext, client: Client, packet: A
   const identity = state?.identity
   if (!state || !identity) return null
   if (refuseReservedDelivery(chain, identity, packet)) return null
-  if (!forwardAllowed(chain, client, identity, state, packet)) {
-    chain.ctx.metrics.denials.inc({ action: 'forward', rule: 'default-deny' })
+  const refusal = forwardRefusal(chain, client, identity, state, packet)
+  if (refusal !== null) {
+    denialCounter(chain, refusal).inc()
     return null
   }
   return transformForSubscriber(chain, client, identity, state, packet)
 }
 
+type Counter = { inc (): void }
+/** per chain, the `forward` denial counter of each rule name (names come from the policy: a short, fixed list) */
+const forwardDenials = new WeakMap<ChainContext, Map<string, Counter>>()
+
+function denialCounter (chain: ChainContext, rule: string): Counter {
+  let byRule = forwardDenials.get(chain)
+  if (byRule === undefined) forwardDenials.set(chain, byRule = new Map())
+  let counter = byRule.get(rule)
+  if (counter === undefined) byRule.set(rule, counter = chain.ctx.metrics.denials.labels('forward', rule))
+  return counter
+}
+
 function refuseReservedDelivery (chain: ChainContext, identity: Identity, packet: AedesPublishPacket): boolean {
   if (isReserved(packet.topic) && !chain.reserved.open(identity.role, 'receive', packet.topic)) {
     // `$SYS` and the broker's other `$` topics reach nobody, whatever the rules say
-    chain.ctx.metrics.denials.inc({ action: 'forward', rule: 'reserved-topic' })
+    denialCounter(chain, 'reserved-topic').inc()
     return true
   }
   return false
 }
 
-/** the first non-defer answer wins; everyone deferring is a denial */
-function forwardAllowed (chain: ChainContext, client: Client, identity: Identity, state: ConnectionState, packet: AedesPublishPacket): boolean {
+/** the first non-defer answer wins; everyone deferring is a denial. Null when allowed, else the deciding rule */
+function forwardRefusal (chain: ChainContext, client: Client, identity: Identity, state: ConnectionState, packet: AedesPublishPacket): string | null {
   for (const plugin of chain.hooks.authorizeForward) {
     const answer = plugin.authorizeForward!({ client, identity, state, packet })
     if (answer.verdict === 'defer') continue
-    return answer.verdict === 'allow'
+    return answer.verdict === 'allow' ? null : (answer.rule ?? 'default-deny')
   }
-  return false
+  return 'no-rule'
 }
 
 /** e.g. personal data left out for a subscriber without the permission */

@@ -1,9 +1,9 @@
 import t from 'tap'
-import type { AedesPublishPacket, Client, PublishPacket } from 'aedes'
+import type { AedesPublishPacket, Client, PublishPacket, Subscription } from 'aedes'
 import type { PluginContext } from '../../broker/plugin.js'
 import type { ConnectionState, Identity } from '../../broker/session.js'
 import { authorizationPlugin } from '../../plugins/authorization.js'
-import { defaultPolicy, permissionsFor } from '../../plugins/policy.js'
+import { compileRules, defaultPolicy, permissionsFor } from '../../plugins/policy.js'
 
 const policy = defaultPolicy({ awsTopics: false })
 
@@ -21,7 +21,9 @@ async function connection (identity: Identity) {
   const client = {} as Client
   hooks.connected!(client, state)
   return {
+    state,
     publish: (topic: string, retain = false) => hooks.authorizePublish!({ client, identity, state, packet: { topic, retain } as PublishPacket, isWill: false }).verdict,
+    subscribe: (topic: string) => hooks.authorizeSubscribe!({ client, identity, state, subscription: { topic, qos: 1 } as Subscription }).verdict,
     receive: (topic: string) => hooks.authorizeForward!({ client, identity, state, packet: { topic } as AedesPublishPacket }).verdict
   }
 }
@@ -60,4 +62,24 @@ t.test('a literal `r:` topic and a retained publish have separate memos', async 
   const second = await connection(device('d1'))
   t.equal(second.publish('r:devices/d1/state'), 'deny', 'the literal topic, asked first')
   t.equal(second.publish('devices/d1/state', true), 'allow', 'the retained state is not the literal topic\'s answer')
+})
+
+t.test('the hooks answer from the rules compiled at connect: subscribe by reach, delivery by rule', async (t) => {
+  const d = await connection(device('d1'))
+  t.equal(d.subscribe('devices/d1/commands/#'), 'allow', 'its commands with `#`')
+  t.equal(d.subscribe('devices/d1/#'), 'allow', 'its whole namespace')
+  t.equal(d.subscribe('devices/d2/#'), 'deny', 'another device\'s namespace')
+  t.equal(d.subscribe('#'), 'deny')
+  t.equal(d.receive('devices/d1/commands/reboot'), 'allow')
+  t.equal(d.receive('devices/d1/telemetry'), 'deny', 'its own telemetry is not for it to receive')
+})
+
+t.test('rules compiled anew (a status change) never meet the answers given under the old ones', async (t) => {
+  const d = await connection(device('d1'))
+  t.equal(d.publish('devices/d1/telemetry'), 'allow')
+  t.equal(d.receive('devices/d1/commands/reboot'), 'allow')
+  d.state.rules = compileRules(policy, { ...device('d1'), quarantined: true })
+  t.equal(d.publish('devices/d1/telemetry'), 'deny', 'the remembered publish answer is not reused')
+  t.equal(d.receive('devices/d1/commands/reboot'), 'deny', 'nor the remembered delivery answer')
+  t.equal(d.receive('devices/d1/config'), 'allow')
 })
