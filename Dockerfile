@@ -31,7 +31,7 @@ COPY schemas ./schemas
 COPY templates ./templates
 RUN useradd --system --uid 10001 --home /app jitp && mkdir -p /etc/aedes-jitp/certs && chown jitp /etc/aedes-jitp/certs
 USER jitp
-EXPOSE 8883 9100
+EXPOSE 8883 9100 9443
 # mount the PKI at /etc/aedes-jitp/certs (server.pem/key, device-ca.pem/key, claim-ca.pem, service-ca.pem, manufacturer-ca.pem)
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
   CMD node -e "fetch('http://127.0.0.1:'+(process.env.HTTP_PORT||9100)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"

@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net'
 import type { Server as HttpServer } from 'node:http'
 import type { Server as TlsServer } from 'node:tls'
 import { devPkiComplete, generateDevPki } from '../certs-dev/generate.js'
+import { activityPlugin } from '../plugins/activity.js'
 import { authorizationPlugin } from '../plugins/authorization.js'
 import { configAckPlugin } from '../plugins/config-ack.js'
 import { identityPlugin } from '../plugins/identity.js'
@@ -175,7 +176,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),
       await provisioningPlugin.setup(ctx, { policy, templates }),
-      await configAckPlugin.setup(ctx, undefined)
+      await configAckPlugin.setup(ctx, undefined),
+      // an observer: device activity (first/last seen, counters) for the admin API, batched to the registry
+      await activityPlugin.setup(ctx, undefined)
     ]
     for (const h of hooks) if (h.close) releases.push([`plugin ${h.name}`, () => h.close!()])
     const chain = installChain(ctx, hooks)

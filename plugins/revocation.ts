@@ -24,7 +24,7 @@ import type { RevocationNotice, RevocationQuery } from '../broker/store/registry
 /** sessions checked per registry round trip during a re-validation */
 const BATCH = 500
 
-type CloseCode = 'CertificateRevoked' | 'DeviceRevoked'
+type CloseCode = 'CertificateRevoked' | 'DeviceRevoked' | 'SessionRevalidated'
 
 function queryOf (peer: PeerCertificate): RevocationQuery {
   return { certificateId: peer.certificateId, issuerFingerprint: peer.issuerFingerprint, serialNumber: peer.serialNumber }
@@ -33,7 +33,10 @@ function queryOf (peer: PeerCertificate): RevocationQuery {
 /** which live sessions a notice concerns, and why */
 function matchNotice (notice: RevocationNotice, state: ConnectionState): CloseCode | null {
   const { peer, identity } = state
-  if (notice.deviceId !== null && identity?.role === 'device' && identity.name === notice.deviceId) return 'DeviceRevoked'
+  if (notice.deviceId !== null && identity?.role === 'device' && identity.name === notice.deviceId) {
+    // a quarantine or reinstatement (CONTRACT §3.7): the device reconnects under its new status
+    return notice.statusChanged === true ? 'SessionRevalidated' : 'DeviceRevoked'
+  }
   if (notice.certificateId !== null && peer.certificateId === notice.certificateId) return 'CertificateRevoked'
   if (notice.caFingerprint !== undefined && peer.issuerFingerprint === notice.caFingerprint) return 'CertificateRevoked'
   if (notice.issuerFingerprint !== undefined && peer.issuerFingerprint === notice.issuerFingerprint && peer.serialNumber === notice.serialNumber) return 'CertificateRevoked'
@@ -69,10 +72,11 @@ export const revocationPlugin: Plugin<undefined> = {
 
     function onRevocation (notice: RevocationNotice): void {
       epoch++
-      metrics.revocations.inc()
+      const statusChanged = notice.statusChanged === true
+      if (!statusChanged) metrics.revocations.inc()
       for (const [client, state] of sessions()) {
         const code = matchNotice(notice, state)
-        if (code !== null) closeSession(client, state, code, 'revocation notice')
+        if (code !== null) closeSession(client, state, code, statusChanged ? 'device status changed' : 'revocation notice')
       }
     }
 
@@ -147,6 +151,15 @@ export const revocationPlugin: Plugin<undefined> = {
       // areRevoked, not isRevoked: a device revoked meanwhile counts too
       if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber) || (await registry.areRevoked([queryOf(state.peer)]))[0] === true) {
         closeSession(client, state, 'CertificateRevoked', 'revoked while connecting')
+        return
+      }
+      // a status notice during the connect: the status the identity was built from may be stale
+      const identity = state.identity
+      if (identity?.role === 'device' && identity.name !== null) {
+        const device = await registry.getDevice(identity.name)
+        if (device !== null && (device.status === 'quarantined') !== (identity.quarantined === true)) {
+          closeSession(client, state, 'SessionRevalidated', 'device status changed while connecting')
+        }
       }
     }
 
