@@ -2,6 +2,7 @@
  * Turns the benchmark results into the markdown tables printed at the end of a
  * run and kept in docs/PERFORMANCE.md.
  */
+import type { AdminApiPagesResult } from './admin-pages.js'
 import type { RetainedLookupResult } from './retained-lookup.js'
 import type { OverloadResult, ScenarioResult } from './scenarios.js'
 
@@ -14,6 +15,8 @@ export interface BenchResults {
   issuance: { perSecond: number, count: number } | null
   retainedLookup: RetainedLookupResult | null
   noDelayOff: ScenarioResult | null
+  /** the admin API's device listing over HTTPS at fleet scale (bench/admin-pages.ts), Redis store */
+  adminPages: AdminApiPagesResult | null
   overload: Partial<Record<TargetKey, OverloadResult>>
   /** every fan-in round, keyed `<target> qos0|qos1`: delivered msg/s and broker CPU % */
   fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null }>>
@@ -132,6 +135,10 @@ export function renderReport (results: BenchResults): string {
   if (results.noDelayOff) {
     const on = results.targets['aedes-memory']?.scenarios.connectLatency
     extra.push(`- TCP_NODELAY: connect time p50 / p99 one at a time, bare Aedes listener with noDelay **on** ${fmt(on?.value ?? null)} / ${fmt(num(on?.detail.p99Ms))} ms, **off** ${fmt(results.noDelayOff.value)} / ${fmt(num(results.noDelayOff.detail.p99Ms))} ms; aedes-jitp (noDelay on) ${fmt(results.targets['jitp-memory']?.scenarios.connectLatency?.value ?? null)} ms.`)
+  }
+  if (results.adminPages) {
+    const a = results.adminPages
+    extra.push(`- Admin API, \`GET /v1/devices?limit=100\` over HTTPS (mutual TLS, one keep-alive connection) with ${a.devices.toLocaleString('en-US')} devices in the Redis registry, every page followed by cursor: ${a.pages} pages, p50 ${fmt(a.p50Ms)} ms, p99 ${fmt(a.p99Ms)} ms, max ${fmt(a.maxMs)} ms per page (bound: 100 ms); first request with its TLS handshake ${fmt(a.firstRequestMs)} ms.`)
   }
   out.push(...extra, '')
 

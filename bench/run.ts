@@ -6,7 +6,7 @@
  * writes every figure to bench/results-<timestamp>.json.
  *
  *   npm run bench                       the whole run (about 5 minutes)
- *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys)
+ *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, overload)
  *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning)
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
@@ -33,6 +33,7 @@ import { renderReport, type BenchResults, type TargetKey } from './report.js'
 import {
   connectLatency, connectRate, fanInThroughput, idleMemory, overload, pacedLatency, provisioningRate, type BenchEnv, type ScenarioResult
 } from './scenarios.js'
+import { benchAdminApiPages } from './admin-pages.js'
 
 const TOTAL_BUDGET_MS = 10 * 60 * 1000
 const SCENARIO_TIMEOUT_MS = 150_000
@@ -147,6 +148,7 @@ async function main (): Promise<void> {
     issuance: null,
     retainedLookup: null,
     noDelayOff: null,
+    adminPages: null,
     overload: {},
     fanInRounds: {},
     provisioningBuilt: withProvisioning,
@@ -277,6 +279,22 @@ async function main (): Promise<void> {
       } finally {
         await t.stop()
       }
+    }
+  }
+
+  // the admin API's device listing at fleet scale (issue 10): 10,000 devices, every page of 100 by cursor
+  if ((!only || only.includes('admin')) && !overBudget()) {
+    const redis = await startRedis()
+    const t = await child('jitp-redis-admin', { kind: 'jitp', store: 'redis', redisUrl: redis.url, certsDir })
+    try {
+      if (t.adminPort === null) throw new Error('the broker child reported no admin port')
+      results.adminPages = await benchAdminApiPages(redis.url, t.adminPort, { cert: read('admin-chain.pem'), key: read('admin.key'), ca: read('root-ca.pem') })
+      log(`admin API pages: ${JSON.stringify(results.adminPages)}`)
+    } catch (err) {
+      log(`admin API pages failed: ${(err as Error).message}`)
+    } finally {
+      await t.stop()
+      await redis.stop()
     }
   }
 
