@@ -39,6 +39,20 @@ function denialCounter (chain: ChainContext, rule: string): Counter {
   return counter
 }
 
+/**
+ * Whether `client` may receive `packet`: the same answer as a delivery, asked
+ * before one (broker/store/undeliverable.ts: not storing for a persistent session
+ * what it may never receive); nothing counted, nothing transformed.
+ */
+export function mayReceive (chain: ChainContext, client: Client, packet: AedesPublishPacket): boolean {
+  if (packet.topic === QUARANTINE_TOPIC) return false
+  const state = stateOf(client)
+  const identity = state?.identity
+  if (!state || !identity) return false
+  if (isReserved(packet.topic) && !chain.reserved.open(identity.role, 'receive', packet.topic)) return false
+  return forwardRefusal(chain, client, identity, state, packet) === null
+}
+
 function refuseReservedDelivery (chain: ChainContext, identity: Identity, packet: AedesPublishPacket): boolean {
   if (isReserved(packet.topic) && !chain.reserved.open(identity.role, 'receive', packet.topic)) {
     // `$SYS` and the broker's other `$` topics reach nobody, whatever the rules say
