@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { createPrivateKey, X509Certificate } from 'node:crypto'
-import { mkdtempSync, readFileSync, statSync, unlinkSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect, createServer, type TLSSocket } from 'node:tls'
@@ -11,7 +11,8 @@ import { openssl } from './openssl.js'
 const LEAVES = [
   { leaf: 'claim', ca: 'claim-ca', cn: 'claim-dev', purpose: 'sslclient' },
   { leaf: 'service', ca: 'service-ca', cn: 'backend-dev', purpose: 'sslclient' },
-  { leaf: 'manufacturer-device', ca: 'manufacturer-ca', cn: 'mfg-0001', purpose: 'sslclient' }
+  { leaf: 'manufacturer-device', ca: 'manufacturer-ca', cn: 'mfg-0001', purpose: 'sslclient' },
+  { leaf: 'admin', ca: 'admin-ca', cn: 'admin-dev', purpose: 'sslclient' }
 ] as const
 
 interface Outcome { authorized: boolean, peerCn: string | null, serverError: string | null, clientError: string | null }
@@ -81,7 +82,7 @@ async function checkPki (t: Test, rsa: boolean): Promise<void> {
   t.notOk(openssl(['verify', '-CAfile', at('root-ca.pem'), at('claim.pem')]).ok, 'a leaf alone does not reach the root')
 
   const bundle = readFileSync(at('ca-bundle.pem'), 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g) ?? []
-  t.same(bundle, ['root-ca', 'device-ca', 'claim-ca', 'service-ca', 'manufacturer-ca'].map((n) => readFileSync(at(`${n}.pem`), 'utf8')))
+  t.same(bundle, ['root-ca', 'device-ca', 'claim-ca', 'service-ca', 'manufacturer-ca', 'admin-ca'].map((n) => readFileSync(at(`${n}.pem`), 'utf8')))
   for (const { leaf, ca } of LEAVES) {
     t.equal(readFileSync(at(`${leaf}-chain.pem`), 'utf8'), readFileSync(at(`${leaf}.pem`), 'utf8') + readFileSync(at(`${ca}.pem`), 'utf8'))
   }
@@ -105,6 +106,22 @@ async function checkPki (t: Test, rsa: boolean): Promise<void> {
 
 t.test('EC P-256 development PKI', (t) => checkPki(t, false))
 t.test('RSA-2048 development PKI (--rsa)', (t) => checkPki(t, true))
+
+t.test('a dev PKI from before the admin API gets only the admin part, under its own root', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'dev-pki-admin-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  await generateDevPki({ outDir: out })
+  const at = (f: string): string => join(out, f)
+  for (const f of ['admin-ca.pem', 'admin-ca.key', 'admin.pem', 'admin.key', 'admin-chain.pem']) rmSync(at(f))
+  const kept = Object.fromEntries(['root-ca.pem', 'device-ca.pem', 'device-ca.key', 'service.pem'].map((f) => [f, readFileSync(at(f), 'utf8')]))
+  t.notOk(devPkiComplete(out))
+  await generateDevPki({ outDir: out })
+  t.ok(devPkiComplete(out), 'complete again')
+  for (const [f, text] of Object.entries(kept)) t.equal(readFileSync(at(f), 'utf8'), text, `${f} untouched: its devices stay valid`)
+  const v = openssl(['verify', '-x509_strict', '-purpose', 'sslclient', '-CAfile', at('root-ca.pem'), '-untrusted', at('admin-ca.pem'), at('admin.pem')])
+  t.ok(v.ok, `admin certificate chains to the existing root: ${v.output}`)
+  t.match(readFileSync(at('ca-bundle.pem'), 'utf8'), readFileSync(at('admin-ca.pem'), 'utf8').trim(), 'the bundle gains the admin CA')
+})
 
 t.test('concurrent generators into one directory leave one consistent PKI', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dev-pki-race-'))
