@@ -3,7 +3,7 @@
  * the mutual-TLS listener and the operations HTTP server. `close()` releases all
  * of it in reverse order.
  */
-import { Aedes } from 'aedes'
+import { Aedes, type AedesPublishPacket } from 'aedes'
 import type { AddressInfo } from 'node:net'
 import type { Server as HttpServer } from 'node:http'
 import type { Server as TlsServer } from 'node:tls'
@@ -35,6 +35,8 @@ import type { Registry } from './store/registry.js'
 import { within } from './store/redis.js'
 import { indexRetained } from './store/retained-index.js'
 import { createSessionStore } from './store/session-store.js'
+import { undeliverableFilter } from './store/undeliverable.js'
+import { liveClients } from './session.js'
 import { auditPublishNotStored, dropQueuedPacketsOnClean, failPublishVisibly, wrapPersistence, type AedesPersistence } from './store/wrappers.js'
 import { loadTrust } from './trust.js'
 
@@ -142,12 +144,15 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const flow = createFlowControl(config, { audit, metrics })
     releases.push(['flow control', () => flow.close()])
     // the persistence wrappers (broker/store/wrappers.ts), closest to the store first
+    // a message is not stored for a live subscriber that may not receive it (a wide filter such as devices/<id>/#)
+    const undeliverable = undeliverableFilter()
     const persistence = wrapPersistence(sessionStore.aedesOptions.persistence, [
       sessionStore.kind === 'memory' ? indexRetained : null,
       sessionStore.redis !== null ? dropQueuedPacketsOnClean(sessionStore.redis) : null,
       // personal data (broker/store/personal-data.ts): no x-pii value in clear in any stored copy
       personalDataWrapper(personalData),
       flow.boundSessionQueues,
+      undeliverable.skipUndeliverable,
       failPublishVisibly
     ])
     const broker = await Aedes.createBroker({
@@ -182,6 +187,10 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     ]
     for (const h of hooks) if (h.close) releases.push([`plugin ${h.name}`, () => h.close!()])
     const chain = installChain(ctx, hooks)
+    undeliverable.bind(function mayReceiveStored (clientId, packet) {
+      const client = liveClients(broker)[clientId]
+      return client ? chain.mayReceive(client, packet as unknown as AedesPublishPacket) : undefined
+    })
 
     // the listener (broker/listener.ts): handshake and CONNECT deadlines, limits at accept, packet-size guard, pre-auth audit
     const listener = createListener({ config, trust, broker, audit, metrics, log })

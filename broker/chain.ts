@@ -17,7 +17,7 @@ import type { Aedes, AedesPublishPacket, Client, ConnectPacket, PublishPacket, S
 import type { PluginContext, PluginHooks } from './plugin.js'
 import { authenticate, preConnect } from './chain/connect.js'
 import { createChainContext } from './chain/context.js'
-import { authorizeForward } from './chain/forward.js'
+import { authorizeForward, mayReceive } from './chain/forward.js'
 import { clientDisconnect, clientReady, keepaliveTimeout } from './chain/lifecycle.js'
 import { authorizePublish, published, report, type ErrorReport } from './chain/publish.js'
 import { authorizeSubscribe } from './chain/subscribe.js'
@@ -27,6 +27,8 @@ export { QUARANTINE_TOPIC, type ErrorReport } from './chain/publish.js'
 export interface Chain {
   /** publishes a rejection report to `devices/<id>/errors` (devices only) */
   report (client: Client, report: ErrorReport): void
+  /** whether `client` may receive `packet`, as a delivery would answer (nothing counted) */
+  mayReceive (client: Client, packet: AedesPublishPacket): boolean
 }
 
 export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[]): Chain {
@@ -56,6 +58,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
   ctx.broker.on('keepaliveTimeout', function onKeepaliveTimeout (client) { keepaliveTimeout(chain, client) })
 
   return {
-    report (client: Client, r: ErrorReport): void { report(chain, client, r) }
+    report (client: Client, r: ErrorReport): void { report(chain, client, r) },
+    mayReceive (client: Client, packet: AedesPublishPacket): boolean { return mayReceive(chain, client, packet) }
   }
 }

@@ -19,14 +19,6 @@ import { holdSession } from './session-owners.js'
 
 export interface IdentityOptions { readonly policy: Policy }
 
-// TODO(lead): move this field into `Identity` in broker/session.ts and delete the augmentation
-declare module '../broker/session.js' {
-  interface Identity {
-    /** a device whose registry status is `quarantined` (CONTRACT §3.7): its rules are fenced (policy.ts) */
-    readonly quarantined?: boolean
-  }
-}
-
 /** the device statuses that may connect; any other (revoked, or one added later) may not */
 const MAY_CONNECT: ReadonlySet<DeviceStatus> = new Set<DeviceStatus>(['active', 'quarantined'])
 

@@ -122,7 +122,8 @@ function drop (chain: ChainContext, client: Client, state: ConnectionState | und
   auditRefusal(chain, client, state, topic, refusal)
   report(chain, client, { topic, errorCode: refusal.code, errors: refusal.errors, at: chain.ctx.now() })
   for (const plugin of chain.hooks.rejected) plugin.rejected!({ client, identity: ev.identity, topic, code: refusal.code, errors: refusal.errors })
-  if (state) countOffence(chain, client, state)
+  // a quarantined device's telemetry is refused by design (CONTRACT §3.7): not an offence to disconnect it for
+  if (state && refusal.rule !== 'quarantine') countOffence(chain, client, state)
 }
 
 /** a request addressed to the broker itself (e.g. `$provision/...`), taken by a plugin */

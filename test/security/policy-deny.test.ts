@@ -12,6 +12,7 @@ import t from 'tap'
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { Redis } from 'ioredis'
 import { publishDeviceConfig } from '../../broker/config-store.js'
 import { defaultPolicy, type PolicyRule } from '../../plugins/policy.js'
 import {
@@ -154,4 +155,21 @@ t.test('redis: a deny rule also filters what was queued for an offline persisten
   await waitFor(() => got.some((m) => m.topic === 'devices/pq-1/telemetry'), 10_000, 'the queued telemetry')
   t.same(got.map((m) => m.topic), ['devices/pq-1/telemetry'], 'the queued secret was not delivered')
   await endClient(reader)
+})
+
+t.test('redis: a wide filter does not fill its own persistent queue with what it may not receive', async (t) => {
+  const tb = await startBroker({ store: 'redis', overrides: { POLICY_FILE: DENY_FIRST, SCHEMAS_DIR } })
+  t.teardown(() => tb.close())
+  const redis = new Redis(tb.redis!.url)
+  t.teardown(() => { redis.disconnect() })
+  const device = await connect(tb, await registerDevice(tb, 'pw-1'), { clientId: 'pw-1', clean: false })
+  t.same(await subscribe(device, 'devices/pw-1/#'), [1])
+  const got = collect(device)
+  // its own telemetry matches its filter, and is not its to receive: nothing may be queued for it
+  for (let i = 0; i < 5; i++) await publish(device, 'devices/pw-1/telemetry', telemetry(i), { qos: 1 })
+  await publishDeviceConfig(tb.handle.broker, tb.handle.audit, 'pw-1', 2, { interval: 5 })
+  await waitFor(() => got.some((m) => m.topic === 'devices/pw-1/config'), 10_000, 'its config, which it may receive')
+  t.equal(await redis.llen('outgoing:pw-1'), 0, 'no undeliverable copy left in the session queue')
+  t.same(got.map((m) => m.topic), ['devices/pw-1/config'])
+  await endClient(device)
 })
