@@ -29,7 +29,13 @@ const IN_FLIGHT = 64
 const DISCONNECT_AFTER_MS = 2500
 const FLOOD_MS = 8000
 const MAX_MESSAGES_PER_DEVICE = 20_000
-const RSS_LIMIT = 300 * 1024 * 1024
+/**
+ * what the flood may add to the broker's RSS: bounded by the in-flight window and the
+ * session queue, not by the messages sent. Measured from the broker's own baseline
+ * (which grows with the code it loads: the admin API added about 10 MB), so the
+ * bound is about the flood, not the build. Seen here: +125 to +175 MB with Redis.
+ */
+const RSS_GROWTH_LIMIT = 220 * 1024 * 1024
 
 const telemetry = (seq: number): string =>
   JSON.stringify({ ts: Date.now(), seq, values: { temperature: 21.5, humidity: 40.2, pressure: 1013.25, battery: 3.71, door: 'closed', motion: false } })
@@ -122,8 +128,9 @@ for (const store of STORES) {
     const devices: Array<{ id: string, client: MqttClient }> = []
     for (const id of ids) devices.push({ id, client: await connect(tb, creds.get(id)!, { clientId: id }) })
 
-    let peakRss = procUsage(broker.pid)?.rssBytes ?? 0
-    t.comment(`baseline rss ${Math.round(peakRss / 1048576)} MB`)
+    const baselineRss = procUsage(broker.pid)?.rssBytes ?? 0
+    let peakRss = baselineRss
+    t.comment(`baseline rss ${Math.round(baselineRss / 1048576)} MB`)
     const sampler = setInterval(() => { peakRss = Math.max(peakRss, procUsage(broker.pid)?.rssBytes ?? 0) }, 100)
     t.teardown(() => clearInterval(sampler))
 
@@ -139,7 +146,8 @@ for (const store of STORES) {
 
     t.equal(broker.exitStatus(), null, 'the broker process is alive')
     t.ok(sent > LIMIT * 4, `the flood published well past the limit (${sent})`)
-    t.ok(peakRss > 0 && peakRss <= RSS_LIMIT, `broker RSS stayed at or below 300 MB (peak ${Math.round(peakRss / 1048576)} MB)`)
+    t.ok(baselineRss > 0 && peakRss - baselineRss <= RSS_GROWTH_LIMIT,
+      `broker RSS grew by at most ${RSS_GROWTH_LIMIT / 1048576} MB (${Math.round(baselineRss / 1048576)} → peak ${Math.round(peakRss / 1048576)} MB)`)
     const health = await fetch(`http://127.0.0.1:${httpPort}/healthz`)
     t.equal(health.status, 200, 'the broker answers /healthz afterwards')
 
