@@ -37,7 +37,7 @@ import { indexRetained } from './store/retained-index.js'
 import { createSessionStore } from './store/session-store.js'
 import { undeliverableFilter } from './store/undeliverable.js'
 import { liveClients } from './session.js'
-import { auditPublishNotStored, dropQueuedPacketsOnClean, failPublishVisibly, wrapPersistence, type AedesPersistence } from './store/wrappers.js'
+import { auditPublishNotStored, dropQueuedPacketsOnClean, failEmitVisibly, failPublishVisibly, wrapPersistence, type AedesPersistence } from './store/wrappers.js'
 import { loadTrust } from './trust.js'
 
 export interface BuildOptions {
@@ -157,6 +157,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     ])
     const broker = await Aedes.createBroker({
       ...sessionStore.aedesOptions,
+      ...(sessionStore.aedesOptions.mq ? { mq: failEmitVisibly(sessionStore.aedesOptions.mq) } : {}),
       persistence,
       ...flow.aedesOptions,
       queueLimit: config.queueLimit,

@@ -70,6 +70,23 @@ export class PublishNotStoredError extends JitpError {
 }
 
 /**
+ * Answers: with Redis, a publish also goes out on pub/sub (mqemitter-redis) to the
+ * other broker processes; when Redis dies that step can fail before (or instead of)
+ * the store's, and Aedes then closes the publisher with the emitter's bare error:
+ * not acknowledged (right), but neither counted nor audited. Marked here like a
+ * failed store, so the same 'clientError' listener counts and audits it.
+ */
+export function failEmitVisibly<M> (mq: M): M {
+  const emitter = mq as unknown as { emit (packet: { topic: string }, done?: (err?: Error | null) => void): unknown }
+  const emit = emitter.emit.bind(emitter)
+  emitter.emit = function emitOrFail (packet, done) {
+    if (!done) return emit(packet)
+    return emit(packet, (err) => done(err ? new PublishNotStoredError('emit', packet.topic, err) : err))
+  }
+  return mq
+}
+
+/**
  * Answers: a QoS 1 message that could not be stored (Redis down, killed mid-write)
  * must be neither acknowledged nor lost silently. The Aedes patch already fails
  * the publish (no PUBACK, the client is closed and resends after reconnecting,

@@ -50,7 +50,9 @@ t.test('Redis SIGKILLed mid-stream: every acknowledged message delivered, the re
   t.equal(acknowledged.size, MESSAGES, 'the client resent what was not acknowledged until all 2,000 were')
 
   const notStored = (await tb.handle.metrics.publishesNotStored.get()).values[0]?.value ?? 0
-  t.ok(notStored >= 1, `failed stores counted (${notStored})`)
+  // on failure, say how the device was closed instead
+  const closings = tb.audit.lines.filter((l) => l.clientId === DEVICE && /disconnect|closed|refused/.test(String(l.event))).map((l) => `${String(l.event)}:${String(l.errorCode ?? l.reason)}`)
+  t.ok(notStored >= 1, `failed stores counted (${notStored}; the device's closings: ${closings.slice(0, 5).join(', ')})`)
   const lines = tb.events('connection.closed').filter((l) => l.errorCode === 'PublishNotStored')
   t.ok(lines.length >= 1, 'and audited as PublishNotStored')
   t.equal(lines[0]?.clientId, DEVICE, 'for the publishing device')
