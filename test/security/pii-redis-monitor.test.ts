@@ -23,13 +23,19 @@ const SCHEMAS_DIR = piiSchemasDir()
 
 t.test('MONITOR shows no x-pii value, no ownership token and no CSR', async (t) => {
   const redis = await startRedisServer()
+  // MONITOR first, on a quiet Redis: ioredis cannot tell another client's command echoed
+  // while its MONITOR is starting from a reply ("Command queue state error")
+  const watcher = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  const monitor = await watcher.monitor()
+  const probe = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+  const seen: string[] = []
+  monitor.on('monitor', (_time: string, args: string[]) => { seen.push(args.join(' ')) })
+  await probe.echo('monitor-probe')
+  await waitFor(() => seen.some((l) => l.includes('monitor-probe')), 5000, 'MONITOR to start')
   // default policy: services hold `pii`
   const a = await startBroker({ store: 'redis', redis, overrides: { SCHEMAS_DIR } })
   const b = await startBrokerProcess({ redisUrl: redis.url, pki: a.pki, overrides: { SCHEMAS_DIR } })
   const onB = { port: b.port, pki: a.pki }
-  const watcher = new Redis(redis.url, { maxRetriesPerRequest: 1 })
-  const monitor = await watcher.monitor()
-  const probe = new Redis(redis.url, { maxRetriesPerRequest: 1 })
   // one teardown, in order: the watchers, the brokers, and Redis last (a broker closing
   // against a Redis already gone would wait on its retries)
   t.teardown(async () => {
@@ -38,10 +44,6 @@ t.test('MONITOR shows no x-pii value, no ownership token and no CSR', async (t) 
     await a.close()
     await redis.stop()
   })
-  const seen: string[] = []
-  monitor.on('monitor', (_time: string, args: string[]) => { seen.push(args.join(' ')) })
-  await probe.echo('monitor-probe')
-  await waitFor(() => seen.some((l) => l.includes('monitor-probe')), 5000, 'MONITOR to start')
 
   const deviceId = 'mon-1'
   const stateTopic = `devices/${deviceId}/state`
