@@ -52,6 +52,8 @@ const configSchema = {
     CONNECT_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
     AUDIT_AGGREGATE_SECONDS: { type: 'integer', minimum: 1, default: 10 },
     SESSION_REVALIDATE_SECONDS: { type: 'integer', minimum: 1, default: 60 },
+    // configuration lifecycle (CONTRACT §9): a version not acknowledged this long after delivery is rolled back
+    CONFIG_ACK_TIMEOUT_SECONDS: { type: 'integer', minimum: 1, default: 300 },
     // device activity (first/last seen, counters) is written at most this often per device
     ACTIVITY_FLUSH_MS: { type: 'integer', minimum: 100, default: 5000 },
     // the audit stream shared by every process (Redis store), capped at about this many entries
@@ -107,6 +109,7 @@ export interface Config {
   readonly sessionRevalidateSeconds: number
   /** 32-byte key for personal data kept in the session store; derived from the device CA key when unset */
   readonly piiKey: string | undefined
+  readonly configAckTimeoutSeconds: number
   readonly activityFlushMs: number
   readonly auditStreamMaxLen: number
   readonly auditMemoryLines: number
@@ -223,6 +226,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     auditAggregateSeconds: c.AUDIT_AGGREGATE_SECONDS,
     sessionRevalidateSeconds: c.SESSION_REVALIDATE_SECONDS,
     piiKey: c.PII_KEY,
+    configAckTimeoutSeconds: c.CONFIG_ACK_TIMEOUT_SECONDS,
     activityFlushMs: c.ACTIVITY_FLUSH_MS,
     auditStreamMaxLen: c.AUDIT_STREAM_MAXLEN,
     auditMemoryLines: c.AUDIT_MEMORY_LINES

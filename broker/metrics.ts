@@ -24,6 +24,14 @@ export interface Metrics {
   readonly provisioningRejections: Counter<'errorCode'>
   readonly revocations: Counter
   readonly storeUp: Gauge
+  // configuration lifecycle (CONTRACT §9)
+  /** acknowledgements and timeouts of configuration versions, by outcome (applied, failed, timeout, stale) */
+  readonly configAcks: Counter<'status'>
+  readonly configRollbacks: Counter<'reason'>
+  /** devices by the status of their current configuration version (current, pending, failed), as this process last counted them */
+  readonly configStatus: Gauge<'status'>
+  /** devices of each running rollout by state (targeted, published, applied, failed, timedOut, pending) */
+  readonly rolloutDevices: Gauge<'rollout' | 'state'>
 }
 
 export function createMetrics (): Metrics {
@@ -46,6 +54,10 @@ export function createMetrics (): Metrics {
     registrations: new Counter({ name: p + 'registrations_total', help: 'Devices registered by template', labelNames: ['template'], registers: [registry] }),
     provisioningRejections: new Counter({ name: p + 'provisioning_rejections_total', help: 'Provisioning rejections by error code', labelNames: ['errorCode'], registers: [registry] }),
     revocations: new Counter({ name: p + 'revocations_total', help: 'Revocations applied', registers: [registry] }),
-    storeUp: new Gauge({ name: p + 'store_up', help: '1 when the session/registry store answers', registers: [registry] })
+    storeUp: new Gauge({ name: p + 'store_up', help: '1 when the session/registry store answers', registers: [registry] }),
+    configAcks: new Counter({ name: p + 'config_acks_total', help: 'Configuration acknowledgements by outcome (applied, failed, timeout, stale)', labelNames: ['status'], registers: [registry] }),
+    configRollbacks: new Counter({ name: p + 'config_rollbacks_total', help: 'Configuration rollbacks by reason (failed, timeout, operator, rollout)', labelNames: ['reason'], registers: [registry] }),
+    configStatus: new Gauge({ name: p + 'config_devices', help: 'Devices by configuration status (current, pending, failed)', labelNames: ['status'], registers: [registry] }),
+    rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry] })
   }
 }
