@@ -20,6 +20,7 @@ export type AuditEvent =
   | 'provision.certificate.issued' | 'provision.accepted' | 'provision.rejected'
   | 'device.registered' | 'device.revoked' | 'device.quarantined' | 'device.reinstated' | 'certificate.revoked' | 'ca.revoked' | 'crl.loaded' | 'crl.rejected'
   | 'config.published' | 'config.acknowledged' | 'config.rolledback'
+  | 'rollout.started' | 'rollout.advanced' | 'rollout.paused' | 'rollout.resumed' | 'rollout.aborted' | 'rollout.completed'
   | 'queue.dropped' | 'claim.session.expired' | 'session.takeover'
   | 'broker.started' | 'broker.stopped'
   | 'admin.request'
@@ -46,12 +47,15 @@ export interface AuditFields {
   /** admin.request: the HTTP method and the request path with its query (admin URLs carry no secrets) */
   method?: string | undefined
   url?: string | undefined
+  /** configuration lifecycle (CONTRACT §9): the rollout, and the version a rollback went back to */
+  rolloutId?: string | undefined
+  fromVersion?: number | undefined
 }
 
 const ALLOWED: ReadonlyArray<keyof AuditFields> = [
   'clientId', 'deviceId', 'role', 'certificateId', 'remoteAddress', 'topic', 'reason',
   'errorCode', 'statusCode', 'template', 'version', 'count', 'qos', 'brokerId', 'actor', 'issuer', 'serialNumber',
-  'method', 'url'
+  'method', 'url', 'rolloutId', 'fromVersion'
 ]
 
 /** Caps attacker-chosen strings (client ids, topics) so one line stays one line of sane size. */

@@ -77,6 +77,12 @@ export const Errors = Object.freeze({
   NotFound: entry('NotFound', 'no such resource', { httpStatus: 404 }),
   DeviceNotFound: entry('DeviceNotFound', 'no such device', { httpStatus: 404 }),
   InvalidCursor: entry('InvalidCursor', 'cursor is malformed or from another listing', { httpStatus: 400 }),
+  // configuration lifecycle (CONTRACT §9)
+  InvalidConfiguration: entry('InvalidConfiguration', 'configuration is invalid', { httpStatus: 400 }),
+  VersionNotFound: entry('VersionNotFound', 'no such configuration version in the history', { httpStatus: 404 }),
+  NoLastKnownGood: entry('NoLastKnownGood', 'the device has no version acknowledged as applied to roll back to', { httpStatus: 409 }),
+  RolloutNotFound: entry('RolloutNotFound', 'no such rollout', { httpStatus: 404 }),
+  RolloutStateConflict: entry('RolloutStateConflict', 'the rollout is not in a state that allows this', { httpStatus: 409 }),
   // start-up
   InvalidConfig: entry('InvalidConfig', 'invalid configuration')
 })

@@ -29,6 +29,10 @@ export interface Template {
   readonly deviceIdPattern: string
   readonly configuration: Readonly<Record<string, unknown>>
   readonly reprovision: 'deny' | 'replace'
+  /** CONTRACT §9: the template's own check of every configuration (compiled once), null when it has none */
+  readonly validateConfig: ValidateFunction | null
+  /** overrides CONFIG_ACK_TIMEOUT_SECONDS for this template's devices */
+  readonly configAckTimeoutSeconds: number | null
   /** allow-list: parameter name → accepted values */
   readonly allowList: Readonly<Record<string, readonly string[]>> | null
   readonly hook: PreProvisioningHook | null
@@ -46,6 +50,9 @@ const templateSchema = {
     deviceId: { type: 'string', minLength: 1, maxLength: 256 },
     configuration: { type: 'object' },
     reprovision: { enum: ['deny', 'replace'] },
+    // configuration lifecycle (CONTRACT §9): a JSON Schema every configuration of this template must meet, and its ack timeout
+    configSchema: { type: 'object' },
+    configAckTimeoutSeconds: { type: 'integer', minimum: 1, maximum: 86400 },
     preProvisioningCheck: {
       type: 'object',
       additionalProperties: false,
@@ -69,6 +76,8 @@ interface TemplateFile {
   deviceId: string
   configuration: Record<string, unknown>
   reprovision?: 'deny' | 'replace'
+  configSchema?: Record<string, unknown>
+  configAckTimeoutSeconds?: number
   preProvisioningCheck?: { allow?: Record<string, string[]>, module?: string }
   manufacturerCas?: 'all' | string[]
 }
@@ -101,6 +110,18 @@ export async function loadTemplates (dir: string): Promise<ReadonlyMap<string, T
     } catch (err) {
       throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}: parameters is not a valid JSON Schema (${(err as Error).message})`)
     }
+    let validateConfig: ValidateFunction | null = null
+    if (t.configSchema) {
+      try {
+        validateConfig = ajv.compile(t.configSchema)
+      } catch (err) {
+        throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}: configSchema is not a valid JSON Schema (${(err as Error).message})`)
+      }
+      if (!validateConfig(t.configuration)) {
+        const e = validateConfig.errors?.[0]
+        throw new JitpError('InvalidConfig', `TEMPLATES_DIR: ${path}: configuration${e?.instancePath ?? ''} breaks configSchema (${e?.message ?? 'invalid'})`)
+      }
+    }
     let hook: PreProvisioningHook | null = null
     const modulePath = t.preProvisioningCheck?.module
     if (modulePath) {
@@ -116,6 +137,8 @@ export async function loadTemplates (dir: string): Promise<ReadonlyMap<string, T
       deviceIdPattern: t.deviceId,
       configuration: Object.freeze(t.configuration),
       reprovision: t.reprovision ?? 'deny',
+      validateConfig,
+      configAckTimeoutSeconds: t.configAckTimeoutSeconds ?? null,
       allowList: t.preProvisioningCheck?.allow ?? null,
       hook,
       manufacturerCas: t.manufacturerCas === 'all' ? 'all' : (t.manufacturerCas?.map((f) => f.replaceAll(':', '').toLowerCase()) ?? null)
