@@ -25,6 +25,8 @@ import type { Template } from '../../plugins/provisioning/templates.js'
 import { errorSchema } from './schemas.js'
 import { auditRoutes } from './routes/audit.js'
 import { certificateRoutes } from './routes/certificates.js'
+import { configRoutes, type ConfigApi } from './routes/config.js'
+import { rolloutRoutes, type RolloutsApi } from './routes/rollouts.js'
 import { deviceRoutes } from './routes/devices.js'
 import { templateRoutes } from './routes/templates.js'
 
@@ -42,6 +44,9 @@ export interface AdminDeps {
   readonly persistence: Pick<AedesPersistence, 'createRetainedStreamCombi'>
   readonly log: AppLogger
   readonly now: () => number
+  /** the configuration lifecycle (CONTRACT §9); its routes are served when both are given */
+  readonly configs?: ConfigApi | undefined
+  readonly rollouts?: RolloutsApi | undefined
 }
 
 declare module 'fastify' {
@@ -113,7 +118,7 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
         version: '1',
         description: 'Operators\' control plane (CONTRACT §8). HTTPS with mutual TLS: only client certificates issued by the admin CA (admin-ca.pem) are accepted. Errors are `{statusCode, errorCode, errorMessage}` with codes from the broker\'s error catalogue. Collections are paginated with `limit` and `cursor` (the previous page\'s `nextCursor`).'
       },
-      tags: [{ name: 'devices' }, { name: 'certificates' }, { name: 'templates' }, { name: 'audit' }]
+      tags: [{ name: 'devices' }, { name: 'certificates' }, { name: 'templates' }, { name: 'audit' }, { name: 'config' }, { name: 'rollouts' }]
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => typeof json.$id === 'string' ? json.$id : `def-${i}` }
   })
@@ -158,6 +163,11 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
   await app.register(certificateRoutes(deps))
   await app.register(templateRoutes(deps))
   await app.register(auditRoutes(deps))
+  if (deps.configs && deps.rollouts) {
+    const lifecycle = { ...deps, configs: deps.configs, rollouts: deps.rollouts }
+    await app.register(configRoutes(lifecycle))
+    await app.register(rolloutRoutes(lifecycle))
+  }
   await app.ready()
 
   return {

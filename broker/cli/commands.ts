@@ -10,7 +10,9 @@ const USAGE = [
   '  devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id>',
   '  certificates list [--device ID] [--status S] [--expiring-within-days N] | revoke <id> | revoke --issuer <fp> --serial <hex> | revoke --ca <fp>',
   '  audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]',
-  'fleet commands (devices, certificates, audit without FILE) talk to the admin API: --admin-url URL (default https://127.0.0.1:$ADMIN_PORT),',
+  '  config get|set|history|rollback <deviceId> | config get|set --template NAME',
+  '  rollout start|status [--watch]|list|pause|resume|abort',
+  'fleet commands (devices, certificates, config, rollout, audit without FILE) talk to the admin API: --admin-url URL (default https://127.0.0.1:$ADMIN_PORT),',
   '  --cert/--key/--ca (default: the dev admin certificate in $CERTS_DIR), --json for scripts'
 ].join('\n')
 
@@ -22,6 +24,8 @@ export async function runCommand (argv: string[]): Promise<number | null> {
     case 'devices': return (await import('./devices.js')).devicesCommand(rest)
     case 'certificates': return (await import('./certificates.js')).certificatesCommand(rest)
     case 'audit': return (await import('./audit.js')).auditCommand(rest)
+    case 'config': return (await import('./config.js')).configCommand(rest)
+    case 'rollout': return (await import('./rollout.js')).rolloutCommand(rest)
     case '--help':
     case 'help':
       process.stdout.write(USAGE + '\n')
