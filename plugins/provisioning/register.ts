@@ -11,7 +11,7 @@
 import { setTimeout as delay } from 'node:timers/promises'
 import type { Aedes } from 'aedes'
 import type { Audit } from '../../broker/audit.js'
-import { configTopic, publishDeviceConfig } from '../../broker/config-store.js'
+import { configTopic, publishInitialConfig } from '../../broker/config-store.js'
 import { JitpError } from '../../broker/errors.js'
 import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
 import type { IssuedCertificate, Issuer } from '../../pki/certificate.js'
@@ -122,7 +122,7 @@ async function checkReprovision (deps: RegistrationDeps, c: Commit): Promise<voi
  */
 async function publishConfig (deps: RegistrationDeps, c: Commit): Promise<void> {
   if (c.replacing) return
-  await publishDeviceConfig(deps.broker, deps.audit, c.device.deviceId, 1, c.device.template.configuration)
+  await publishInitialConfig(deps, c.device.deviceId, c.device.template)
   c.configPublished = true
 }
 
@@ -133,7 +133,7 @@ async function publishConfig (deps: RegistrationDeps, c: Commit): Promise<void> 
  */
 async function publishReplacedConfig (deps: RegistrationDeps, c: Commit): Promise<void> {
   if (!c.replacing) return
-  await publishDeviceConfig(deps.broker, deps.audit, c.device.deviceId, 1, c.device.template.configuration)
+  await publishInitialConfig(deps, c.device.deviceId, c.device.template)
 }
 
 /** The one step that writes the registry: token, device and certificates, all or nothing. */
