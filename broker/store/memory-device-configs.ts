@@ -25,8 +25,8 @@ const copy = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T
 
 export interface MemoryDeviceConfigStoreOptions {
   /** the lease clock (Redis uses its own) */
-  now?: () => number
-  onError?: (err: Error) => void
+  now?: (() => number) | undefined
+  onError?: ((err: Error) => void) | undefined
 }
 
 export class MemoryDeviceConfigStore implements DeviceConfigStore {
@@ -56,8 +56,8 @@ export class MemoryDeviceConfigStore implements DeviceConfigStore {
 
   async commit (deviceId: string, input: CommitInput): Promise<ConfigVersion | null> {
     const entry = this.#devices.get(deviceId)
-    const currentVersion = entry?.current?.version ?? null
-    if (input.expectedVersion !== undefined && input.expectedVersion !== currentVersion) return null
+    // versions start at 1: an expected 0 means "none yet", as null does (and as on Redis)
+    if (input.expectedVersion !== undefined && (input.expectedVersion ?? 0) !== (entry?.current?.version ?? 0)) return null
     const config = copy(input.config)
     const version: ConfigVersion = {
       deviceId,
