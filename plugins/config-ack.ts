@@ -14,6 +14,7 @@
  */
 import type { Client } from 'aedes'
 import type { ConfigService } from '../broker/config-service.js'
+import type { AuditFields } from '../broker/audit.js'
 import type { Plugin, PluginContext, PluginHooks } from '../broker/plugin.js'
 import type { DeviceConfigStore } from '../broker/store/device-configs.js'
 
@@ -101,25 +102,43 @@ function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = 
     })
   }
 
-  /** back to the last known good, unless something newer was committed meanwhile */
-  async function rollBack (deviceId: string, version: number, kind: 'failed' | 'timeout', reason: string): Promise<void> {
+  type Plan = { readonly toVersion: number } | { readonly skip: string, readonly errorCode?: 'NoLastKnownGood' | 'VersionNotFound' }
+
+  /** where a failed or timed-out `version` goes back to: the last known good, if that changes anything */
+  async function planRollback (deviceId: string, version: number): Promise<Plan> {
     const state = await store.getState(deviceId)
-    if (state?.lastKnownGood == null) {
-      // version 1 (or everything since) never applied: nothing to go back to, the device keeps it
-      audit.write('config.rolledback', { deviceId, version, errorCode: 'NoLastKnownGood', reason: `not rolled back: ${reason}; no version was ever applied` }, 'warn')
-      return
-    }
-    const v = await service.rollback(deviceId, { author: 'rollback', reason, kind, expectedVersion: version })
+    if (!state?.current || state.current.version !== version) return { skip: 'a newer version was committed meanwhile' }
+    // version 1 (or everything since) never applied: nothing to go back to, the device keeps it
+    if (state.lastKnownGood === null) return { skip: 'no version was ever applied', errorCode: 'NoLastKnownGood' }
+    const good = await store.getVersion(deviceId, state.lastKnownGood)
+    if (good === null) return { skip: `the last known good version ${state.lastKnownGood} is no longer in the history`, errorCode: 'VersionNotFound' }
+    // a device that fails (or ignores) what it applied before would otherwise be rolled back again and again
+    if (good.hash === state.current.hash) return { skip: `it already has the last known good content (version ${good.version})` }
+    return { toVersion: good.version }
+  }
+
+  /**
+   * One audit line per outcome (config.acknowledged: applied, failed, stale,
+   * timeout; with why nothing was rolled back when nothing was), then the rollback,
+   * audited config.rolledback by the service. Only if the failed version is still
+   * the current one: an operator's newer version is left alone.
+   */
+  async function settle (deviceId: string, version: number, kind: 'failed' | 'timeout', fields: AuditFields, reason: string): Promise<void> {
+    const plan = await planRollback(deviceId, version)
+    const skipped = 'skip' in plan ? `; not rolled back: ${plan.skip}` : ''
+    audit.write('config.acknowledged', { ...fields, reason: reason + skipped, errorCode: 'skip' in plan ? plan.errorCode : undefined }, 'warn')
+    if ('skip' in plan) return
+    const v = await service.rollback(deviceId, { toVersion: plan.toVersion, author: 'rollback', reason, kind, expectedVersion: version })
     if (v === null) log.info({ deviceId, version }, 'config: not rolled back, a newer version was committed meanwhile')
   }
 
   async function acknowledged (deviceId: string, clientId: string | undefined, topic: string, ack: Ack): Promise<void> {
     const outcome = await store.recordAck(deviceId, ack.version, ack.status, ctx.now())
-    const fields = { clientId, deviceId, role: 'device', topic, version: ack.version }
+    const fields: AuditFields = { clientId, deviceId, role: 'device', topic, version: ack.version }
     if (outcome.result === 'duplicate') return
     if (outcome.result === 'stale') {
       metrics.configAcks.inc({ status: 'stale' })
-      audit.write('config.acknowledged', { ...fields, reason: `stale: ${ack.status} of version ${ack.version}, current is ${outcome.current ?? 'none'}` }, 'warn')
+      audit.write('config.acknowledged', { ...fields, reason: `stale: ${ack.status} of version ${ack.version}, current is ${outcome.current ?? 'none'}; ignored` }, 'warn')
       return
     }
     metrics.configAcks.inc({ status: ack.status })
@@ -128,8 +147,7 @@ function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = 
       return
     }
     const error = (ack.error ?? 'no error given').slice(0, MAX_ERROR_TEXT)
-    audit.write('config.acknowledged', { ...fields, reason: `failed: ${error}` }, 'warn')
-    await rollBack(deviceId, ack.version, 'failed', `device reported failed: ${error}`)
+    await settle(deviceId, ack.version, 'failed', fields, `device reported failed: ${error}`)
   }
 
   let scanning = false
@@ -145,7 +163,7 @@ function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = 
       if (c.deliveredAt > now - timeoutMs) continue
       if (!await store.claimTimeout(c.deviceId, c.version, now)) continue
       metrics.configAcks.inc({ status: 'timeout' })
-      await rollBack(c.deviceId, c.version, 'timeout', `no acknowledgement within ${timeoutMs / 1000} s`)
+      await settle(c.deviceId, c.version, 'timeout', { deviceId: c.deviceId, version: c.version }, `no acknowledgement within ${timeoutMs / 1000} s`)
     }
     if (++scans % GAUGE_EVERY_SCANS === 1) {
       const counts = await store.countByStatus()
