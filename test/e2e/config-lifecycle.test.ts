@@ -205,6 +205,11 @@ for (const kind of STORES) {
       const back = await away.got(3, TIMEOUT_MS + 3000)
       t.ok(back.at - got.at >= TIMEOUT_MS, `rolled back ${back.at - got.at} ms after it received version 2`)
       t.same(back.config, { interval: 10 })
+      // ignoring its last known good content too: audited, not rolled back again and again
+      await waitFor(() => tb.events('config.acknowledged').some((l) => l.deviceId === 'cfg-away' && l.version === 3), TIMEOUT_MS + 3000, 'the timeout of version 3')
+      t.match(tb.events('config.acknowledged').find((l) => l.deviceId === 'cfg-away' && l.version === 3),
+        { reason: /^no acknowledgement within 1 s; not rolled back: it already has the last known good content \(version 1\)/ })
+      t.match(await service.state('cfg-away'), { current: { version: 3 }, status: 'failed' }, 'no version 4')
       await endClient(away.client)
       await endClient(silent.client)
     })
