@@ -22,6 +22,7 @@ import { createPiiCipher, piiKeyFrom } from './pii-crypto.js'
 import { createPersonalData, personalDataWrapper } from './store/personal-data.js'
 import { createAdminServer } from './admin/server.js'
 import { createAudit, type Audit } from './audit.js'
+import { createConfigService, type ConfigService } from './config-service.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
 import { createFlowControl } from './flow-control.js'
@@ -34,6 +35,8 @@ import { createRegistry } from './store/create-registry.js'
 import type { Registry } from './store/registry.js'
 import { within } from './store/redis.js'
 import { indexRetained } from './store/retained-index.js'
+import { createDeviceConfigStore } from './store/create-device-configs.js'
+import type { DeviceConfigStore } from './store/device-configs.js'
 import { createSessionStore } from './store/session-store.js'
 import { undeliverableFilter } from './store/undeliverable.js'
 import { liveClients } from './session.js'
@@ -61,6 +64,8 @@ export interface BrokerHandle {
   readonly httpPort: number
   /** null when the admin API is off (no admin CA) */
   readonly adminPort: number | null
+  readonly configs: ConfigService
+  readonly configStore: DeviceConfigStore
   ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
   close (): Promise<void>
 }
@@ -133,6 +138,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     if (!config.redisUrl) log.warn('REDIS_URL is not set: in-memory store, nothing survives a restart')
     const registry = createRegistry({ redisUrl: config.redisUrl, now, onError: onStoreError })
     releases.push(['registry', () => registry.close()])
+    // the configuration store (CONTRACT §9): versions, acks, rollouts; Redis when set
+    const configStore = createDeviceConfigStore({ redisUrl: config.redisUrl, onError: onStoreError, now })
+    releases.push(['config store', () => configStore.close()])
     const sessionStore = createSessionStore(config.redisUrl, onStoreError, {
       packetTtlSeconds: config.packetTtlSeconds,
       // a reconnecting session gets its whole bounded queue, not the store's default 1000
@@ -174,6 +182,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(['aedes', () => new Promise<void>((resolve) => broker.close(() => resolve())), RELEASE_BROKER_MS])
 
     const ctx: PluginContext = Object.freeze({ config, broker, registry, trust, audit, log, metrics, now })
+    // the configuration lifecycle (broker/config-service.ts, broker/rollouts.ts): one service for registration, acks, the admin API and rollouts
+    const configs = createConfigService({ ctx, store: configStore, templates, catalogue })
+    releases.push(['config service', () => configs.close()])
     // the fixed order of the chain: revocation → identity → authorization → validation → provisioning → observers
     const hooks: PluginHooks[] = [
       // first: a revoked certificate (any role, registry list or CRL) is denied before anyone looks it up
@@ -181,8 +192,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await identityPlugin.setup(ctx, { policy }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),
-      await provisioningPlugin.setup(ctx, { policy, templates }),
-      await configAckPlugin.setup(ctx, undefined),
+      await provisioningPlugin.setup(ctx, { policy, templates, configs }),
+      await configAckPlugin.setup(ctx, { service: configs, store: configStore }),
       // an observer: device activity (first/last seen, counters) for the admin API, batched to the registry
       await activityPlugin.setup(ctx, undefined)
     ]
@@ -222,7 +233,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     if (trust.admin) {
       const admin = await createAdminServer({
         config, trust: trust.admin, serverCertPem: trust.serverCertPem, serverKeyPem: trust.serverKeyPem,
-        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now
+        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now, configs
       })
       releases.push(['admin API', () => admin.close()])
       adminPort = await admin.listen(config.adminPort, config.host)
@@ -245,6 +256,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       mqttsPort,
       httpPort,
       adminPort,
+      configs,
+      configStore,
       ready,
       close () {
         closed ??= (async () => {

@@ -20,6 +20,7 @@ import { permissionsFor, type Policy } from './policy.js'
 import { issueFromCsr, issueWithGeneratedKey, newOwnershipToken, type Issued } from './provisioning/issuance.js'
 import { commitRegistration, decideDeviceId, registerClaimed } from './provisioning/register.js'
 import { parseRequestTopic, type ProvisioningRequest } from './provisioning/requests.js'
+import type { InitialConfigPublisher } from '../broker/config-store.js'
 import { loadTemplates, type Template } from './provisioning/templates.js'
 import { createThrottle } from './provisioning/throttle.js'
 
@@ -32,6 +33,8 @@ export function claimTimersArmed (): number {
 export interface ProvisioningOptions {
   readonly policy: Policy
   readonly templates?: ReadonlyMap<string, Template>
+  /** the configuration service: a new device's version 1 is committed and published through it (CONTRACT §9) */
+  readonly configs?: InitialConfigPublisher
 }
 
 interface RequestContext {
@@ -66,7 +69,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       claimTimers.delete(client)
       armedClaimTimers--
     }
-    const deps = { registry, broker, audit, now: ctx.now }
+    const deps = { registry, broker, audit, now: ctx.now, configs: options.configs }
     const claimDeps = { ...deps, templates, issuer, certValidityDays: config.certValidityDays }
 
     /**

@@ -11,7 +11,7 @@
 import { setTimeout as delay } from 'node:timers/promises'
 import type { Aedes } from 'aedes'
 import type { Audit } from '../../broker/audit.js'
-import { configTopic, publishInitialConfig } from '../../broker/config-store.js'
+import { configTopic, publishInitialConfig, type InitialConfigPublisher } from '../../broker/config-store.js'
 import { JitpError } from '../../broker/errors.js'
 import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
 import type { IssuedCertificate, Issuer } from '../../pki/certificate.js'
@@ -25,6 +25,8 @@ export interface RegistrationDeps {
   readonly broker: Aedes
   readonly audit: Audit
   readonly now: () => number
+  /** the configuration service (version 1 at registration); without it the template's configuration is published as version 1 */
+  readonly configs?: InitialConfigPublisher | undefined
 }
 
 export interface ClaimDeps extends RegistrationDeps {

@@ -9,12 +9,8 @@
  */
 import type { MqttClient } from 'mqtt'
 import t, { type Test } from 'tap'
-import { createConfigService, type ConfigService } from '../../broker/config-service.js'
-import { stateOf } from '../../broker/session.js'
-import { createDeviceConfigStore } from '../../broker/store/create-device-configs.js'
+import type { ConfigService } from '../../broker/config-service.js'
 import type { DeviceConfigState, DeviceConfigStore, JsonObject } from '../../broker/store/device-configs.js'
-import { configAckPlugin } from '../../plugins/config-ack.js'
-import { loadTemplates } from '../../plugins/provisioning/templates.js'
 import {
   STORES, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
   type ClientCredentials, type TestBroker
@@ -30,28 +26,8 @@ interface Lifecycle { service: ConfigService, store: DeviceConfigStore, close ()
  * test runs the real code paths on a real broker either way.
  */
 async function lifecycle (tb: TestBroker): Promise<Lifecycle> {
-  const wired = tb.handle as unknown as Partial<{ configs: ConfigService, configStore: DeviceConfigStore }>
-  if (wired.configs && wired.configStore) return { service: wired.configs, store: wired.configStore, close: async () => {} }
-  const { ctx } = tb.handle
-  const store = createDeviceConfigStore({ redisUrl: ctx.config.redisUrl })
-  const service = createConfigService({ ctx, store, templates: await loadTemplates(ctx.config.templatesDir) })
-  const hooks = await configAckPlugin.setup(ctx, { service, store })
-  const b = ctx.broker
-  const forward = b.authorizeForward.bind(b)
-  b.authorizeForward = function lifecycleForward (client, packet) {
-    const out = forward(client, packet)
-    const state = stateOf(client)
-    if (out && state?.identity) hooks.transformForward!({ client, identity: state.identity, state, packet: out })
-    return out
-  }
-  const published = b.published.bind(b)
-  b.published = function lifecyclePublished (packet, client, done) {
-    published(packet, client, (err) => {
-      if (!err && client) hooks.published!({ client, identity: stateOf(client)?.identity ?? null, packet })
-      done(err)
-    })
-  }
-  return { service, store, async close () { await hooks.close?.(); await service.close(); await store.close() } }
+  // the broker's own service and store (broker/build.ts wires them, with the config-ack plugin in the chain)
+  return { service: tb.handle.configs, store: tb.handle.configStore, close: async () => {} }
 }
 
 interface Received { version: number, config: JsonObject, retain: boolean, at: number }

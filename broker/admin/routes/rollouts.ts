@@ -23,7 +23,6 @@ export interface RolloutView {
   id: string
   status: 'running' | 'paused' | 'aborted' | 'completed'
   waves: Array<{ percent: number, targeted: number, published: number, applied: number, failed: number, timedOut: number, pending: number }>
-  [k: string]: unknown
 }
 /** what the routes need of broker/rollouts.ts */
 export interface RolloutsApi {
