@@ -44,7 +44,7 @@ export interface AdminDeps {
   readonly persistence: Pick<AedesPersistence, 'createRetainedStreamCombi'>
   readonly log: AppLogger
   readonly now: () => number
-  /** the configuration lifecycle (CONTRACT §9); its routes are served when both are given */
+  /** the configuration lifecycle (CONTRACT §9): each one's routes are served when it is given */
   readonly configs?: ConfigApi | undefined
   readonly rollouts?: RolloutsApi | undefined
 }
@@ -163,11 +163,8 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
   await app.register(certificateRoutes(deps))
   await app.register(templateRoutes(deps))
   await app.register(auditRoutes(deps))
-  if (deps.configs && deps.rollouts) {
-    const lifecycle = { ...deps, configs: deps.configs, rollouts: deps.rollouts }
-    await app.register(configRoutes(lifecycle))
-    await app.register(rolloutRoutes(lifecycle))
-  }
+  if (deps.configs) await app.register(configRoutes({ ...deps, configs: deps.configs }))
+  if (deps.rollouts) await app.register(rolloutRoutes({ ...deps, rollouts: deps.rollouts }))
   await app.ready()
 
   return {

@@ -10,7 +10,6 @@ import type { FastifyPluginAsync } from 'fastify'
 import { JitpError } from '../../errors.js'
 import type { ConfigVersion, DeviceConfigState, JsonObject } from '../../store/device-configs.js'
 import type { AdminDeps } from '../server.js'
-import type { RolloutsApi } from './rollouts.js'
 import { conflict, deviceIdParam, errorResponses, noQuery, notFound } from '../schemas.js'
 
 /** what the routes need of the configuration service (broker/config-service.ts) */
@@ -46,7 +45,7 @@ function stateBody (deviceId: string, s: DeviceConfigState | null): Record<strin
   }
 }
 
-export function configRoutes (deps: AdminDeps & { configs: ConfigApi, rollouts: RolloutsApi }): FastifyPluginAsync {
+export function configRoutes (deps: AdminDeps & { configs: ConfigApi }): FastifyPluginAsync {
   const { configs, registry } = deps
   async function device (id: string): Promise<{ template: string }> {
     const d = await registry.getDevice(id)
@@ -193,6 +192,7 @@ export function configRoutes (deps: AdminDeps & { configs: ConfigApi, rollouts: 
         return { template: t.name, devices: await configs.applyTemplateNow(t.name, author) }
       }
       if (rollout === undefined) throw new JitpError('InvalidRequest', 'a template configuration reaches devices through a rollout: give "rollout": {...}, or "immediate": true')
+      if (!deps.rollouts) throw new JitpError('InvalidRequest', 'rollouts are not available on this broker: use "immediate": true')
       const started = await deps.rollouts.start({
         target: { template: t.name },
         config,
