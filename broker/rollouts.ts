@@ -31,14 +31,18 @@
  *   says so;
  * - superseded (reported as skipped): v+1 was made by anyone else (an operator,
  *   another rollout) before the device acknowledged v: nothing to judge;
- * - pending: v is current and not yet acknowledged, delivered (in flight, the ack
- *   timeout bounds it) or not (the device is offline).
- * A wave advances, and the last wave completes the rollout, when its
- * `minWaitSeconds` have passed, no device of the waves so far is in flight, at
- * least one outcome is known, and (failed + timedOut) / outcomes < abortThreshold.
- * Devices that are offline count as pending and hold nothing up. The rollout
- * aborts as soon as it has `minSample` outcomes (default: the first wave's size)
- * and (failed + timedOut) / outcomes >= abortThreshold (with at least one failure).
+ * - pending: v is current and not yet acknowledged: in flight (delivered, and the
+ *   ack timeout bounds the wait; or published less than `deliveryGraceMs` ago, as
+ *   an online device receives it at once) or offline (not delivered after that).
+ * The rollout aborts as soon as the waves so far have `minSample` outcomes
+ * (default: the first wave's size) and (failed + timedOut) / outcomes >=
+ * abortThreshold (with at least one failure). Otherwise a wave advances, and the
+ * last wave completes the rollout, once every device of the waves so far was
+ * changed (or skipped), none is in flight, at least one outcome is known, and the
+ * wave's `minWaitSeconds` have passed: below `minSample` outcomes the threshold is
+ * not consulted at all (a bigger wave brings the sample). Devices that are offline
+ * count as pending and hold nothing up; a wave all of whose devices are offline
+ * holds the rollout until one answers.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import type { Audit } from './audit.js'
@@ -81,7 +85,8 @@ export interface WaveProgress {
 
 export type RolloutStatus = 'running' | 'paused' | 'aborted' | 'completed'
 
-export interface Rollout {
+/** a type, not an interface: it is assignable to the admin routes' open view (an index signature) */
+export type Rollout = {
   id: string
   status: RolloutStatus
   spec: RolloutSpec
@@ -125,11 +130,14 @@ export interface RolloutDeps {
   readonly tickMs?: number
   /** the lease's time to live (ms), default 3000: how long the others wait after the holder dies */
   readonly leaseTtlMs?: number
+  /** a published version not delivered this long (ms, default 2000) means the device is offline rather than about to receive it */
+  readonly deliveryGraceMs?: number
 }
 
 const LEASE = 'rollouts'
 const DEFAULT_TICK_MS = 250
 const DEFAULT_LEASE_TTL_MS = 3000
+const DEFAULT_DELIVERY_GRACE_MS = 2000
 /** the driver looks for rollouts started on other processes this often (ms, real time) */
 const DISCOVER_MS = 1000
 /** devices whose `from` is recorded in one write before any of them is changed */
@@ -321,14 +329,16 @@ function totals (waves: readonly WaveProgress[]): { decided: number, bad: number
  * What a changed device's state says about the rollout's version `v` of it:
  * a final outcome, or how it looks while undecided.
  */
-async function judge (store: DeviceConfigStore, deviceId: string, v: number): Promise<Outcome | Provisional> {
+async function judge (store: DeviceConfigStore, deviceId: string, v: number, notDeliveredSince: number): Promise<Outcome | Provisional> {
   const state = await store.getState(deviceId)
   const current = state?.current?.version ?? null
   if (state === null || current === null) return 'superseded'
   if (current === v) {
     if (state.status === 'current') return 'applied'
     if (state.status === 'failed') return 'failing'
-    return state.deliveredAt === null ? 'notDelivered' : 'inFlight'
+    if (state.deliveredAt !== null) return 'inFlight'
+    // an online device has it within moments of the commit: only after a grace is a device not yet delivered to offline
+    return state.current!.at > notDeliveredSince ? 'inFlight' : 'notDelivered'
   }
   if (current < v) return 'superseded'
   // moved on: was it the automatic rollback that only a failed ack or a timeout of v makes?
@@ -343,6 +353,7 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
   const { store, registry, service, audit, metrics, log, now, owner } = deps
   const tickMs = deps.tickMs ?? DEFAULT_TICK_MS
   const leaseTtlMs = deps.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS
+  const deliveryGraceMs = deps.deliveryGraceMs ?? DEFAULT_DELIVERY_GRACE_MS
 
   /** true while this process holds the lease (as of the last tick) */
   let holding = false
@@ -392,7 +403,7 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
     const outcome = { ...rec.outcome }
     const undecided = Object.keys(rec.to).filter((d) => outcome[d] === undefined)
     await eachLimit(undecided, PARALLEL, async (d) => {
-      const j = await judge(store, d, rec.to[d]!)
+      const j = await judge(store, d, rec.to[d]!, now() - deliveryGraceMs)
       if (j === 'failing' || j === 'inFlight' || j === 'notDelivered') seen.set(d, j)
       else outcome[d] = j
     })
@@ -501,7 +512,7 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
     const seen = new Map<string, Provisional>()
     const undecided = Object.keys(rec.to).filter((d) => rec.outcome[d] === undefined)
     await eachLimit(undecided, PARALLEL, async (d) => {
-      const j = await judge(store, d, rec.to[d]!)
+      const j = await judge(store, d, rec.to[d]!, now() - deliveryGraceMs)
       if (j === 'failing' || j === 'inFlight' || j === 'notDelivered') seen.set(d, j)
       else rec.outcome[d] = j
     })
@@ -630,11 +641,11 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
       if (bad > 0 && decided >= rec.minSample && share >= rec.spec.abortThreshold) {
         return await abortRollout(rec, `${bad} of ${decided} outcomes failed or timed out (${Math.round(share * 1000) / 10}% ≥ ${rec.spec.abortThreshold * 100}%)`, false)
       }
+      // not aborted: the threshold held, or there are too few outcomes yet to judge (a bigger wave brings more)
       const end = rec.ends[rec.wave] ?? 0
       const allChanged = rec.devices.slice(0, end).every((d) => rec.to[d] !== undefined || rec.skipped[d] !== undefined)
       const inFlight = [...(provisional.get(rec.id)?.values() ?? [])].some((p) => p === 'inFlight')
-      const held = decided > 0 && (bad === 0 || share < rec.spec.abortThreshold)
-      if (allChanged && !inFlight && held && waitedEnough(rec)) {
+      if (allChanged && !inFlight && decided > 0 && waitedEnough(rec)) {
         if (rec.wave === rec.percents.length - 1) return await complete(rec)
         return await startWave(rec, rec.wave + 1)
       }

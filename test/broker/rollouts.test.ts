@@ -26,7 +26,7 @@ const V1_HASH = configHash(V1)
 const TICK_MS = 50
 
 const validateLevel = new Ajv({ strict: true }).compile({ type: 'object', properties: { level: { type: 'integer', maximum: 10 } } })
-const templates = new Map<string, ConfigTemplate>(['ok', 'half', 'ctl', 'takeover', 'empty'].map((name) => [name, {
+const templates = new Map<string, ConfigTemplate>(['ok', 'half', 'ctl', 'takeover', 'sample', 'empty'].map((name) => [name, {
   name, configuration: V1, validateConfig: validateLevel, configAckTimeoutSeconds: 1
 }]))
 
@@ -92,7 +92,7 @@ async function environment (t: Test): Promise<Env> {
 function rolloutsOf (env: Env, owner: string, extra: Partial<RolloutDeps> = {}): Rollouts {
   return createRollouts({
     store: env.store, registry: env.tb.handle.registry, service: env.service, audit: env.tb.handle.audit, metrics: env.tb.handle.metrics,
-    log: env.log, now: Date.now, owner, tickMs: TICK_MS, ...extra
+    log: env.log, now: Date.now, owner, tickMs: TICK_MS, deliveryGraceMs: 300, ...extra
   })
 }
 
@@ -240,6 +240,19 @@ t.test('rollouts on a real broker, service and ack plugin (memory store)', async
     t.equal(events('rollout.advanced').length, 1, 'one wave only')
     t.match(events('rollout.aborted'), [{ count: 10, reason: /5 of 10/ }])
     t.equal(events('rollout.completed').length, 0)
+  })
+
+  t.test('below minSample the threshold is not consulted: an early failure does not stop it, the sample then does', async (t) => {
+    const ids = await devices(env, 'sample', 4)
+    const r = rolloutsOf(env, 'p-sample')
+    t.teardown(() => r.close())
+    const started = await r.start({ target: { template: 'sample' }, config: { level: 5 }, waves: [25, 100], minWaitSeconds: 0, abortThreshold: 0.3, minSample: 4 }, 'admin-alice')
+    cohortOrder(started.id, ids).forEach((d, i) => fleet.answer.set(d, (c) => c.level === 5 && (i === 0 || i === 2) ? 'failed' : 'applied'))
+    const done = await finished(r, started.id)
+    t.equal(done.status, 'aborted')
+    t.match(done.reason, /2 of 4 outcomes/)
+    t.match(done.waves, [{ targeted: 1, failed: 1, applied: 0 }, { targeted: 3, failed: 1, applied: 2 }], 'the first wave\'s 1 of 1 failed did not abort it')
+    t.equal(tb.events('rollout.advanced').filter((e) => e.rolloutId === started.id).length, 2)
   })
 
   t.test('refusals', async (t) => {
