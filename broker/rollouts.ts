@@ -701,7 +701,11 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
       }
       holding = true
       // renewed above even while a long step runs; one step at a time
-      if (driving === null) driving = drive().finally(() => { driving = null })
+      if (driving === null) {
+        driving = drive()
+          .catch((err: unknown) => { log.warn({ err: (err as Error).message }, 'rollouts: drive failed, trying again next tick') })
+          .finally(() => { driving = null })
+      }
     } finally {
       ticking = false
     }
