@@ -141,7 +141,7 @@ const DEFAULT_DELIVERY_GRACE_MS = 2000
 /** the driver looks for rollouts started on other processes this often (ms, real time) */
 const DISCOVER_MS = 1000
 /** devices whose `from` is recorded in one write before any of them is changed */
-const APPLY_CHUNK = 200
+const APPLY_CHUNK = 1000
 /** store round trips in flight at once for one rollout */
 const PARALLEL = 32
 const MAX_WAVES = 50
