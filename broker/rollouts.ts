@@ -193,6 +193,14 @@ interface RolloutRecord {
   /** what the abort did for each changed device */
   restored: Record<string, string>
   progress: WaveProgress[]
+  /**
+   * Once ended, the per-device maps are dropped (the driver lists every record each
+   * second: old rollouts must stay small); what is kept is `progress`, and the
+   * devices still undecided at completion, judged again on demand:
+   * device → [its version, its wave, the column it is counted in].
+   */
+  compacted?: boolean
+  late?: Record<string, [number, number, 'pending' | 'failed']>
 }
 
 /** the operators' record, stored under `<id>:control` */
@@ -386,7 +394,7 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
       author: rec.author,
       createdAt: rec.createdAt,
       updatedAt: Math.max(rec.updatedAt, ctl?.at ?? 0),
-      devices: rec.devices.length,
+      devices: rec.ends[rec.ends.length - 1] ?? 0,
       currentWave: rec.wave + 1,
       waves,
       ...(reason !== undefined ? { reason } : {})
@@ -398,16 +406,18 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
    * numbers are read again on demand (the driver no longer looks at it).
    */
   async function liveProgress (rec: RolloutRecord): Promise<WaveProgress[]> {
-    if (rec.status !== 'completed' || rec.progress.every((w) => w.pending === 0)) return rec.progress
-    const seen = new Map<string, Provisional>()
-    const outcome = { ...rec.outcome }
-    const undecided = Object.keys(rec.to).filter((d) => outcome[d] === undefined)
-    await eachLimit(undecided, PARALLEL, async (d) => {
-      const j = await judge(store, d, rec.to[d]!, now() - deliveryGraceMs)
-      if (j === 'failing' || j === 'inFlight' || j === 'notDelivered') seen.set(d, j)
-      else outcome[d] = j
+    const late = Object.entries(rec.late ?? {})
+    if (rec.status !== 'completed' || late.length === 0) return rec.progress
+    const waves = rec.progress.map((w) => ({ ...w }))
+    await eachLimit(late, PARALLEL, async ([d, [v, k, counted]]) => {
+      const j = await judge(store, d, v, now() - deliveryGraceMs)
+      const column = j === 'failing' ? 'failed' : j === 'inFlight' || j === 'notDelivered' ? 'pending' : j === 'superseded' ? 'skipped' : j
+      const w = waves[k]
+      if (w === undefined || column === counted) return
+      w[counted]--
+      w[column]++
     })
-    return progressOf({ ...rec, outcome }, seen)
+    return waves
   }
 
   // ---------------------------------------------------------------- the driver
@@ -426,7 +436,7 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
   async function save (rec: RolloutRecord): Promise<void> {
     if (!holding) return
     rec.updatedAt = now()
-    rec.progress = progressOf(rec, provisional.get(rec.id) ?? new Map())
+    if (rec.compacted !== true) rec.progress = progressOf(rec, provisional.get(rec.id) ?? new Map())
     await store.putRollout(rec.id, rec as unknown as JsonObject)
   }
 
@@ -577,10 +587,28 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
     }
     if (Object.keys(rec.to).some((d) => rec.restored[d] === undefined)) return
     rec.restoring = false
-    await save(rec)
-    finish(rec)
+    const changed = Object.keys(rec.to).length
     const restored = Object.values(rec.restored).filter((r) => r.startsWith('version ')).length
-    log.info({ rolloutId: rec.id, changed: Object.keys(rec.to).length, rolledBack: restored }, 'rollout: aborted, changed devices rolled back')
+    await save(compact(rec))
+    finish(rec)
+    log.info({ rolloutId: rec.id, changed, rolledBack: restored }, 'rollout: aborted, changed devices rolled back')
+  }
+
+  /** the ended rollout's record without its per-device maps (progress is final, except the devices still undecided) */
+  function compact (rec: RolloutRecord): RolloutRecord {
+    rec.progress = progressOf(rec, provisional.get(rec.id) ?? new Map())
+    const late: NonNullable<RolloutRecord['late']> = {}
+    if (rec.status === 'completed') {
+      const seen = provisional.get(rec.id)
+      for (let k = 0; k <= rec.wave; k++) {
+        for (const d of rec.devices.slice(k === 0 ? 0 : rec.ends[k - 1]!, rec.ends[k]!)) {
+          if (rec.to[d] === undefined || rec.outcome[d] !== undefined || rec.skipped[d] !== undefined) continue
+          late[d] = [rec.to[d], k, seen?.get(d) === 'failing' ? 'failed' : 'pending']
+        }
+      }
+    }
+    Object.assign(rec, { compacted: true, late, devices: [], from: {}, to: {}, skipped: {}, outcome: {}, restored: {} })
+    return rec
   }
 
   function finish (rec: RolloutRecord): void {
@@ -606,9 +634,9 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
       await store.setTemplateConfig(rec.template, rec.spec.config, authorOf(rec.id), now())
     }
     rec.status = 'completed'
-    await save(rec)
+    await save(compact(rec))
     const applied = rec.progress.reduce((n, w) => n + w.applied, 0)
-    audit.write('rollout.completed', { rolloutId: rec.id, template: rec.template ?? undefined, count: applied, reason: `${rec.devices.length} devices targeted, ${applied} applied` })
+    audit.write('rollout.completed', { rolloutId: rec.id, template: rec.template ?? undefined, count: applied, reason: `${rec.ends[rec.ends.length - 1] ?? 0} devices targeted, ${applied} applied` })
     log.info({ rolloutId: rec.id, applied }, 'rollout: completed')
     finish(rec)
   }
@@ -677,30 +705,38 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
     }
   }
 
+  /** when this process last asked for the lease (ms, real time) */
+  let leaseAskedAt = 0
+
   async function tick (): Promise<void> {
     if (closed || ticking) return
     ticking = true
     try {
-      let held = false
-      try {
-        held = await store.acquireLease(LEASE, owner, leaseTtlMs)
-      } catch (err) {
-        log.warn({ err: (err as Error).message }, 'rollouts: lease not renewed')
+      // the lease is asked for (taken, or renewed) three times per time to live, not at every tick
+      if (Date.now() - leaseAskedAt >= leaseTtlMs / 3) {
+        leaseAskedAt = Date.now()
+        let held = false
+        try {
+          held = await store.acquireLease(LEASE, owner, leaseTtlMs)
+        } catch (err) {
+          log.warn({ err: (err as Error).message }, 'rollouts: lease not renewed')
+        }
+        if (!held || closed) {
+          if (holding) log.info({ owner }, 'rollouts: lease lost, no longer driving')
+          holding = false
+          // a later holder's records are newer than this copy
+          active.clear()
+          provisional.clear()
+          return
+        }
+        if (!holding) {
+          log.info({ owner }, 'rollouts: lease taken, driving')
+          lastDiscover = 0
+        }
+        holding = true
       }
-      if (!held || closed) {
-        if (holding) log.info({ owner }, 'rollouts: lease lost, no longer driving')
-        holding = false
-        // a later holder's records are newer than this copy
-        active.clear()
-        provisional.clear()
-        return
-      }
-      if (!holding) {
-        log.info({ owner }, 'rollouts: lease taken, driving')
-        lastDiscover = 0
-      }
-      holding = true
-      // renewed above even while a long step runs; one step at a time
+      if (!holding) return
+      // the lease is renewed above even while a long step runs; one step at a time
       if (driving === null) {
         driving = drive()
           .catch((err: unknown) => { log.warn({ err: (err as Error).message }, 'rollouts: drive failed, trying again next tick') })

@@ -204,6 +204,17 @@ t.test('rollouts on a real broker, service and ack plugin (memory store)', async
     t.match(failedOne, { current: { version: 3, author: 'rollback', hash: V1_HASH } }, 'a failing device was rolled back to version 1\'s content')
     t.match(await store.getState(order[199]!), { current: { version: 2, author: `rollout ${started.id}` }, status: 'pending', deliveredAt: null }, 'an offline device is pending on the rollout\'s version')
 
+    const stored = await store.getRollout(started.id)
+    t.match(stored, { compacted: true, devices: [], to: {}, late: { [order[5]!]: [2, 0, 'pending'], [order[199]!]: [2, 2, 'pending'] } }, 'the ended record keeps its numbers and the devices still pending, nothing per device else')
+    t.ok(JSON.stringify(stored).length < 2000, `small once ended (${JSON.stringify(stored).length} bytes)`)
+    // the offline device of the last wave comes back and applies its version: the completed rollout counts it
+    const late = order[199]!
+    fleet.answer.set(late, () => 'applied')
+    const current = (await store.getState(late))!.current!
+    fleet.received(late, current.version, Buffer.from(JSON.stringify({ version: current.version, config: current.config })))
+    await until(async () => (await r.get(started.id))!.waves[2]!.pending === 0, 3000, 'the late device counted')
+    t.match((await r.get(started.id))!.waves, [{ pending: 1 }, {}, { applied: done.waves[2]!.applied + 1, pending: 0 }])
+
     const events = (name: string) => tb.events(name).filter((e) => e.rolloutId === started.id)
     t.match(events('rollout.started'), [{ actor: 'admin-alice', template: 'ok', count: 200 }])
     t.match(events('rollout.advanced').map((e) => e.reason), ['wave 1 of 3: 5%', 'wave 2 of 3: 25%', 'wave 3 of 3: 100%'])
