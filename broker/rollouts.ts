@@ -43,6 +43,9 @@
  * not consulted at all (a bigger wave brings the sample). Devices that are offline
  * count as pending and hold nothing up; a wave all of whose devices are offline
  * holds the rollout until one answers.
+ * While paused nothing is changed and nothing decided (the numbers keep
+ * updating); the wave's wait counts on. Ended, the record keeps its numbers and
+ * only the devices still undecided (offline), which are judged again when asked.
  */
 import { createHash, randomBytes } from 'node:crypto'
 import type { Audit } from './audit.js'
