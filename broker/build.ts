@@ -23,6 +23,7 @@ import { createPersonalData, personalDataWrapper } from './store/personal-data.j
 import { createAdminServer } from './admin/server.js'
 import { createAudit, type Audit } from './audit.js'
 import { createConfigService, type ConfigService } from './config-service.js'
+import { createRollouts, type Rollouts } from './rollouts.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
 import { createFlowControl } from './flow-control.js'
@@ -66,6 +67,7 @@ export interface BrokerHandle {
   readonly adminPort: number | null
   readonly configs: ConfigService
   readonly configStore: DeviceConfigStore
+  readonly rollouts: Rollouts
   ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
   close (): Promise<void>
 }
@@ -228,12 +230,17 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(['http', () => closeServer(httpServer)])
     httpServer.unref()
 
+    // staged rollouts (broker/rollouts.ts): every process ticks, the holder of the store lease `rollouts` drives;
+    // released before the listener and Aedes, so a step in progress stops while it can still publish
+    const rollouts = createRollouts({ store: configStore, registry, service: configs, audit, metrics, log, now, owner: broker.id })
+    releases.push(['rollouts', () => rollouts.close()])
+
     // the admin API (broker/admin/server.ts): operators only, mutual TLS with the admin CA
     let adminPort: number | null = null
     if (trust.admin) {
       const admin = await createAdminServer({
         config, trust: trust.admin, serverCertPem: trust.serverCertPem, serverKeyPem: trust.serverKeyPem,
-        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now, configs
+        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now, configs, rollouts
       })
       releases.push(['admin API', () => admin.close()])
       adminPort = await admin.listen(config.adminPort, config.host)
@@ -258,6 +265,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       adminPort,
       configs,
       configStore,
+      rollouts,
       ready,
       close () {
         closed ??= (async () => {

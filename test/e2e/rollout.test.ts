@@ -88,7 +88,7 @@ function reported (id: string, devices: Device[], percents: number[], versionOf:
   const byId = new Map(devices.map((d) => [d.id, d]))
   const ends = waveEnds(percents, order.length)
   return percents.map((percent, k) => {
-    const w = { percent, targeted: 0, published: 0, applied: 0, failed: 0, timedOut: 0, pending: 0 }
+    const w = { percent, targeted: 0, published: 0, applied: 0, failed: 0, timedOut: 0, pending: 0, skipped: 0 }
     for (const id of order.slice(k === 0 ? 0 : ends[k - 1]!, ends[k]!)) {
       w.targeted++
       const v = versionOf.get(id)

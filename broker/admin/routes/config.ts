@@ -166,7 +166,7 @@ export function configRoutes (deps: AdminDeps & { configs: ConfigApi }): Fastify
               type: 'object',
               additionalProperties: false,
               properties: {
-                waves: { anyOf: [{ type: 'array', minItems: 1, maxItems: 20, items: { type: 'number', exclusiveMinimum: 0, maximum: 100 } }, { type: 'object', required: ['base', 'factor'], additionalProperties: false, properties: { base: { type: 'number', exclusiveMinimum: 0, maximum: 100 }, factor: { type: 'number', exclusiveMinimum: 1, maximum: 100 } } }] },
+                waves: { anyOf: [{ type: 'array', minItems: 1, maxItems: 20, items: { type: 'number', minimum: 0.001, maximum: 100 } }, { type: 'object', required: ['base', 'factor'], additionalProperties: false, properties: { base: { type: 'number', minimum: 0.001, maximum: 100 }, factor: { type: 'number', minimum: 1.001, maximum: 100 } } }] },
                 minWaitSeconds: { type: 'integer', minimum: 0, maximum: 604800 },
                 abortThreshold: { type: 'number', minimum: 0, maximum: 1 },
                 minSample: { type: 'integer', minimum: 1 }

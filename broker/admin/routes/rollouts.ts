@@ -40,7 +40,8 @@ const waveItem = {
   required: ['percent', 'targeted', 'published', 'applied', 'failed', 'timedOut', 'pending'],
   properties: {
     percent: { type: 'number' }, targeted: { type: 'integer' }, published: { type: 'integer' }, applied: { type: 'integer' },
-    failed: { type: 'integer' }, timedOut: { type: 'integer' }, pending: { type: 'integer' }
+    failed: { type: 'integer' }, timedOut: { type: 'integer' }, pending: { type: 'integer' },
+    skipped: { type: 'integer', description: 'changed by someone else first, gone, or its configuration refused' }
   }
 } as const
 const rolloutSchema = {
@@ -76,7 +77,7 @@ export function rolloutRoutes (deps: AdminDeps & { rollouts: RolloutsApi }): Fas
             },
             config: configObject,
             patch: configObject,
-            waves: { anyOf: [{ type: 'array', minItems: 1, maxItems: 20, items: { type: 'number', exclusiveMinimum: 0, maximum: 100 } }, { type: 'object', required: ['base', 'factor'], additionalProperties: false, properties: { base: { type: 'number', exclusiveMinimum: 0, maximum: 100 }, factor: { type: 'number', exclusiveMinimum: 1, maximum: 100 } } }] },
+            waves: { anyOf: [{ type: 'array', minItems: 1, maxItems: 20, items: { type: 'number', minimum: 0.001, maximum: 100 } }, { type: 'object', required: ['base', 'factor'], additionalProperties: false, properties: { base: { type: 'number', minimum: 0.001, maximum: 100 }, factor: { type: 'number', minimum: 1.001, maximum: 100 } } }] },
             minWaitSeconds: { type: 'integer', minimum: 0, maximum: 604800, default: 60 },
             abortThreshold: { type: 'number', minimum: 0, maximum: 1, default: 0.2 },
             minSample: { type: 'integer', minimum: 1 }
