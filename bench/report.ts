@@ -3,6 +3,7 @@
  * run and kept in docs/PERFORMANCE.md.
  */
 import type { AdminApiPagesResult } from './admin-pages.js'
+import type { RolloutBenchResult } from './rollout.js'
 import type { RetainedLookupResult } from './retained-lookup.js'
 import type { OverloadResult, ScenarioResult } from './scenarios.js'
 
@@ -17,6 +18,8 @@ export interface BenchResults {
   noDelayOff: ScenarioResult | null
   /** the admin API's device listing over HTTPS at fleet scale (bench/admin-pages.ts), Redis store */
   adminPages: AdminApiPagesResult | null
+  /** a configuration rollout to a fleet on Redis (bench/rollout.ts) */
+  rollout: RolloutBenchResult | null
   overload: Partial<Record<TargetKey, OverloadResult>>
   /** every fan-in round, keyed `<target> qos0|qos1`: delivered msg/s and broker CPU % */
   fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null }>>
@@ -139,6 +142,10 @@ export function renderReport (results: BenchResults): string {
   if (results.adminPages) {
     const a = results.adminPages
     extra.push(`- Admin API, \`GET /v1/devices?limit=100\` over HTTPS (mutual TLS, one keep-alive connection) with ${a.devices.toLocaleString('en-US')} devices in the Redis registry, every page followed by cursor: ${a.pages} pages, p50 ${fmt(a.p50Ms)} ms, p99 ${fmt(a.p99Ms)} ms, max ${fmt(a.maxMs)} ms per page (bound: 100 ms); first request with its TLS handshake ${fmt(a.firstRequestMs)} ms.`)
+  }
+  if (results.rollout) {
+    const r = results.rollout
+    extra.push(`- Configuration rollout to ${r.devices.toLocaleString('en-US')} devices on Redis, waves ${r.waves.join(',')} with no wait (acks recorded by an in-process simulator): every device applied after ${fmt(r.allAppliedMs)} ms, completed after ${fmt(r.completedMs)} ms; ${fmt(r.cpuMsPerDevice)} ms of CPU and ${fmt(r.redisCommandsPerDevice)} Redis commands per device (${Object.entries(r.redisCommandsByName).sort((a, b) => b[1] - a[1]).slice(0, 6).map(([k, v]) => `${k} ${v}`).join(', ')}).`)
   }
   out.push(...extra, '')
 

@@ -6,7 +6,7 @@
  * writes every figure to bench/results-<timestamp>.json.
  *
  *   npm run bench                       the whole run (about 5 minutes)
- *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, overload)
+ *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, rollout, overload)
  *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning)
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
@@ -34,6 +34,7 @@ import {
   connectLatency, connectRate, fanInThroughput, idleMemory, overload, pacedLatency, provisioningRate, type BenchEnv, type ScenarioResult
 } from './scenarios.js'
 import { benchAdminApiPages } from './admin-pages.js'
+import { benchRollout } from './rollout.js'
 
 const TOTAL_BUDGET_MS = 10 * 60 * 1000
 const SCENARIO_TIMEOUT_MS = 150_000
@@ -149,6 +150,7 @@ async function main (): Promise<void> {
     retainedLookup: null,
     noDelayOff: null,
     adminPages: null,
+    rollout: null,
     overload: {},
     fanInRounds: {},
     provisioningBuilt: withProvisioning,
@@ -294,6 +296,19 @@ async function main (): Promise<void> {
       log(`admin API pages failed: ${(err as Error).message}`)
     } finally {
       await t.stop()
+      await redis.stop()
+    }
+  }
+
+  // a configuration rollout to a fleet (issue 11): 10,000 devices on Redis, zero-wait waves (bench/rollout.ts)
+  if ((!only || only.includes('rollout')) && !overBudget()) {
+    const redis = await startRedis()
+    try {
+      results.rollout = await benchRollout(redis.url)
+      log(`rollout: ${JSON.stringify(results.rollout)}`)
+    } catch (err) {
+      log(`rollout bench failed: ${(err as Error).message}`)
+    } finally {
       await redis.stop()
     }
   }
