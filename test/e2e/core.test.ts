@@ -122,6 +122,8 @@ for (const store of STORES) {
 
     t.test('a config acknowledgement is audited', async (t) => {
       const creds = await registerDevice(tb, 'dev-ack')
+      // version 1, as registration would commit it: an ack of a version the broker never made is stale
+      await tb.handle.configs.apply('dev-ack', { template: 'sensor', config: { telemetryIntervalSeconds: 60 }, author: 'registration' })
       const d = await connect(tb, creds, { clientId: 'dev-ack' })
       await publish(d, 'devices/dev-ack/config/ack', JSON.stringify({ version: 1, status: 'applied' }))
       await waitFor(() => tb.events('config.acknowledged').some((l) => l.deviceId === 'dev-ack'))
