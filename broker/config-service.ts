@@ -61,8 +61,9 @@ export interface ConfigService {
   /** replaces the device's overrides and applies the new effective configuration; DeviceNotFound for an unknown device */
   setOverrides (deviceId: string, overrides: JsonObject, author: string): Promise<ConfigVersion>
   /**
-   * `toVersion`'s content (default: the last known good) as a new version, audited
-   * config.rolledback. NoLastKnownGood / VersionNotFound when there is nothing to go
+   * `toVersion`'s content and overrides (default: the last known good) as a new
+   * version, audited config.rolledback (the current overrides kept when that version
+   * predates versions recording them). NoLastKnownGood / VersionNotFound when there is nothing to go
    * back to. With `expectedVersion`: only if that is still the current version, else null.
    */
   rollback (deviceId: string, opts: RollbackOptions & { readonly expectedVersion: number }): Promise<ConfigVersion | null>
@@ -190,9 +191,11 @@ export function createConfigService (deps: ConfigServiceDeps): ConfigService {
     const target = state ? await store.getVersion(deviceId, to) : null
     if (!state || !target) throw new JitpError('VersionNotFound', `${deviceId} version ${to}`)
     const from = state.current?.version
-    // the content goes back; the overrides stay as they are (see the report of issue 11)
+    // the content and the overrides it was made from go back together, or the next template change (merged with the
+    // device's overrides) would bring back what failed; a version stored before versions recorded overrides keeps the current ones
     const v = await commitAndPublish(deviceId, {
       template: state.template, config: target.config, author: opts.author, reason: opts.reason,
+      ...(target.overrides !== undefined ? { overrides: target.overrides } : {}),
       ...(opts.expectedVersion !== undefined ? { expectedVersion: opts.expectedVersion } : {})
     })
     if (v === null) return null

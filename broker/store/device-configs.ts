@@ -21,6 +21,13 @@ export interface ConfigVersion {
   /** configHash(config): hex SHA-256 of its canonical JSON (keys sorted) */
   readonly hash: string
   readonly reason?: string | undefined
+  /**
+   * the device's overrides in force from this version on (CommitInput.overrides,
+   * else the ones it had), so a rollback to this version restores them with its
+   * content and a later template change cannot bring back what was rolled back.
+   * Absent on versions stored before versions recorded them.
+   */
+  readonly overrides?: JsonObject | undefined
 }
 
 /** current: the current version was applied; pending: published, no ack yet; failed: its ack said failed (a rollback follows) */
@@ -72,8 +79,9 @@ export interface DeviceConfigStore {
   /** null before the device's first version */
   getState (deviceId: string): Promise<DeviceConfigState | null>
   /**
-   * Atomically: version = current + 1 (1 for the first), with this config, author
-   * and hash; status pending, deliveredAt null; overrides replaced if given; kept
+   * Atomically: version = current + 1 (1 for the first), with this config, author,
+   * hash and the overrides in force after it; status pending, deliveredAt null;
+   * overrides replaced if given; kept
    * in the history (the HISTORY_KEEP newest); the template remembered; a pending
    * ack of the previous version forgotten. Returns null (and changes nothing) when
    * `expectedVersion` is given and does not match. On Redis: one round trip.

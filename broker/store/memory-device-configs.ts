@@ -59,6 +59,7 @@ export class MemoryDeviceConfigStore implements DeviceConfigStore {
     // versions start at 1: an expected 0 means "none yet", as null does (and as on Redis)
     if (input.expectedVersion !== undefined && (input.expectedVersion ?? 0) !== (entry?.current?.version ?? 0)) return null
     const config = copy(input.config)
+    const overrides = copy(input.overrides ?? entry?.overrides ?? {})
     const version: ConfigVersion = {
       deviceId,
       // the history may be trimmed, the counter never goes back
@@ -67,14 +68,15 @@ export class MemoryDeviceConfigStore implements DeviceConfigStore {
       author: input.author,
       at: input.at,
       hash: configHash(config),
-      ...(input.reason !== undefined ? { reason: input.reason } : {})
+      ...(input.reason !== undefined ? { reason: input.reason } : {}),
+      overrides
     }
     const next: DeviceEntry = entry ?? { template: input.template, current: null, lastKnownGood: null, status: 'pending', overrides: {}, deliveredAt: null, history: [] }
     next.template = input.template
     next.current = version
     next.status = 'pending'
     next.deliveredAt = null
-    if (input.overrides !== undefined) next.overrides = copy(input.overrides)
+    next.overrides = copy(overrides)
     next.history.push(version)
     if (next.history.length > HISTORY_KEEP) next.history.splice(0, next.history.length - HISTORY_KEEP)
     this.#devices.set(deviceId, next)

@@ -6,7 +6,7 @@
  * its key and no two kinds share their leading part, so ids holding `:` (as
  * DEVICE_ID allows) cannot collide with another key:
  *   dev:<id>       hash: version, template, status, current (the version's JSON), overrides (JSON), lastKnownGood, deliveredAt
- *   hist:<id>      sorted set: the version's JSON, scored by its number; the HISTORY_KEEP newest kept
+ *   hist:<id>      sorted set: the version's JSON (with the overrides in force from it on), scored by its number; the HISTORY_KEEP newest kept
  *   tpl:<name>     string: {config, author, at}
  *   pending        sorted set: ids of devices delivered and not yet acknowledged, scored by deliveredAt
  *   status         hash: current|pending|failed → number of devices, changed by the same scripts as the states
@@ -44,23 +44,26 @@ function script (body: string, flags = ''): Script {
 }
 
 // KEYS: dev, hist, pending, status; ARGV: expected ('' unconditional, 0 none), template, overrides ('' keep), body, deviceId, keep.
-// `body` is the version's JSON without its number ({"deviceId":...}); the number is spliced in here.
-// Replies the new version number, or nil when the compare-and-set failed.
+// `body` is the version's JSON without its number and overrides ({"deviceId":...}); both are spliced in here,
+// the overrides being the given ones or, kept, the device's (only the script knows those without another round trip).
+// Replies the version's JSON, or nil when the compare-and-set failed.
 const COMMIT = script(`
-local cur = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local h = redis.call('HMGET', KEYS[1], 'version', 'status', 'overrides')
+local cur = tonumber(h[1] or '0')
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return false end
-local old = redis.call('HGET', KEYS[1], 'status')
+local old = h[2]
+local overrides = ARGV[3]
+if overrides == '' then overrides = h[3] or '{}' end
 local v = cur + 1
-local record = '{"version":' .. v .. ',' .. string.sub(ARGV[4], 2)
-redis.call('HSET', KEYS[1], 'version', v, 'template', ARGV[2], 'status', 'pending', 'current', record)
+local record = '{"version":' .. v .. ',' .. string.sub(ARGV[4], 2, -2) .. ',"overrides":' .. overrides .. '}'
+redis.call('HSET', KEYS[1], 'version', v, 'template', ARGV[2], 'status', 'pending', 'current', record, 'overrides', overrides)
 redis.call('HDEL', KEYS[1], 'deliveredAt')
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'overrides', ARGV[3]) end
 redis.call('ZADD', KEYS[2], v, record)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[6]))
 redis.call('ZREM', KEYS[3], ARGV[5])
 if old then redis.call('HINCRBY', KEYS[4], old, -1) end
 redis.call('HINCRBY', KEYS[4], 'pending', 1)
-return v`)
+return record`)
 
 // KEYS: dev, pending; ARGV: version, at, deviceId. Replies 1 when the ack timer started.
 const MARK_DELIVERED = script(`
@@ -164,7 +167,7 @@ export class RedisDeviceConfigStore implements DeviceConfigStore {
   async commit (deviceId: string, input: CommitInput): Promise<ConfigVersion | null> {
     const conn = await this.#ready()
     const expected = input.expectedVersion === undefined ? '' : String(input.expectedVersion ?? 0)
-    // the version's JSON without its number, in the order the fields are read back
+    // the version's JSON without its number and overrides (the script adds them), in the order the fields are read back
     const config = JSON.parse(JSON.stringify(input.config)) as JsonObject
     const body = JSON.stringify({
       deviceId,
@@ -175,10 +178,9 @@ export class RedisDeviceConfigStore implements DeviceConfigStore {
       ...(input.reason !== undefined ? { reason: input.reason } : {})
     })
     const overrides = input.overrides === undefined ? '' : JSON.stringify(input.overrides)
-    const version = await this.#run(conn, COMMIT, [this.#key('dev', deviceId), this.#key('hist', deviceId), this.#key('pending'), this.#key('status')],
-      [expected, input.template, overrides, body, deviceId, String(HISTORY_KEEP)]) as number | null
-    if (version === null) return null
-    return JSON.parse(`{"version":${version},${body.slice(1)}`) as ConfigVersion
+    const record = await this.#run(conn, COMMIT, [this.#key('dev', deviceId), this.#key('hist', deviceId), this.#key('pending'), this.#key('status')],
+      [expected, input.template, overrides, body, deviceId, String(HISTORY_KEEP)]) as string | null
+    return record === null ? null : JSON.parse(record) as ConfigVersion
   }
 
   async history (deviceId: string, limit: number): Promise<ConfigVersion[]> {

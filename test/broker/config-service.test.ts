@@ -86,4 +86,24 @@ t.test('the configuration service', async (t) => {
     t.equal(await service.applyTemplateNow('sensor', 'alice'), 0, 'nothing changed: no new versions')
     await t.rejects(service.applyTemplateNow('nope', 'alice'), JitpError)
   })
+
+  t.test('a rollback restores the overrides of the version it goes back to, not only its content', async (t) => {
+    await tb.handle.registry.putDevice({ deviceId: 'svc-3', status: 'active', template: 'sensor', createdAt: now, updatedAt: now, attributes: {} })
+    const v1 = await service.setOverrides('svc-3', {}, 'alice')
+    t.strictSame(v1.overrides, {}, 'version 1 records its overrides')
+    await store.recordAck('svc-3', 1, 'applied', Date.now())
+    const v2 = await service.setOverrides('svc-3', { a: 1 }, 'bob')
+    t.strictSame(v2.overrides, { a: 1 })
+    // as the ack plugin does when version 2 fails: back to the last known good
+    const v3 = await service.rollback('svc-3', { author: 'rollback', reason: 'device reported failed', kind: 'failed' })
+    t.match(v3, { version: 3, config: v1.config, overrides: {} }, 'version 1\'s content and overrides as version 3')
+    t.strictSame((await service.state('svc-3'))?.overrides, {}, 'the device\'s overrides are version 1\'s again')
+    await service.setTemplateConfig('sensor', { interval: 45, radio: { power: 2 } }, 'alice')
+    await service.applyTemplateNow('sensor', 'alice')
+    t.strictSame((await service.state('svc-3'))?.current?.config, { interval: 45, radio: { power: 2 } }, 'a template change does not bring {a:1} back')
+
+    const to2 = await service.rollback('svc-3', { toVersion: 2, author: 'carol', reason: 'operator rollback' })
+    t.match(to2, { version: 5, config: v2.config, overrides: { a: 1 } }, 'and to version 2: its overrides come back with it')
+    t.strictSame((await service.state('svc-3'))?.overrides, { a: 1 })
+  })
 })

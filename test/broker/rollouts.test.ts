@@ -26,7 +26,7 @@ const V1_HASH = configHash(V1)
 const TICK_MS = 50
 
 const validateLevel = new Ajv({ strict: true }).compile({ type: 'object', properties: { level: { type: 'integer', maximum: 10 } } })
-const templates = new Map<string, ConfigTemplate>(['ok', 'half', 'ctl', 'takeover', 'sample', 'empty'].map((name) => [name, {
+const templates = new Map<string, ConfigTemplate>(['ok', 'half', 'ctl', 'takeover', 'sample', 'empty', 'patch'].map((name) => [name, {
   name, configuration: V1, validateConfig: validateLevel, configAckTimeoutSeconds: 1
 }]))
 
@@ -348,6 +348,28 @@ t.test('rollouts on a real broker, service and ack plugin (memory store)', async
     for (const [i, d] of order.slice(2).entries()) t.equal((await store.getState(d))!.current!.version, before[i + 2]!.current!.version, `${d}: never reached`)
     t.match(tb.events('rollout.aborted').filter((e) => e.rolloutId === started.id), [{ actor: 'admin-bob' }], 'audited once, with who')
     await t.rejects(r.pause(started.id, 'admin-bob'), { code: 'RolloutStateConflict' })
+  })
+
+  t.test('an aborted patch: the overrides go back with the content, so a later template change does not bring the patch back', async (t) => {
+    const ids = await devices(env, 'patch', 4)
+    const r = rolloutsOf(env, 'p-patch')
+    t.teardown(() => r.close())
+    for (const d of ids) fleet.answer.set(d, () => 'applied')
+    const started = await r.start({ target: { template: 'patch' }, patch: { debug: true }, waves: [50, 100], minWaitSeconds: 60, abortThreshold: 0.5 }, 'admin-alice')
+    const changed = cohortOrder(started.id, ids).slice(0, 2)
+    await until(async () => (await r.get(started.id))!.waves[0]!.applied === 2, 5000, 'the first wave applied')
+    for (const d of changed) t.match(await store.getState(d), { current: { version: 2, overrides: { debug: true } }, overrides: { debug: true } }, `${d}: patched`)
+    await r.abort(started.id, 'admin-bob')
+    await until(async () => (await Promise.all(changed.map((d) => store.getState(d)))).every((s) => s!.current!.version === 3), 5000, 'wave 1 rolled back')
+    for (const d of changed) {
+      const s = await store.getState(d)
+      t.strictSame(s!.overrides, {}, `${d}: the overrides it had before the rollout`)
+      t.strictSame(s!.current!.overrides, {}, `${d}: recorded in the rollback's version`)
+      t.strictSame(s!.current!.config, V1, `${d}: and its content`)
+    }
+    await env.service.setTemplateConfig('patch', { level: 2 }, 'admin-alice')
+    t.equal(await env.service.applyTemplateNow('patch', 'admin-alice'), 4, 'every device gets the template change')
+    for (const d of ids) t.strictSame((await store.getState(d))!.current!.config, { level: 2 }, `${d}: the template's configuration, without the aborted patch`)
   })
 
   t.test('the driver dies in the middle of a wave: the next lease holder finishes it, no device changed twice', async (t) => {

@@ -41,9 +41,9 @@ export function deviceConfigsContract (t: Test, name: string, make: MakeDeviceCo
     const { store } = await setup(t)
     t.equal(await store.getState(ID), null, 'no state before the first version')
     const v1 = await store.commit(ID, commitInput({ interval: 60 }, { author: 'registration' }))
-    t.strictSame(v1, { deviceId: ID, version: 1, config: { interval: 60 }, author: 'registration', at: T0, hash: configHash({ interval: 60 }) })
+    t.strictSame(v1, { deviceId: ID, version: 1, config: { interval: 60 }, author: 'registration', at: T0, hash: configHash({ interval: 60 }), overrides: {} })
     const v2 = await store.commit(ID, commitInput({ interval: 30 }, { overrides: { interval: 30 }, reason: 'operator', at: T0 + 5 }))
-    t.strictSame(v2, { deviceId: ID, version: 2, config: { interval: 30 }, author: 'admin-alice', at: T0 + 5, hash: configHash({ interval: 30 }), reason: 'operator' })
+    t.strictSame(v2, { deviceId: ID, version: 2, config: { interval: 30 }, author: 'admin-alice', at: T0 + 5, hash: configHash({ interval: 30 }), reason: 'operator', overrides: { interval: 30 } })
     t.strictSame(await store.getState(ID), {
       deviceId: ID, template: 'thermostat', current: v2, lastKnownGood: null, status: 'pending', overrides: { interval: 30 }, deliveredAt: null
     })
@@ -56,6 +56,20 @@ export function deviceConfigsContract (t: Test, name: string, make: MakeDeviceCo
     const other = await store.commit('sensor', commitInput({ interval: 1 }))
     t.equal(other?.version, 1, 'versions are per device')
     t.equal((await store.getState(ID))?.current?.version, 3, 'the other device left alone')
+  })
+
+  t.test(`${name}: every version records the overrides in force from it on (given, else inherited)`, async (t) => {
+    const { store } = await setup(t)
+    t.strictSame((await store.commit(ID, commitInput({ i: 1 })))?.overrides, {}, 'first version, none given: none')
+    t.strictSame((await store.commit(ID, commitInput({ i: 2 }, { overrides: { a: { b: 1 } } })))?.overrides, { a: { b: 1 } }, 'given')
+    t.strictSame((await store.commit(ID, commitInput({ i: 3 })))?.overrides, { a: { b: 1 } }, 'not given: the device\'s, inherited')
+    t.strictSame((await store.commit(ID, commitInput({ i: 4 }, { overrides: {} })))?.overrides, {}, 'given empty: replaced by none')
+    t.strictSame((await store.commit(ID, commitInput({ i: 5 }, { expectedVersion: 1, overrides: { z: 1 } }))), null, 'a refused commit')
+    t.strictSame((await store.commit(ID, commitInput({ i: 5 })))?.overrides, {}, 'the refused commit\'s overrides were not kept')
+    t.strictSame((await store.history(ID, 10)).map((v) => [v.version, v.overrides]),
+      [[5, {}], [4, {}], [3, { a: { b: 1 } }], [2, { a: { b: 1 } }], [1, {}]], 'as stored in the history')
+    t.strictSame((await store.getVersion(ID, 3))?.overrides, { a: { b: 1 } }, 'and by number')
+    t.strictSame((await store.getState(ID))?.current?.overrides, {}, 'and in the state\'s current version')
   })
 
   t.test(`${name}: commit compare-and-set on expectedVersion`, async (t) => {

@@ -89,6 +89,24 @@ t.test('redis', async (t) => {
     t.ok(seen.some((c) => c.source === 'lua' && c.args[0]?.toLowerCase() === 'zadd'), 'and the script did the work')
   })
 
+  t.test('versions stored before versions recorded overrides still read, and the next commit records the device\'s', async (t) => {
+    const conn = raw(t)
+    const keyPrefix = uniquePrefix()
+    const store = open(t, keyPrefix)
+    // what the previous COMMIT script wrote: no `overrides` in the version's JSON
+    const old = JSON.stringify({ version: 1, deviceId: 'legacy', config: { a: 1 }, author: 'registration', at: 5, hash: configHash({ a: 1 }) })
+    await conn.hset(`${keyPrefix}dev:legacy`, 'version', '1', 'template', 'thermostat', 'status', 'current', 'current', old, 'overrides', '{"a":1}', 'lastKnownGood', '1')
+    await conn.hincrby(`${keyPrefix}status`, 'current', 1)
+    await conn.zadd(`${keyPrefix}hist:legacy`, 1, old)
+    const v1 = await store.getVersion('legacy', 1)
+    t.strictSame(v1, JSON.parse(old), 'read as it was')
+    t.equal(v1?.overrides, undefined, 'no overrides recorded')
+    t.match(await store.getState('legacy'), { current: { version: 1 }, overrides: { a: 1 } })
+    const v2 = await store.commit('legacy', commitInput({ a: 1, b: 2 }))
+    t.strictSame(v2?.overrides, { a: 1 }, 'the next version records the device\'s overrides')
+    t.strictSame((await store.history('legacy', 10)).map((v) => v.overrides), [{ a: 1 }, undefined])
+  })
+
   t.test('a server that lost its scripts (restart, SCRIPT FLUSH): the text is sent again', async (t) => {
     const conn = raw(t)
     const store = open(t)
