@@ -53,7 +53,7 @@ import { deepMerge, type ConfigService } from './config-service.js'
 import { JitpError, isJitpError } from './errors.js'
 import type { AppLogger } from './logger.js'
 import type { Metrics } from './metrics.js'
-import type { DeviceConfigState, DeviceConfigStore, JsonObject } from './store/device-configs.js'
+import { canonicalJson, type DeviceConfigState, type DeviceConfigStore, type JsonObject } from './store/device-configs.js'
 import type { DeviceRecord, Registry } from './store/registry.js'
 
 export interface RolloutSpec {
@@ -564,7 +564,8 @@ export function createRollouts (deps: RolloutDeps): Rollouts {
         rec.restored[deviceId] = `left on ${current.version}: version ${from} is no longer in the history`
         return
       }
-      if (current.hash === previous.hash) {
+      // the same content and the same overrides: nothing to restore (a patch that changed no value still goes)
+      if (current.hash === previous.hash && (previous.overrides === undefined || canonicalJson(current.overrides ?? {}) === canonicalJson(previous.overrides))) {
         rec.restored[deviceId] = `on ${current.version}, the content of ${from}`
         return
       }

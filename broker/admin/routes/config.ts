@@ -29,7 +29,7 @@ const configObject = { type: 'object', additionalProperties: true } as const
 const versionItem = {
   type: 'object',
   required: ['version', 'config', 'author', 'at', 'hash'],
-  properties: { version: { type: 'integer' }, config: configObject, author: { type: 'string' }, at: { type: 'integer' }, hash: { type: 'string' }, reason: { type: 'string' } }
+  properties: { version: { type: 'integer' }, config: configObject, overrides: configObject, author: { type: 'string' }, at: { type: 'integer' }, hash: { type: 'string' }, reason: { type: 'string' } }
 } as const
 const templateParam = { type: 'object', required: ['name'], additionalProperties: false, properties: { name: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' } } } as const
 
