@@ -24,6 +24,7 @@ export type AuditEvent =
   | 'queue.dropped' | 'claim.session.expired' | 'session.takeover'
   | 'broker.started' | 'broker.stopped'
   | 'admin.request'
+  | 'certificate.rotated' | 'certificate.rotation.requested' | 'config.reloaded' | 'config.reload.failed'
 
 export interface AuditFields {
   clientId?: string | undefined

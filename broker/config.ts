@@ -54,6 +54,10 @@ const configSchema = {
     SESSION_REVALIDATE_SECONDS: { type: 'integer', minimum: 1, default: 60 },
     // configuration lifecycle (CONTRACT §9): a version not acknowledged this long after delivery is rolled back
     CONFIG_ACK_TIMEOUT_SECONDS: { type: 'integer', minimum: 1, default: 300 },
+    // credential lifecycle (CONTRACT §3.4): the old certificate of a rotation stays valid this long unless the new one is used first
+    ROTATION_GRACE_SECONDS: { type: 'integer', minimum: 1, default: 604800 },
+    // a device connecting with a certificate that expires within this many days is told to rotate
+    ROTATE_BEFORE_DAYS: { type: 'integer', minimum: 1, maximum: 3650, default: 30 },
     // device activity (first/last seen, counters) is written at most this often per device
     ACTIVITY_FLUSH_MS: { type: 'integer', minimum: 100, default: 5000 },
     // the audit stream shared by every process (Redis store), capped at about this many entries
@@ -110,6 +114,8 @@ export interface Config {
   /** 32-byte key for personal data kept in the session store; derived from the device CA key when unset */
   readonly piiKey: string | undefined
   readonly configAckTimeoutSeconds: number
+  readonly rotationGraceSeconds: number
+  readonly rotateBeforeDays: number
   readonly activityFlushMs: number
   readonly auditStreamMaxLen: number
   readonly auditMemoryLines: number
@@ -227,6 +233,8 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     sessionRevalidateSeconds: c.SESSION_REVALIDATE_SECONDS,
     piiKey: c.PII_KEY,
     configAckTimeoutSeconds: c.CONFIG_ACK_TIMEOUT_SECONDS,
+    rotationGraceSeconds: c.ROTATION_GRACE_SECONDS,
+    rotateBeforeDays: c.ROTATE_BEFORE_DAYS,
     activityFlushMs: c.ACTIVITY_FLUSH_MS,
     auditStreamMaxLen: c.AUDIT_STREAM_MAXLEN,
     auditMemoryLines: c.AUDIT_MEMORY_LINES

@@ -32,6 +32,10 @@ export interface Metrics {
   readonly configStatus: Gauge<'status'>
   /** devices of each running rollout by state (targeted, published, applied, failed, timedOut, pending) */
   readonly rolloutDevices: Gauge<'rollout' | 'state'>
+  // credential lifecycle (CONTRACT §3.4)
+  /** active device certificates by time to expiry: 7d, 30d, 90d, later (as this process last counted them) */
+  readonly certificatesByExpiry: Gauge<'within'>
+  readonly rotations: Counter<'outcome'>
 }
 
 export function createMetrics (): Metrics {
@@ -58,6 +62,8 @@ export function createMetrics (): Metrics {
     configAcks: new Counter({ name: p + 'config_acks_total', help: 'Configuration acknowledgements by outcome (applied, failed, timeout, stale)', labelNames: ['status'], registers: [registry] }),
     configRollbacks: new Counter({ name: p + 'config_rollbacks_total', help: 'Configuration rollbacks by reason (failed, timeout, operator, rollout)', labelNames: ['reason'], registers: [registry] }),
     configStatus: new Gauge({ name: p + 'config_devices', help: 'Devices by configuration status (current, pending, failed)', labelNames: ['status'], registers: [registry] }),
+    certificatesByExpiry: new Gauge({ name: p + 'device_certificates_by_expiry', help: 'Active device certificates by time to expiry (7d, 30d, 90d, later)', labelNames: ['within'], registers: [registry] }),
+    rotations: new Counter({ name: p + 'certificate_rotations_total', help: 'Device certificate rotations by outcome (issued, rejected, completed, expired)', labelNames: ['outcome'], registers: [registry] }),
     rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry] })
   }
 }
