@@ -47,6 +47,8 @@ export interface AdminDeps {
   /** the configuration lifecycle (CONTRACT §9): each one's routes are served when it is given */
   readonly configs?: ConfigApi | undefined
   readonly rollouts?: RolloutsApi | undefined
+  /** the credential lifecycle (CONTRACT §3.4): sends the rotate command to a device (plugins/cert-expiry.ts requestRotation); the rotate route is served when it is given */
+  readonly rotate?: ((deviceId: string, actor: string) => Promise<void>) | undefined
 }
 
 declare module 'fastify' {

@@ -1,6 +1,7 @@
 /**
  * `aedes-jitp certificates revoke <certificateId> | --issuer <fingerprint> --serial <hex> | --ca-fingerprint <fingerprint>`
- * and `aedes-jitp certificates list [--device ID] [--status S] [--expiring-within-days N]`: the
+ * `aedes-jitp certificates list [--device ID] [--status S] [--expiring-within-days N]` and
+ * `aedes-jitp certificates expiring --days N` (active device certificates expiring within N days, soonest first): the
  * certificates and revocation list of CONTRACT §2 through the admin API, for every
  * role (device, claim, service, manufacturer, admin). The broker that takes the
  * request writes the one `certificate.revoked` / `ca.revoked` line, with the operator.
@@ -9,7 +10,7 @@ import { parseArgs } from 'node:util'
 import { normalizeFingerprint, normalizeSerial } from '../store/registry.js'
 import { ADMIN_OPTIONS, adminCall, adminTarget, allPages, iso, table } from './admin-client.js'
 
-const USAGE = 'usage: aedes-jitp certificates revoke <certificateId> | revoke --issuer <fingerprint> --serial <hex> | revoke --ca-fingerprint <fingerprint> | list [--device ID] [--status S] [--expiring-within-days N] [--json] [--admin-url URL]'
+const USAGE = 'usage: aedes-jitp certificates revoke <certificateId> | revoke --issuer <fingerprint> --serial <hex> | revoke --ca-fingerprint <fingerprint> | list [--device ID] [--status S] [--expiring-within-days N] | expiring --days N [--json] [--admin-url URL]'
 const HEX_256 = /^[0-9a-f]{64}$/
 const HEX = /^[0-9a-f]+$/
 
@@ -56,7 +57,8 @@ export async function certificatesCommand (args: string[]): Promise<number> {
       'ca-fingerprint': { type: 'string' },
       device: { type: 'string' },
       status: { type: 'string' },
-      'expiring-within-days': { type: 'string' }
+      'expiring-within-days': { type: 'string' },
+      days: { type: 'string' }
     }
   })
   const [action, id, ...extra] = positionals
@@ -90,6 +92,18 @@ export async function certificatesCommand (args: string[]): Promise<number> {
         iso(r.revokedAt), r.kind,
         r.kind === 'certificate' ? r.certificateId ?? '' : r.kind === 'ca' ? r.caFingerprint ?? '' : `${r.issuerFingerprint ?? ''}:${r.serialNumber ?? ''}`
       ])))
+      return 0
+    }
+    case 'expiring': {
+      if (id !== undefined) throw new Error(USAGE)
+      const days = values.days
+      if (days === undefined || !/^\d+$/.test(days)) throw new Error('certificates: expiring takes --days N (a number of days)')
+      const certificates = await allPages<Certificate>(adminTarget(values), '/v1/certificates', { status: 'active', expiringWithinDays: days })
+      if (values.json) {
+        process.stdout.write(JSON.stringify(certificates) + '\n')
+        return 0
+      }
+      process.stdout.write(table(['CERTIFICATE', 'DEVICE', 'NOT AFTER'], certificates.map((c) => [c.certificateId, c.deviceId ?? '-', iso(c.notAfter)])))
       return 0
     }
     default:

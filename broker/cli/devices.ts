@@ -1,14 +1,15 @@
 /**
- * `aedes-jitp devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id>`:
+ * `aedes-jitp devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id> | rotate <id>`:
  * a client of the admin API (broker/cli/admin-client.ts), so it works the same
  * on the embedded in-memory broker and a cluster. Tables by default, `--json` for scripts.
  * The change is audited once, by the broker process that made it, with the operator's CN.
+ * `rotate` sends the device the rotate-certificate command (CONTRACT §3.4), queued while it is offline.
  */
 import { parseArgs } from 'node:util'
 import { ADMIN_OPTIONS, adminCall, adminTarget, allPages, iso, table } from './admin-client.js'
 import { escapeControl } from './audit.js'
 
-const USAGE = 'usage: aedes-jitp devices list [--status active|quarantined|revoked] [--template NAME] | show <id> | revoke <id> | quarantine <id> | reinstate <id> [--json] [--admin-url URL] [--cert F --key F --ca F]'
+const USAGE = 'usage: aedes-jitp devices list [--status active|quarantined|revoked] [--template NAME] | show <id> | revoke <id> | quarantine <id> | reinstate <id> | rotate <id> [--json] [--admin-url URL] [--cert F --key F --ca F]'
 
 interface DeviceSummary { deviceId: string, status: string, template: string, createdAt: number, updatedAt: number }
 interface DeviceDetail extends DeviceSummary {
@@ -63,6 +64,12 @@ export async function devicesCommand (args: string[]): Promise<number> {
       if (!id) throw new Error(USAGE)
       const r = await adminCall<{ deviceId: string, status: string }>(adminTarget(values), 'POST', `/v1/devices/${encodeURIComponent(id)}/${action}`)
       out(values.json ? JSON.stringify(r) + '\n' : `${r.deviceId}: ${r.status}\n`)
+      return 0
+    }
+    case 'rotate': {
+      if (!id) throw new Error(USAGE)
+      const r = await adminCall<{ deviceId: string, status: string }>(adminTarget(values), 'POST', `/v1/devices/${encodeURIComponent(id)}/rotate`)
+      out(values.json ? JSON.stringify({ ...r, command: 'rotate-certificate' }) + '\n' : `${r.deviceId}: rotate-certificate command sent\n`)
       return 0
     }
     default:

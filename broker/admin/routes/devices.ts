@@ -1,6 +1,7 @@
 /**
  * Devices (CONTRACT §8): list with filters and cursors, show with certificates,
- * activity and configuration version, revoke, quarantine, reinstate. A change is
+ * activity and configuration version, revoke, quarantine, reinstate, rotate (the
+ * rotate-certificate command of CONTRACT §3.4, sent on demand). A change is
  * audited once, here, by the process that made it; every broker process closes
  * the device's live sessions when the registry's notice reaches it.
  */
@@ -120,6 +121,27 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
         if (after.status === 'revoked') throw new JitpError('DeviceRevoked', 'a revoked device stays revoked')
         if (before.status !== status) audit.write(event, { deviceId: id, actor: req.admin?.commonName, reason: `${before.status} → ${status}` }, 'warn')
         return { deviceId: id, status: after.status }
+      })
+    }
+
+    const rotate = deps.rotate
+    if (rotate) {
+      app.post<{ Params: IdParams }>('/v1/devices/:id/rotate', {
+        schema: {
+          tags: ['devices'],
+          summary: 'Send the device the rotate-certificate command now (QoS 1: queued for its persistent session while it is offline); audited certificate.rotation.requested',
+          params: deviceIdParam,
+          querystring: noQuery,
+          response: { 200: actionResponse, ...errorResponses, ...notFound, ...conflict }
+        }
+      }, async (req) => {
+        const { id } = req.params
+        const device = await registry.getDevice(id)
+        if (!device) throw new JitpError('DeviceNotFound', id)
+        if (device.status === 'revoked') throw new JitpError('DeviceRevoked', 'a revoked device has nothing to rotate')
+        // the plugin audits certificate.rotation.requested with the operator
+        await rotate(id, req.admin?.commonName ?? 'unknown')
+        return { deviceId: id, status: device.status }
       })
     }
   }
