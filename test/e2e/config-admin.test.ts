@@ -65,7 +65,8 @@ for (const store of STORES) {
     t.equal(rollback.code, 0, rollback.stderr)
     await waitFor(() => got.some((m) => m.version === 3), 5000, 'version 3')
     t.same(got.find((m) => m.version === 3)!.config, { telemetryIntervalSeconds: 60, reportState: true }, 'version 1\'s content as version 3')
-    t.ok(tb.events('config.rolledback').some((l) => l.deviceId === id && l.version === 3), 'audited config.rolledback')
+    await waitFor(() => tb.events('config.rolledback').some((l) => l.deviceId === id && l.version === 3), 5000, 'config.rolledback audited')
+    t.pass('audited config.rolledback')
 
     const unknown = await cli(['config', 'get', 'no-such-device'], env)
     t.match(unknown.stderr, /DeviceNotFound/)

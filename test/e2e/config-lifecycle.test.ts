@@ -145,6 +145,8 @@ for (const kind of STORES) {
       t.same(v3.config, (await service.history('cfg-fail', 20)).find((v) => v.version === 1)!.config, 'with version 1\'s content')
       const s = await stateWhen(service, 'cfg-fail', (s) => s.lastKnownGood === 3)
       t.match(s, { status: 'current', current: { version: 3, author: 'rollback', reason: 'device reported failed: interval out of range' } })
+      // the device may see the new version before the publisher's callback writes the audit line
+      await waitFor(() => tb.events('config.rolledback').some((l) => l.deviceId === 'cfg-fail'), 5000, 'config.rolledback audited')
       t.match(tb.events('config.rolledback').find((l) => l.deviceId === 'cfg-fail'), { version: 3, fromVersion: 1, actor: 'rollback', reason: /device reported failed: interval out of range/ })
       t.equal(await counter(metrics.configRollbacks, 'reason', 'failed'), rollbacksBefore + 1, 'one rollback counted')
       await endClient(d.client)
@@ -161,6 +163,8 @@ for (const kind of STORES) {
       const v3 = await silent.got(3, TIMEOUT_MS + 3000)
       t.ok(v3.at - deliveredAt >= TIMEOUT_MS, `not before the timeout (${v3.at - deliveredAt} ms)`)
       t.same(v3.config, { interval: 10 }, 'back on the last known good content')
+      // the device may see the new version before the publisher's callback writes the audit line
+      await waitFor(() => tb.events('config.rolledback').some((l) => l.deviceId === 'cfg-silent'), 5000, 'config.rolledback audited')
       t.match(tb.events('config.rolledback').find((l) => l.deviceId === 'cfg-silent'), { version: 3, fromVersion: 1, actor: 'rollback', reason: /no acknowledgement within 1 s/ })
       t.ok(await counter(metrics.configAcks, 'status', 'timeout') >= 1, 'the timeout counted')
       await stateWhen(service, 'cfg-silent', (s) => s.lastKnownGood === 3)
