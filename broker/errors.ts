@@ -71,6 +71,7 @@ export const Errors = Object.freeze({
   ProvisioningDenied: entry('ProvisioningDenied', 'pre-provisioning check refused the request', { statusCode: 403 }),
   DeviceExists: entry('DeviceExists', 'a device with this id is already registered', { statusCode: 400 }),
   Throttled: entry('Throttled', 'too many requests', { statusCode: 429 }),
+  RotationNotAllowed: entry('RotationNotAllowed', 'only a connected device may rotate its certificate', { statusCode: 403 }),
   InternalError: entry('InternalError', 'internal error', { statusCode: 500, connack: 3 }),
   // admin API (CONTRACT §8)
   AdminCertificateRequired: entry('AdminCertificateRequired', 'a client certificate from the admin CA is required', { httpStatus: 403 }),

@@ -54,15 +54,16 @@ function matchesLevels (pattern: readonly string[], levels: readonly string[]): 
 
 export function reservedTopics (opts: { awsTopics: boolean }): ReservedTopics {
   const claimRequests = opts.awsTopics ? [...PROVISIONING_REQUESTS, ...AWS_PROVISIONING_REQUESTS] : PROVISIONING_REQUESTS
-  const patternsOf = (requests: readonly string[]): Patterns => ({
+  // `refusedTo`: requests this role may not make but is answered for (403), so it may receive those replies
+  const patternsOf = (requests: readonly string[], refusedTo: readonly string[] = []): Patterns => ({
     requests: requests.map(split),
     // replies are `<request>/accepted` and `<request>/rejected`; a `<request>/+` filter asks for both
-    replies: requests.map((r) => split(`${r}/+`))
+    replies: [...requests, ...refusedTo].map((r) => split(`${r}/+`))
   })
   const byRole: Readonly<Record<Role, Patterns>> = {
-    claim: patternsOf(claimRequests),
+    claim: patternsOf(claimRequests, ROTATION_REQUESTS),
     device: patternsOf(ROTATION_REQUESTS),
-    service: patternsOf([])
+    service: patternsOf([], ROTATION_REQUESTS)
   }
   return {
     open (role, access, topic) {

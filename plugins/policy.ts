@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs'
 import { Ajv } from 'ajv'
 import { JitpError, type ErrorCode } from '../broker/errors.js'
 import { deny, type Allow, type Deny } from '../broker/plugin.js'
-import { AWS_PROVISIONING_REQUESTS, PROVISIONING_REQUESTS } from '../broker/reserved-topics.js'
+import { AWS_PROVISIONING_REQUESTS, PROVISIONING_REQUESTS, ROTATION_REQUESTS } from '../broker/reserved-topics.js'
 import type { Identity, Role } from '../broker/session.js'
 import { intersect, scopeOf, type Levels } from './topic-filters.js'
 
@@ -77,6 +77,7 @@ const dev = 'devices/${deviceId}'
 // broker's reserved-topic check leaves open (broker/reserved-topics.ts)
 const provisionRequests = PROVISIONING_REQUESTS
 const awsRequests = AWS_PROVISIONING_REQUESTS
+const rotationReplies = ROTATION_REQUESTS.map((t) => `${t}/+`)
 
 export function defaultPolicy (opts: { awsTopics: boolean }): Policy {
   const claimRequests = opts.awsTopics ? [...provisionRequests, ...awsRequests] : provisionRequests
@@ -87,15 +88,21 @@ export function defaultPolicy (opts: { awsTopics: boolean }): Policy {
       { name: 'device-state', role: 'device', actions: ['publish'], topics: [`${dev}/state`], retain: true },
       { name: 'device-config-ack', role: 'device', actions: ['publish'], topics: [`${dev}/config/ack`] },
       { name: 'device-inbox', role: 'device', actions: ['subscribe'], topics: [`${dev}/config`, `${dev}/commands/+`, `${dev}/errors`] },
+      // CONTRACT §3.4: a device rotates its own certificate (plugins/rotation.ts); the reply goes to the requesting connection only
+      { name: 'device-rotation', role: 'device', actions: ['publish'], topics: ROTATION_REQUESTS },
+      { name: 'device-rotation-replies', role: 'device', actions: ['subscribe'], topics: rotationReplies },
       { name: 'claim-requests', role: 'claim', actions: ['publish'], topics: claimRequests },
       { name: 'claim-replies', role: 'claim', actions: ['subscribe'], topics: claimRequests.map((t) => `${t}/+`) },
+      // a claim or service connection asking to rotate is refused (403 RotationNotAllowed): it may receive the refusal
+      { name: 'claim-rotation-refusals', role: 'claim', actions: ['subscribe'], topics: rotationReplies },
       {
         name: 'service-read',
         role: 'service',
         actions: ['subscribe'],
         topics: ['devices/+/telemetry', 'devices/+/telemetry/+', 'devices/+/state', 'devices/+/config', 'devices/+/config/ack', 'devices/+/errors']
       },
-      { name: 'service-commands', role: 'service', actions: ['publish'], topics: ['devices/+/commands/+'] }
+      { name: 'service-commands', role: 'service', actions: ['publish'], topics: ['devices/+/commands/+'] },
+      { name: 'service-rotation-refusals', role: 'service', actions: ['subscribe'], topics: rotationReplies }
     ]
   }
 }

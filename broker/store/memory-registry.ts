@@ -4,7 +4,7 @@
  */
 import type {
   ActivityDelta, CertificateQuery, CertificateRecord, DeviceActivity, DeviceQuery, DeviceRecord, OwnershipTokenRecord, Page, Registration, RegistrationOutcome, Registry,
-  RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
+  RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
   certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, pageLimit, pageOf
@@ -264,6 +264,58 @@ export class MemoryRegistry implements Registry {
     this.#pendingSweepAt = Math.max(1024, this.#pendingExpiry.size * 2)
   }
   // --- end registration ---
+
+  // --- rotation: new certificate id → graceUntil, for the certificates whose rotation is unsettled ---
+  readonly #rotationsDue = new Map<string, number>()
+
+  // one synchronous block each: no other call runs between the checks and the writes
+  async rotateCertificate (cert: RotatedCertificate): Promise<RotationOutcome> {
+    const old = this.#certificates.get(cert.replaces)
+    if (!old || old.deviceId !== cert.deviceId || old.status !== 'active') return { result: 'refused' }
+    const now = this.#now()
+    const superseded: string[] = []
+    for (const c of this.#certificates.values()) {
+      if (c.deviceId !== cert.deviceId || c.status !== 'active' || c.replaces === undefined || c.certificateId === cert.replaces || c.certificateId === cert.certificateId) continue
+      superseded.push(c.certificateId)
+    }
+    for (const id of superseded) this.#revokeRotated(id, now)
+    this.#certificates.set(old.certificateId, { ...old, retiresAt: cert.graceUntil })
+    this.#certificates.set(cert.certificateId, copyCertificate(cert))
+    this.#rotationsDue.set(cert.certificateId, cert.graceUntil)
+    return { result: 'rotated', superseded }
+  }
+
+  async settleRotation (certificateId: string): Promise<string | null> {
+    const cert = this.#certificates.get(certificateId)
+    if (cert?.replaces === undefined) return null
+    const { replaces, graceUntil: _graceUntil, ...settled } = cert
+    this.#certificates.set(certificateId, settled)
+    this.#rotationsDue.delete(certificateId)
+    if (this.#certificates.get(replaces)?.status !== 'active') return null
+    this.#revokeRotated(replaces, this.#now())
+    return replaces
+  }
+
+  async rotationsDue (before: number, limit: number): Promise<string[]> {
+    const due: string[] = []
+    for (const [id, graceUntil] of this.#rotationsDue) {
+      if (due.length >= limit) break
+      if (graceUntil < before) due.push(id)
+    }
+    return due
+  }
+
+  /** revoked, listed, no longer due, every process told (as revokeCertificate) */
+  #revokeRotated (certificateId: string, now: number): void {
+    const c = this.#certificates.get(certificateId)
+    if (!c) return
+    const { replaces: _replaces, graceUntil: _graceUntil, ...rest } = c
+    this.#certificates.set(certificateId, { ...rest, status: 'revoked', updatedAt: now })
+    this.#rotationsDue.delete(certificateId)
+    if (!this.#revoked.has(`cert:${certificateId}`)) this.#revoked.set(`cert:${certificateId}`, now)
+    this.#emit({ deviceId: null, certificateId })
+  }
+  // --- end rotation ---
 
   // --- device activity: kept per device id, through revocation and replacement ---
   readonly #activity = new Map<string, { -readonly [K in keyof DeviceActivity]: DeviceActivity[K] }>()

@@ -21,7 +21,7 @@ import type { ChainableCommander, Redis } from 'ioredis'
 import { connectRedis, quitGracefully, within } from './redis.js'
 import type {
   ActivityDelta, CertificateQuery, CertificateRecord, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Page, Registration,
-  RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget
+  RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
   certificateMatches, certificatePlan, decodeCursor, deviceMatches, encodeCursor, entryOf, listField, normalizeTarget, noticeOf, padExpiry, pageLimit, pageOf
@@ -202,6 +202,58 @@ for i = 2, #ARGV do
 end
 return 1`)
 // --- end indexes ---
+
+// --- rotation: <prefix>rotations, a sorted set of unsettled new certificate ids scored by graceUntil ---
+// Revoking a rotated certificate: as REVOKE_CERTIFICATE, out of the rotations index too, with the
+// notice built here (certificate ids are hex): the script decides which ids, so JS cannot build it first.
+const ROTATION_LIB = `
+local function revokeRotated (P, id, now, channel, origin)
+  local key = P .. 'cert:' .. id
+  unindexCert(P, id)
+  redis.call('HSET', key, 'status', 'revoked', 'updatedAt', now)
+  redis.call('HDEL', key, 'replaces', 'graceUntil')
+  indexCert(P, id)
+  redis.call('ZREM', P .. 'rotations', id)
+  redis.call('HSETNX', P .. 'revocation-list', 'cert:' .. id, now)
+  redis.call('PUBLISH', channel, cjson.encode({ deviceId = cjson.null, certificateId = id, origin = origin }))
+end
+`
+
+// KEYS: new cert, old cert, device-certs; ARGV: prefix, newId, oldId, deviceId, graceUntil, now, channel, origin, fields...
+const ROTATE_CERTIFICATE = indexed(ROTATION_LIB + `
+local P, newId, oldId, deviceId = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local old = redis.call('HMGET', KEYS[2], 'deviceId', 'status')
+if old[1] ~= deviceId or old[2] ~= 'active' then return {'refused'} end
+local reply = {'rotated'}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if id ~= oldId and id ~= newId then
+    local c = redis.call('HMGET', P .. 'cert:' .. id, 'deviceId', 'status', 'replaces')
+    if c[1] == deviceId and c[2] == 'active' and c[3] then
+      revokeRotated(P, id, ARGV[6], ARGV[7], ARGV[8])
+      table.insert(reply, id)
+    end
+  end
+end
+redis.call('HSET', KEYS[2], 'retiresAt', ARGV[5])
+unindexCert(P, newId)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('SADD', KEYS[3], newId)
+indexCert(P, newId)
+redis.call('ZADD', P .. 'rotations', ARGV[5], newId)
+return reply`)
+
+// KEYS: new cert; ARGV: prefix, newId, now, channel, origin. Replies the revoked old id, or nil.
+const SETTLE_ROTATION = indexed(ROTATION_LIB + `
+local P, newId = ARGV[1], ARGV[2]
+local oldId = redis.call('HGET', KEYS[1], 'replaces')
+if not oldId then return false end
+redis.call('HDEL', KEYS[1], 'replaces', 'graceUntil')
+redis.call('ZREM', P .. 'rotations', newId)
+if redis.call('HGET', P .. 'cert:' .. oldId, 'status') ~= 'active' then return false end
+revokeRotated(P, oldId, ARGV[3], ARGV[4], ARGV[5])
+return oldId`)
+// --- end rotation ---
 
 // --- device activity ---
 // KEYS: activity hashes; ARGV: per key 7 values: seenAt, connects, messagesIn, rejected,
@@ -473,6 +525,35 @@ export class RedisRegistry implements Registry {
   onRevocation (listener: RevocationListener): void {
     this.#listeners.push(listener)
   }
+
+  // --- rotation ---
+  async rotateCertificate (cert: RotatedCertificate): Promise<RotationOutcome> {
+    const conn = await this.#ready()
+    const reply = await conn.eval(ROTATE_CERTIFICATE, 3,
+      this.#key('cert', cert.certificateId), this.#key('cert', cert.replaces), this.#key('device-certs', cert.deviceId),
+      this.#prefix, cert.certificateId, cert.replaces, cert.deviceId, String(cert.graceUntil), String(this.#now()), this.#channel, this.#origin,
+      ...Object.entries(certificateFields(cert)).flat()) as string[]
+    if (reply[0] === 'refused') return { result: 'refused' }
+    if (reply[0] !== 'rotated') throw new Error('registry: unexpected reply from the rotation script')
+    const superseded = reply.slice(1)
+    for (const certificateId of superseded) this.#emit({ deviceId: null, certificateId })
+    return { result: 'rotated', superseded }
+  }
+
+  async settleRotation (certificateId: string): Promise<string | null> {
+    const conn = await this.#ready()
+    const old = await conn.eval(SETTLE_ROTATION, 1, this.#key('cert', certificateId),
+      this.#prefix, certificateId, String(this.#now()), this.#channel, this.#origin) as string | null
+    if (old === null) return null
+    this.#emit({ deviceId: null, certificateId: old })
+    return old
+  }
+
+  async rotationsDue (before: number, limit: number): Promise<string[]> {
+    const conn = await this.#ready()
+    return await conn.zrangebyscore(`${this.#prefix}rotations`, '-inf', `(${before}`, 'LIMIT', 0, limit)
+  }
+  // --- end rotation ---
 
   // --- revocation list: one hash `<prefix>revocation-list`, fields `cert:<id>`, `serial:<issuer>:<serial>`, `ca:<fp>` → revokedAt ---
   async revoke (target: RevocationTarget): Promise<boolean> {
@@ -748,12 +829,15 @@ function certificateFields (c: CertificateRecord): Record<string, string> {
     serialNumber: c.serialNumber,
     notAfter: String(c.notAfter),
     createdAt: String(c.createdAt),
-    updatedAt: String(c.updatedAt)
+    updatedAt: String(c.updatedAt),
+    ...(c.replaces === undefined ? {} : { replaces: c.replaces }),
+    ...(c.graceUntil === undefined ? {} : { graceUntil: String(c.graceUntil) }),
+    ...(c.retiresAt === undefined ? {} : { retiresAt: String(c.retiresAt) })
   }
 }
 
 function parseCertificate (h: Record<string, string>): CertificateRecord | null {
-  const { certificateId, deviceId, status, serialNumber, notAfter, createdAt, updatedAt } = h
+  const { certificateId, deviceId, status, serialNumber, notAfter, createdAt, updatedAt, replaces, graceUntil, retiresAt } = h
   if (certificateId === undefined || status === undefined || serialNumber === undefined ||
     notAfter === undefined || createdAt === undefined || updatedAt === undefined) return null
   return {
@@ -763,7 +847,10 @@ function parseCertificate (h: Record<string, string>): CertificateRecord | null 
     serialNumber,
     notAfter: Number(notAfter),
     createdAt: Number(createdAt),
-    updatedAt: Number(updatedAt)
+    updatedAt: Number(updatedAt),
+    ...(replaces === undefined ? {} : { replaces }),
+    ...(graceUntil === undefined ? {} : { graceUntil: Number(graceUntil) }),
+    ...(retiresAt === undefined ? {} : { retiresAt: Number(retiresAt) })
   }
 }
 

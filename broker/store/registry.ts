@@ -30,6 +30,15 @@ export interface CertificateRecord {
   readonly notAfter: number
   readonly createdAt: number
   readonly updatedAt: number
+  /**
+   * Rotation (CONTRACT §3.4), on the new certificate until it is first used or its
+   * grace period ends: the certificate it replaces (cleared when that one is revoked)
+   */
+  readonly replaces?: string
+  /** with `replaces`: when the replaced certificate is revoked if this one is never used (ms) */
+  readonly graceUntil?: number
+  /** on a replaced certificate: when it stops being accepted, the grace end of its latest rotation (ms) */
+  readonly retiresAt?: number
 }
 
 export interface OwnershipTokenRecord {
@@ -204,6 +213,36 @@ export interface Registrations {
 }
 // --- end registration ---
 
+// --- rotation (CONTRACT §3.4: the old certificate revoked once, by whichever process gets there first) ---
+/** a rotation's new certificate: active, bound to the device, naming the certificate it replaces */
+export type RotatedCertificate = CertificateRecord & { readonly deviceId: string, readonly replaces: string, readonly graceUntil: number }
+
+export type RotationOutcome =
+  /** `superseded`: the device's earlier rotated certificates never used, now revoked (at most two active certificates) */
+  | { readonly result: 'rotated', readonly superseded: readonly string[] }
+  /** the replaced certificate is no longer active for this device (revoked meanwhile): nothing was changed */
+  | { readonly result: 'refused' }
+
+export interface Rotations {
+  /**
+   * All or nothing, on every process sharing the store: stores the new certificate
+   * (active, bound, due for settlement at `graceUntil`), marks the replaced one with
+   * `retiresAt`, and revokes (lists, tells every process) the device's other active
+   * certificates that are themselves unused rotations.
+   */
+  rotateCertificate (cert: RotatedCertificate): Promise<RotationOutcome>
+  /**
+   * Settles the rotation of this (new) certificate: clears `replaces`, and revokes
+   * the replaced certificate (lists it, tells every process). Returns that
+   * certificate's id to the one caller that revoked it, null to every other caller
+   * and when there is nothing to settle: exactly one writer of the audit line.
+   */
+  settleRotation (certificateId: string): Promise<string | null>
+  /** new certificates whose grace ended before `before` and are still unsettled, at most `limit` */
+  rotationsDue (before: number, limit: number): Promise<string[]>
+}
+// --- end rotation ---
+
 // --- paginated listing (CONTRACT §8: collections take `limit` and `cursor`) ---
 export interface Page<T> {
   readonly items: T[]
@@ -373,7 +412,7 @@ export interface ActivityDelta {
 }
 // --- end device activity ---
 
-export interface Registry extends RevocationList, SessionOwners, Registrations {
+export interface Registry extends RevocationList, SessionOwners, Registrations, Rotations {
   getDevice (deviceId: string): Promise<DeviceRecord | null>
   /** every device, in no particular order (the CLI's and tests' view; the admin API pages) */
   listDevices (): Promise<DeviceRecord[]>

@@ -113,3 +113,70 @@ function redisThrottle (opts: ThrottleOptions, url: string): ProvisionThrottle {
     close: () => quitGracefully(conn)
   }
 }
+
+/**
+ * A fixed-window counter per key (CONTRACT §3.4: rotations per device). With
+ * REDIS_URL the count is shared by every broker process; a Redis error fails
+ * closed, as the provisioning throttle does (see the header).
+ */
+export interface RateLimit {
+  /** counts one request for `key` unless it is over the limit; false when refused */
+  take (key: string): Promise<boolean>
+  close (): Promise<void>
+}
+
+export interface RateLimitOptions {
+  readonly limit: number
+  readonly windowMs: number
+  readonly now: () => number
+  readonly redisUrl?: string | undefined
+  /** the key space, e.g. `rotate` */
+  readonly name: string
+  readonly keyPrefix?: string
+  readonly onError?: (err: Error) => void
+}
+
+// KEYS: counter; ARGV: limit, window ms. The window starts with the key's first request.
+const TAKE_ONE = `
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n >= tonumber(ARGV[1]) then return 0 end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1`
+
+export function createRateLimit (opts: RateLimitOptions): RateLimit {
+  const onError = opts.onError ?? (() => {})
+  if (opts.redisUrl) {
+    const prefix = `${opts.keyPrefix ?? 'jitp:'}throttle:${opts.name}:`
+    const conn: Redis = connectRedis(opts.redisUrl, 'failFast', onError)
+    return {
+      async take (key) {
+        try {
+          return Number(await conn.eval(TAKE_ONE, 1, prefix + key, String(opts.limit), String(opts.windowMs))) === 1
+        } catch (err) {
+          onError(err as Error)
+          return false
+        }
+      },
+      close: () => quitGracefully(conn)
+    }
+  }
+  const windows = new Map<string, { start: number, count: number }>()
+  return {
+    async take (key) {
+      const t = opts.now()
+      let w = windows.get(key)
+      if (w === undefined || t - w.start >= opts.windowMs) {
+        // bounded memory: forget everyone, start fresh
+        if (w === undefined && windows.size >= MAX_KEYS) windows.clear()
+        w = { start: t, count: 0 }
+        windows.set(key, w)
+      }
+      if (w.count >= opts.limit) return false
+      w.count++
+      return true
+    },
+    async close () {
+      windows.clear()
+    }
+  }
+}
