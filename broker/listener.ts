@@ -25,7 +25,7 @@ import type { AppLogger } from './logger.js'
 import type { Metrics } from './metrics.js'
 import { stateOf } from './session.js'
 import { tlsServerOptions } from './tls.js'
-import type { Trust } from './trust.js'
+import { mqttTlsMaterial, type Trust } from './trust.js'
 
 /** the error Aedes' client emits when its connectTimeout fires (aedes/lib/client.js) */
 const AEDES_CONNECT_TIMEOUT = 'connect did not arrive in time'
@@ -45,6 +45,11 @@ export interface ListenerContext {
 export interface Listener {
   readonly server: TlsServer
   listen (port: number, host: string): Promise<number>
+  /**
+   * Serves new handshakes with the trust's current server certificate, key and CAs
+   * (after a reload of CERTS_DIR); connections already up keep theirs.
+   */
+  reloadTls (): void
   /** stops accepting, drops every unauthenticated connection, flushes the aggregated audit */
   close (): Promise<void>
 }
@@ -217,6 +222,10 @@ export function createListener (ctx: ListenerContext): Listener {
 
   return {
     server,
+    reloadTls () {
+      // only the context's material: requestCert, rejectUnauthorized and the options stay the server's
+      server.setSecureContext(mqttTlsMaterial(ctx.trust))
+    },
     listen (port, host) {
       return new Promise((resolve, reject) => {
         server.once('error', reject)

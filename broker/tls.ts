@@ -4,7 +4,7 @@
  */
 import { constants } from 'node:crypto'
 import type { TlsOptions } from 'node:tls'
-import type { Trust } from './trust.js'
+import { mqttTlsMaterial, type Trust } from './trust.js'
 
 export interface ListenerOptions {
   readonly noDelay?: boolean
@@ -14,9 +14,8 @@ export interface ListenerOptions {
 
 export function tlsServerOptions (trust: Trust, opts: ListenerOptions = {}): TlsOptions & { noDelay: boolean } {
   return {
-    key: trust.serverKeyPem,
-    cert: trust.serverCertPem,
-    ca: [...trust.caPems],
+    // what a certificate reload replaces (listener.reloadTls): keep it in mqttTlsMaterial
+    ...mqttTlsMaterial(trust),
     requestCert: true,
     rejectUnauthorized: true,
     minVersion: 'TLSv1.2',

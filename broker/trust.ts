@@ -2,11 +2,18 @@
  * Trust material read from CERTS_DIR, and the one function that maps a verified
  * client certificate to the role of its issuing CA. Roles are decided by the
  * issuer certificate's fingerprint and signature, never by names.
+ *
+ * A `Trust` is one immutable reading of the directory. `createTrustHolder` keeps
+ * the current one and swaps it on `reload()` (broker/cert-reload.ts): whoever
+ * holds the holder (classify on connect, the device certificate issuer) sees the
+ * new material from the next call on, while connections already classified keep
+ * the answer they got.
  */
-import { createHash, X509Certificate } from 'node:crypto'
+import { createHash, createPrivateKey, X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import type { TLSSocket } from 'node:tls'
+import { createSecureContext, type TLSSocket } from 'node:tls'
+import { loadIssuer, type Issuer } from '../pki/certificate.js'
 import { JitpError } from './errors.js'
 import type { IssuerRole, PeerCertificate } from './session.js'
 
@@ -37,8 +44,12 @@ export interface Trust {
   readonly serverKeyPem: string
   /** every CA a client certificate may chain to, for the TLS server */
   readonly caPems: readonly string[]
+  /** the FIRST CA of device-ca.pem: the one that signs new device certificates (CONTRACT §2) */
   readonly deviceCaCertPem: string
+  /** device-ca.key, the private key of deviceCaCertPem (checked when read) */
   readonly deviceCaKeyPem: string
+  /** the issuer of new device certificates, built from the two above on first use */
+  readonly deviceIssuer: Issuer
   /** manufacturer CAs by fingerprint, for templates that name one */
   readonly manufacturerFingerprints: readonly string[]
   classify (socket: TLSSocket): PeerCertificate | null
@@ -75,6 +86,30 @@ function readRequired (dir: string, file: string): string {
   return readFileSync(path, 'utf8')
 }
 
+/** runs `parse` over one file's content; whatever it throws names the file (reload audits it) */
+function parsing<T> (dir: string, file: string, parse: () => T): T {
+  try {
+    return parse()
+  } catch (err) {
+    if (err instanceof JitpError) throw err
+    throw new JitpError('InvalidConfig', `CERTS_DIR: ${join(dir, file)}: ${(err as Error).message}`)
+  }
+}
+
+/** the server certificate (first block of server.pem) and its key: both must parse and belong together */
+function readServer (dir: string): { certPem: string, keyPem: string } {
+  const certPem = readRequired(dir, TRUST_FILES.serverCert)
+  const keyPem = readRequired(dir, TRUST_FILES.serverKey)
+  const cert = parsing(dir, TRUST_FILES.serverCert, () => {
+    const first = splitPem(certPem)[0]
+    if (first === undefined) throw new Error('holds no certificate')
+    return new X509Certificate(first)
+  })
+  const key = parsing(dir, TRUST_FILES.serverKey, () => createPrivateKey(keyPem))
+  if (!cert.checkPrivateKey(key)) throw new JitpError('InvalidConfig', `CERTS_DIR: ${join(dir, TRUST_FILES.serverKey)} is not the key of ${TRUST_FILES.serverCert}`)
+  return { certPem, keyPem }
+}
+
 function readCas<R extends string> (dir: string, file: string, role: R, required: boolean): Array<RoleCa<R>> {
   const path = join(dir, file)
   if (!existsSync(path)) {
@@ -84,7 +119,7 @@ function readCas<R extends string> (dir: string, file: string, role: R, required
   const pems = splitPem(readFileSync(path, 'utf8'))
   if (pems.length === 0) throw new JitpError('InvalidConfig', `CERTS_DIR: ${path} holds no certificate`)
   return pems.map((pem) => {
-    const cert = new X509Certificate(pem)
+    const cert = parsing(dir, file, () => new X509Certificate(pem))
     if (!cert.ca) throw new JitpError('InvalidConfig', `CERTS_DIR: ${path} holds a certificate that is not a CA`)
     return { role, cert, fingerprint: fingerprintHex(cert) }
   })
@@ -106,7 +141,17 @@ export function loadTrust (dir: string): Trust {
   }
   const rootPath = join(dir, TRUST_FILES.rootCa)
   const roots = existsSync(rootPath) ? splitPem(readFileSync(rootPath, 'utf8')) : []
-  const deviceCaCertPem = splitPem(readRequired(dir, TRUST_FILES.deviceCa))[0] ?? ''
+  for (const pem of roots) parsing(dir, TRUST_FILES.rootCa, () => new X509Certificate(pem))
+  const server = readServer(dir)
+  // several device CAs may be trusted (a rollover in progress); the first one signs, with device-ca.key
+  const signingCa = cas[0]!
+  const deviceCaCertPem = signingCa.cert.toString()
+  const deviceCaKeyPem = readRequired(dir, TRUST_FILES.deviceCaKey)
+  const deviceCaKey = parsing(dir, TRUST_FILES.deviceCaKey, () => createPrivateKey(deviceCaKeyPem))
+  if (!signingCa.cert.checkPrivateKey(deviceCaKey)) {
+    throw new JitpError('InvalidConfig', `CERTS_DIR: ${join(dir, TRUST_FILES.deviceCaKey)} is not the key of the first CA in ${TRUST_FILES.deviceCa}`)
+  }
+  let deviceIssuer: Issuer | undefined
   const classified = new Map<string, PeerCertificate | null>()
   const adminCas = readCas(dir, TRUST_FILES.adminCa, 'admin' as const, false)
   for (const ca of adminCas) {
@@ -116,11 +161,16 @@ export function loadTrust (dir: string): Trust {
   }
 
   return Object.freeze({
-    serverCertPem: readRequired(dir, TRUST_FILES.serverCert),
-    serverKeyPem: readRequired(dir, TRUST_FILES.serverKey),
+    serverCertPem: server.certPem,
+    serverKeyPem: server.keyPem,
     caPems: [...roots, ...cas.map((c) => c.cert.toString())],
     deviceCaCertPem,
-    deviceCaKeyPem: readRequired(dir, TRUST_FILES.deviceCaKey),
+    deviceCaKeyPem,
+    get deviceIssuer (): Issuer {
+      // the broker that never provisions (bench, tls tests) never pays for the issuer's DER work
+      deviceIssuer ??= loadIssuer(deviceCaCertPem, deviceCaKeyPem)
+      return deviceIssuer
+    },
     manufacturerFingerprints: cas.filter((c) => c.role === 'manufacturer').map((c) => c.fingerprint),
     admin: adminCas.length === 0
       ? null
@@ -182,6 +232,80 @@ export function loadTrust (dir: string): Trust {
       if (classified.size >= MAX_CLASSIFIED) classified.clear()
       classified.set(certificateId, peer)
       return peer
+    }
+  })
+}
+
+/** TLS options a listener is served with, from one Trust: the parts a reload replaces */
+export interface TrustTlsMaterial { readonly key: string, readonly cert: string, readonly ca: string[] }
+
+export function mqttTlsMaterial (trust: Trust): TrustTlsMaterial {
+  return { key: trust.serverKeyPem, cert: trust.serverCertPem, ca: [...trust.caPems] }
+}
+
+/** the admin listener's: the same server certificate, only the admin CAs (null when the admin API is off) */
+export function adminTlsMaterial (trust: Trust): TrustTlsMaterial | null {
+  return trust.admin ? { key: trust.serverKeyPem, cert: trust.serverCertPem, ca: [...trust.admin.caPems] } : null
+}
+
+/**
+ * A Trust that follows CERTS_DIR: every property reads the current reading, so it
+ * can stand wherever a Trust is expected (PluginContext.trust, the listener).
+ */
+export interface TrustHolder extends Trust {
+  current (): Trust
+  /**
+   * Reads CERTS_DIR again and, when all of it parses and builds a TLS context,
+   * makes it current and returns it. Throws (JitpError InvalidConfig naming the
+   * file) and keeps the current material otherwise.
+   */
+  reload (): Trust
+}
+
+export function createTrustHolder (dir: string): TrustHolder {
+  let trust = loadTrust(dir)
+  // stable for the admin server, which keeps the object it was given: the admin API
+  // cannot appear by reload (it is off from start), and a removed admin-ca.pem admits nobody
+  const admin: Trust['admin'] = trust.admin === null
+    ? null
+    : Object.freeze({
+      get caPems () { return trust.admin?.caPems ?? [] },
+      classify: (socket: TLSSocket) => trust.admin?.classify(socket) ?? null
+    })
+  // stable too, for a provisioning plugin that keeps its issuer: each field reads the current signer
+  const deviceIssuer = Object.freeze(Object.defineProperties({}, {
+    certPem: { get: () => trust.deviceIssuer.certPem, enumerable: true },
+    certificate: { get: () => trust.deviceIssuer.certificate, enumerable: true },
+    certificateId: { get: () => trust.deviceIssuer.certificateId, enumerable: true },
+    signer: { get: () => trust.deviceIssuer.signer, enumerable: true },
+    // non-enumerable, as loadIssuer's: logging the issuer cannot leak the key
+    keyPem: { get: () => trust.deviceIssuer.keyPem, enumerable: false }
+  }) as Issuer)
+
+  return Object.freeze({
+    get serverCertPem () { return trust.serverCertPem },
+    get serverKeyPem () { return trust.serverKeyPem },
+    get caPems () { return trust.caPems },
+    get deviceCaCertPem () { return trust.deviceCaCertPem },
+    get deviceCaKeyPem () { return trust.deviceCaKeyPem },
+    deviceIssuer,
+    get manufacturerFingerprints () { return trust.manufacturerFingerprints },
+    admin,
+    classify: (socket: TLSSocket) => trust.classify(socket),
+    current: () => trust,
+    reload (): Trust {
+      const next = loadTrust(dir)
+      // what parses may still not make a TLS context (a key type OpenSSL refuses): try both before swapping
+      for (const material of [mqttTlsMaterial(next), adminTlsMaterial(next)]) {
+        if (material === null) continue
+        try {
+          createSecureContext({ ...material, minVersion: 'TLSv1.2' })
+        } catch (err) {
+          throw new JitpError('InvalidConfig', `CERTS_DIR: ${dir}: server.pem, server.key and the CAs make no TLS context: ${(err as Error).message}`)
+        }
+      }
+      trust = next
+      return next
     }
   })
 }

@@ -4,7 +4,7 @@
  * operator's CLI need.
  * Everything is generated natively in-process; no openssl binary is involved.
  *
- *   node dist/certs-dev/generate.js [--out DIR] [--rsa] [--days N]
+ *   node dist/certs-dev/generate.js [--out DIR] [--rsa] [--days N] [--add-device-ca]
  */
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
@@ -63,21 +63,72 @@ export async function generateDevPki (opts: DevPkiOptions): Promise<DevPkiResult
     // a dev PKI from before the admin API: keep its devices' certificates valid, add only the admin part
     const onlyAdminMissing = DEV_PKI_FILES.every((f) => ADMIN_FILES.includes(f) || f === 'ca-bundle.pem' || existsSync(join(outDir, f)))
     const contents = onlyAdminMissing ? await buildAdminPart(outDir, opts) : await buildDevPki(opts)
-    const files: string[] = []
-    for (const [name, text] of contents) {
-      const path = join(outDir, name)
-      const isKey = name.endsWith('.key')
-      // write-then-rename so a reader never sees a half-written file
-      const tmp = `${path}.${process.pid}.tmp`
-      await writeFile(tmp, text, { mode: isKey ? 0o600 : 0o644 })
-      if (isKey) await chmod(tmp, 0o600) // the mode option is filtered by the umask
-      await rename(tmp, path)
-      files.push(path)
-    }
-    return { outDir, files }
+    return { outDir, files: await writeAll(outDir, contents) }
   } finally {
     await rm(join(outDir, LOCK_FILE), { force: true })
   }
+}
+
+export interface AddDeviceCaResult {
+  /** absolute paths of the files written */
+  files: string[]
+  /** where the previous device-ca.key went */
+  oldKeyFile: string
+  /** PEM of the new signing CA (now first in device-ca.pem) */
+  deviceCaPem: string
+}
+
+/**
+ * A device CA rollover for trying it out (CONTRACT §2, docs/PKI.md): a new device CA
+ * under the existing dev root goes FIRST in device-ca.pem (it signs from now on),
+ * the CAs already there stay after it (still trusted), device-ca.key becomes the
+ * new key and the previous one is kept as device-ca.key.<n>.old (n = 1, 2, …, the
+ * first free), and ca-bundle.pem gains the new CA. A running broker picks it up
+ * by itself (broker/cert-reload.ts).
+ */
+export async function addDeviceCa (opts: DevPkiOptions): Promise<AddDeviceCaResult> {
+  const outDir = resolve(opts.outDir)
+  if (!devPkiComplete(outDir)) throw new Error(`${outDir} holds no complete development PKI: run certs dev first`)
+  await acquireLock(outDir)
+  try {
+    const read = (f: string): Promise<string> => readFile(join(outDir, f), 'utf8')
+    const [rootPem, rootKeyPem, currentCas, currentKey, bundle] = await Promise.all(
+      ['root-ca.pem', 'root-ca.key', 'device-ca.pem', 'device-ca.key', 'ca-bundle.pem'].map(read))
+    const root = loadIssuer(rootPem!, rootKeyPem!)
+    const keys = await generateKeyPairAsync(opts.rsa === true ? 'rsa' : 'ec')
+    let n = 1
+    while (existsSync(join(outDir, `device-ca.key.${n}.old`))) n++
+    const ca = issueCertificate({
+      organization: ORGANIZATION, commonName: `aedes-jitp dev device CA ${n + 1}`, publicKey: keys.publicKey, issuer: root,
+      validityDays: Math.max(3650, opts.validityDays ?? 825), isCa: true, pathLength: 0
+    })
+    const oldKeyFile = `device-ca.key.${n}.old`
+    // the old key first: at no moment is it lost; then the CA file and its key, as close together as a rename allows
+    const written = await writeAll(outDir, [
+      [oldKeyFile, currentKey!],
+      ['device-ca.pem', ca.pem + currentCas!],
+      ['device-ca.key', privateKeyToPem(keys.privateKey)],
+      ['ca-bundle.pem', bundle! + ca.pem]
+    ])
+    return { files: written, oldKeyFile: join(outDir, oldKeyFile), deviceCaPem: ca.pem }
+  } finally {
+    await rm(join(outDir, LOCK_FILE), { force: true })
+  }
+}
+
+/** write-then-rename each file, so a reader (the broker's watcher) never sees a half-written one */
+async function writeAll (outDir: string, contents: Iterable<[string, string]>): Promise<string[]> {
+  const files: string[] = []
+  for (const [name, text] of contents) {
+    const path = join(outDir, name)
+    const isKey = name.includes('.key')
+    const tmp = `${path}.${process.pid}.tmp`
+    await writeFile(tmp, text, { mode: isKey ? 0o600 : 0o644 })
+    if (isKey) await chmod(tmp, 0o600) // the mode option is filtered by the umask
+    await rename(tmp, path)
+    files.push(path)
+  }
+  return files
 }
 
 async function buildDevPki (opts: DevPkiOptions): Promise<Map<string, string>> {
@@ -182,22 +233,29 @@ async function acquireLock (dir: string): Promise<boolean> {
   }
 }
 
-function parseArgs (argv: string[]): DevPkiOptions {
-  const opts: DevPkiOptions = { outDir: 'certs-dev' }
+function parseArgs (argv: string[]): DevPkiOptions & { addDeviceCa?: boolean } {
+  const opts: DevPkiOptions & { addDeviceCa?: boolean } = { outDir: 'certs-dev' }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     if (arg === '--rsa') opts.rsa = true
+    else if (arg === '--add-device-ca') opts.addDeviceCa = true
     else if (arg === '--out') opts.outDir = argv[++i] ?? opts.outDir
     else if (arg === '--days') opts.validityDays = Number(argv[++i])
-    else throw new Error(`unknown argument ${arg ?? ''} (usage: generate [--out DIR] [--rsa] [--days N])`)
+    else throw new Error(`unknown argument ${arg ?? ''} (usage: generate [--out DIR] [--rsa] [--days N] [--add-device-ca])`)
   }
   return opts
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   try {
-    const result = await generateDevPki(parseArgs(process.argv.slice(2)))
-    console.log(`wrote ${result.files.length} files to ${result.outDir}`)
+    const opts = parseArgs(process.argv.slice(2))
+    if (opts.addDeviceCa === true) {
+      const added = await addDeviceCa(opts)
+      console.log(`new signing device CA first in device-ca.pem; previous key kept as ${added.oldKeyFile}`)
+    } else {
+      const result = await generateDevPki(opts)
+      console.log(`wrote ${result.files.length} files to ${result.outDir}`)
+    }
   } catch (err) {
     console.error((err as Error).message)
     process.exitCode = 1
