@@ -1,11 +1,12 @@
 import t, { type Test } from 'tap'
 import { createPrivateKey, X509Certificate } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect, createServer, type TLSSocket } from 'node:tls'
 import type { AddressInfo } from 'node:net'
-import { DEV_PKI_FILES, devPkiComplete, generateDevPki } from '../../certs-dev/generate.js'
+import { addDeviceCa, DEV_PKI_FILES, devPkiComplete, generateDevPki } from '../../certs-dev/generate.js'
+import { loadTrust, splitPem } from '../../broker/trust.js'
 import { openssl } from './openssl.js'
 
 const LEAVES = [
@@ -144,4 +145,38 @@ t.test('validityDays sets leaf lifetime; CAs keep at least 3650 days', async (t)
   t.equal(days('server.pem'), 30)
   t.equal(days('device-ca.pem'), 3650)
   t.equal(days('root-ca.pem'), 3650)
+})
+
+t.test('--add-device-ca: a new signing device CA first, the old ones still trusted, the old key kept', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'dev-pki-rollover-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  await t.rejects(addDeviceCa({ outDir: out }), /no complete development PKI/, 'refused where there is no dev PKI')
+  await generateDevPki({ outDir: out })
+  const at = (f: string): string => join(out, f)
+  const read = (f: string): string => readFileSync(at(f), 'utf8')
+  const [firstCa, firstKey, service] = [read('device-ca.pem'), read('device-ca.key'), read('service.pem')]
+
+  const added = await addDeviceCa({ outDir: out })
+  t.equal(added.oldKeyFile, at('device-ca.key.1.old'))
+  t.same(splitPem(read('device-ca.pem')), [added.deviceCaPem.trim(), firstCa.trim()], 'the new CA first, the old one after it')
+  t.ok(new X509Certificate(added.deviceCaPem).checkPrivateKey(createPrivateKey(read('device-ca.key'))), 'device-ca.key is the new CA\'s key')
+  t.equal(read('device-ca.key.1.old'), firstKey, 'the previous key is kept')
+  t.equal(statSync(at('device-ca.key.1.old')).mode & 0o777, 0o600, 'and stays private')
+  t.match(read('ca-bundle.pem'), added.deviceCaPem.trim(), 'the bundle gains the new CA')
+  t.equal(read('service.pem'), service, 'other material untouched')
+  const v = openssl(['verify', '-x509_strict', '-CAfile', at('root-ca.pem'), at('device-ca.pem')])
+  t.ok(v.ok, `the new CA chains to the existing root: ${v.output}`)
+
+  const trust = loadTrust(out)
+  t.equal(trust.deviceCaCertPem.trim(), added.deviceCaPem.trim(), 'the broker signs with the new CA')
+  t.equal(trust.deviceIssuer.certificate.fingerprint256, new X509Certificate(added.deviceCaPem).fingerprint256)
+  for (const ca of [added.deviceCaPem, firstCa]) t.ok(trust.caPems.some((p) => p.trim() === ca.trim()), 'both device CAs are trusted')
+
+  const again = await addDeviceCa({ outDir: out })
+  t.equal(again.oldKeyFile, at('device-ca.key.2.old'), 'a second rollover keeps the first old key')
+  t.equal(splitPem(read('device-ca.pem')).length, 3)
+  t.equal(read('device-ca.key.1.old'), firstKey)
+  // the key must belong to the first CA: a half-done manual rollover is refused, not signed with
+  writeFileSync(at('device-ca.key'), firstKey)
+  t.throws(() => loadTrust(out), /device-ca\.key is not the key of the first CA/)
 })
