@@ -10,6 +10,7 @@ import type { Server as TlsServer } from 'node:tls'
 import { devPkiComplete, generateDevPki } from '../certs-dev/generate.js'
 import { activityPlugin } from '../plugins/activity.js'
 import { authorizationPlugin } from '../plugins/authorization.js'
+import { certExpiryPlugin, requestRotation } from '../plugins/cert-expiry.js'
 import { configAckPlugin } from '../plugins/config-ack.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
@@ -197,7 +198,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await provisioningPlugin.setup(ctx, { policy, templates, configs }),
       await configAckPlugin.setup(ctx, { service: configs, store: configStore }),
       // an observer: device activity (first/last seen, counters) for the admin API, batched to the registry
-      await activityPlugin.setup(ctx, undefined)
+      await activityPlugin.setup(ctx, undefined),
+      // an observer: the rotate-certificate reminder for certificates close to expiry, and the expiry gauge
+      await certExpiryPlugin.setup(ctx, undefined)
     ]
     for (const h of hooks) if (h.close) releases.push([`plugin ${h.name}`, () => h.close!()])
     const chain = installChain(ctx, hooks)
@@ -240,7 +243,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     if (trust.admin) {
       const admin = await createAdminServer({
         config, trust: trust.admin, serverCertPem: trust.serverCertPem, serverKeyPem: trust.serverKeyPem,
-        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now, configs, rollouts
+        registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now, configs, rollouts,
+        rotate: (deviceId, actor) => requestRotation(ctx, deviceId, actor)
       })
       releases.push(['admin API', () => admin.close()])
       adminPort = await admin.listen(config.adminPort, config.host)

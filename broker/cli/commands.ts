@@ -7,8 +7,8 @@
 const USAGE = [
   'usage: aedes-jitp [start [--config FILE]]',
   '  certs dev [--rsa] [--out DIR]',
-  '  devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id>',
-  '  certificates list [--device ID] [--status S] [--expiring-within-days N] | revoke <id> | revoke --issuer <fp> --serial <hex> | revoke --ca <fp>',
+  '  devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id> | rotate <id>',
+  '  certificates list [--device ID] [--status S] [--expiring-within-days N] | expiring --days N | revoke <id> | revoke --issuer <fp> --serial <hex> | revoke --ca <fp>',
   '  audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]',
   '  config get|set|history|rollback <deviceId> | config get|set --template NAME',
   '  rollout start|status [--watch]|list|pause|resume|abort',
