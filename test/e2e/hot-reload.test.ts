@@ -29,10 +29,11 @@ function replaceFile (dir: string, file: string, text: string): void {
 }
 
 /** the fingerprint of the certificate a new TLS client is served */
-function servedFingerprint (tb: TestBroker): Promise<string> {
-  const creds = credentials(tb.pki, 'service')
+function servedFingerprint (tb: TestBroker, listener: 'mqtts' | 'admin' = 'mqtts'): Promise<string> {
+  const creds = credentials(tb.pki, listener === 'admin' ? 'admin' : 'service')
+  const port = listener === 'admin' ? tb.adminPort! : tb.port
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({ host: '127.0.0.1', port: tb.port, servername: 'localhost', ca: tb.pki.read('root-ca.pem'), ...creds }, () => {
+    const socket = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca: tb.pki.read('root-ca.pem'), ...creds }, () => {
       const fp = socket.getPeerCertificate().fingerprint256
       socket.destroy()
       resolve(fp)
@@ -93,6 +94,7 @@ t.test('CA rollover and certificate hot reload keep 100 devices connected', asyn
   const newServer = new X509Certificate(server.pem).fingerprint256
   t.not(oldServer, newServer)
   t.equal(await servedFingerprint(tb), newServer, 'a new TLS client is served the new server certificate, no restart')
+  t.equal(await servedFingerprint(tb, 'admin'), newServer, 'and so is a new admin API client')
 
   // 3. a corrupt replacement: audited, the previous material stays in use
   const failedBefore = tb.events('config.reload.failed').length
