@@ -15,6 +15,7 @@ import { configAckPlugin } from '../plugins/config-ack.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
+import { rotationPlugin } from '../plugins/rotation.js'
 import { revocationPlugin } from '../plugins/revocation.js'
 import { loadTemplates } from '../plugins/provisioning/templates.js'
 import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
@@ -43,7 +44,8 @@ import { createSessionStore } from './store/session-store.js'
 import { undeliverableFilter } from './store/undeliverable.js'
 import { liveClients } from './session.js'
 import { auditPublishNotStored, dropQueuedPacketsOnClean, failEmitVisibly, failPublishVisibly, wrapPersistence, type AedesPersistence } from './store/wrappers.js'
-import { loadTrust } from './trust.js'
+import { adminTlsMaterial, createTrustHolder } from './trust.js'
+import { watchCertsDir, type CertsWatcher } from './cert-reload.js'
 
 export interface BuildOptions {
   /** audit destination override (tests write to an in-memory stream) */
@@ -70,6 +72,8 @@ export interface BrokerHandle {
   readonly configStore: DeviceConfigStore
   readonly rollouts: Rollouts
   ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
+  /** reads CERTS_DIR again now (SIGHUP); true when new material is in use */
+  reloadCerts (): boolean
   close (): Promise<void>
 }
 
@@ -125,7 +129,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       log.warn({ dir: config.certsDir }, 'no PKI found: generating a development PKI (never use it in production)')
       await generateDevPki({ outDir: config.certsDir })
     }
-    const trust = loadTrust(config.certsDir)
+    // one holder: classify, the device certificate issuer and the TLS servers follow CERTS_DIR (broker/cert-reload.ts)
+    const trust = createTrustHolder(config.certsDir)
     const policy = loadPolicy(config.policyFile, { awsTopics: config.provisioningAwsTopics })
     // loaded once: provisioning uses them, the admin API shows them
     const templates = await loadTemplates(config.templatesDir)
@@ -196,6 +201,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),
       await provisioningPlugin.setup(ctx, { policy, templates, configs }),
+      // device-initiated certificate rotation (CONTRACT §3.4): $provision/certificates/rotate/json, grace, first use
+      await rotationPlugin.setup(ctx, undefined),
       await configAckPlugin.setup(ctx, { service: configs, store: configStore }),
       // an observer: device activity (first/last seen, counters) for the admin API, batched to the registry
       await activityPlugin.setup(ctx, undefined),
@@ -240,6 +247,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
 
     // the admin API (broker/admin/server.ts): operators only, mutual TLS with the admin CA
     let adminPort: number | null = null
+    // its HTTPS server, for a certificate reload (Fastify's https option makes app.server a tls.Server)
+    let adminTls: TlsServer | null = null
     if (trust.admin) {
       const admin = await createAdminServer({
         config, trust: trust.admin, serverCertPem: trust.serverCertPem, serverKeyPem: trust.serverKeyPem,
@@ -248,9 +257,21 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       })
       releases.push(['admin API', () => admin.close()])
       adminPort = await admin.listen(config.adminPort, config.host)
+      adminTls = admin.app.server as unknown as TlsServer
     } else {
       log.warn({ dir: config.certsDir }, 'no admin-ca.pem in CERTS_DIR: the admin API is off')
     }
+
+    // certificate hot reload: new connections get the new server certificate, CAs and device CA; none is dropped
+    const certsWatcher: CertsWatcher = watchCertsDir({
+      dir: config.certsDir, trust, audit, log,
+      onReload (next) {
+        listener.reloadTls()
+        const material = adminTlsMaterial(next)
+        if (adminTls && material) adminTls.setSecureContext(material)
+      }
+    })
+    releases.push(['certs watcher', async () => certsWatcher.close()])
 
     audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, http ${httpPort}, admin ${adminPort ?? 'off'}, store ${sessionStore.kind}` })
     log.info({ mqttsPort, httpPort, adminPort, store: sessionStore.kind }, 'aedes-jitp listening')
@@ -271,6 +292,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       configStore,
       rollouts,
       ready,
+      reloadCerts: () => certsWatcher.reload({ force: true }),
       close () {
         closed ??= (async () => {
           audit.write('broker.stopped', { brokerId: broker.id })

@@ -34,6 +34,8 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
   if (!device) return deny('DeviceUnknown')
   if (!MAY_CONNECT.has(device.status)) return deny('DeviceRevoked')
   if (cert.status !== 'active') return deny('CertificateRevoked')
+  // CONTRACT §3.4: replaced by a rotation and past its grace period (the rotation sweep revokes it too)
+  if (cert.retiresAt !== undefined && cert.retiresAt <= ctx.now()) return deny('CertificateRevoked', undefined, 'replaced by rotation; grace period over')
   if (ev.clientId !== device.deviceId) return deny('ClientIdMismatch', undefined, `expected client id ${device.deviceId}`)
   const identity: Identity = {
     role: 'device',

@@ -14,7 +14,6 @@ import { Errors, JitpError, type ErrorCode } from '../broker/errors.js'
 import type { AuthenticateAnswer, AuthenticateEvent, Plugin, PluginHooks } from '../broker/plugin.js'
 import { liveClients, stateOf, type ConnectionState, type Identity } from '../broker/session.js'
 import { configTopic } from '../broker/config-store.js'
-import { loadIssuer } from '../pki/certificate.js'
 import { CsrError } from '../pki/csr.js'
 import { permissionsFor, type Policy } from './policy.js'
 import { issueFromCsr, issueWithGeneratedKey, newOwnershipToken, type Issued } from './provisioning/issuance.js'
@@ -50,7 +49,8 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
   async setup (ctx, options): Promise<PluginHooks> {
     const { config, registry, audit, metrics, broker } = ctx
     const templates = options.templates ?? await loadTemplates(config.templatesDir)
-    const issuer = loadIssuer(ctx.trust.deviceCaCertPem, ctx.trust.deviceCaKeyPem)
+    // follows a device CA rollover: the trust holder's issuer is always the first CA of device-ca.pem
+    const issuer = ctx.trust.deviceIssuer
     // shared by every broker through Redis when there is one; address first (see throttle.ts)
     const throttle = createThrottle({
       perAddress: config.provisionRatePerAddress,

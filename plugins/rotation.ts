@@ -20,7 +20,6 @@ import { Errors, JitpError, type ErrorCode } from '../broker/errors.js'
 import type { Plugin, PluginHooks } from '../broker/plugin.js'
 import { ROTATION_REQUESTS } from '../broker/reserved-topics.js'
 import { stateOf, type ConnectionState, type Identity } from '../broker/session.js'
-import { loadIssuer } from '../pki/certificate.js'
 import { CsrError, parseCsr } from '../pki/csr.js'
 import { issueFor } from './provisioning/issuance.js'
 import { createRateLimit } from './provisioning/throttle.js'
@@ -54,7 +53,8 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
   name: 'rotation',
   setup (ctx, options): PluginHooks {
     const { config, registry, audit, metrics } = ctx
-    const issuer = loadIssuer(ctx.trust.deviceCaCertPem, ctx.trust.deviceCaKeyPem)
+    // follows a device CA rollover: the trust holder's issuer is always the first CA of device-ca.pem
+    const issuer = ctx.trust.deviceIssuer
     const limit = createRateLimit({
       name: 'rotate',
       limit: ROTATIONS_PER_HOUR,

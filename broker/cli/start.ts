@@ -1,4 +1,4 @@
-/** `aedes-jitp start [--config FILE]`: runs the broker until SIGTERM/SIGINT. */
+/** `aedes-jitp start [--config FILE]`: runs the broker until SIGTERM/SIGINT; SIGHUP reloads CERTS_DIR. */
 import { parseArgs } from 'node:util'
 import { buildBroker } from '../build.js'
 import { loadConfig } from '../config.js'
@@ -26,6 +26,13 @@ export async function startCommand (args: string[]): Promise<null> {
   // every device's connection down with it: log it, keep serving
   process.on('unhandledRejection', (reason) => {
     handle.ctx.log.error({ err: reason instanceof Error ? reason.message : String(reason) }, 'unhandled rejection')
+  })
+  // the usual daemon signal: the watcher finds changes by itself, SIGHUP is for file systems it cannot watch
+  // and for operators who want it now; a file that does not parse is audited and changes nothing
+  process.on('SIGHUP', function reloadCertificates () {
+    if (stopping) return
+    handle.ctx.log.info({ signal: 'SIGHUP' }, 'reloading CERTS_DIR')
+    handle.reloadCerts()
   })
   process.once('SIGTERM', () => stop('SIGTERM'))
   process.once('SIGINT', () => stop('SIGINT'))

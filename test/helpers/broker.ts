@@ -127,7 +127,7 @@ export function credentials (pki: Pki, name: 'claim' | 'service' | 'manufacturer
 export async function registerDeviceIn (registry: Registry, pki: Pki, deviceId: string): Promise<ClientCredentials & { certificateId: string }> {
   const issuer = loadIssuer(pki.read('device-ca.pem'), pki.read('device-ca.key'))
   const keys = generateKeyPair('ec')
-  const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 30, extKeyUsage: ['clientAuth'] })
+  const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 90, extKeyUsage: ['clientAuth'] })
   const now = Date.now()
   await registry.putDevice({ deviceId, status: 'active', template: 'test', createdAt: now, updatedAt: now, attributes: {} })
   await registry.putCertificate({
@@ -151,7 +151,7 @@ export function registerDevice (tb: TestBroker, deviceId: string): Promise<Clien
 export function unregisteredDevice (tb: TestBroker, deviceId: string): ClientCredentials {
   const issuer = loadIssuer(tb.pki.read('device-ca.pem'), tb.pki.read('device-ca.key'))
   const keys = generateKeyPair('ec')
-  const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 30, extKeyUsage: ['clientAuth'] })
+  const issued = issueCertificate({ commonName: deviceId, publicKey: keys.publicKey, issuer, validityDays: 90, extKeyUsage: ['clientAuth'] })
   return { cert: issued.pem + tb.pki.read('device-ca.pem'), key: privateKeyToPem(keys.privateKey) }
 }
 
