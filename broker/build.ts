@@ -136,6 +136,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const templates = await loadTemplates(config.templatesDir)
     // one catalogue and one personal-data key for the validation plugin and the store wrapper
     const catalogue = loadSchemaCatalogue(config.schemasDir)
+    // derived from the device CA key when unset: a device CA rollover would change it, and sealed x-pii
+    // values already stored could no longer be opened after the next restart (docs/PKI.md: pin it first)
+    if (config.piiKey === undefined && !config.generateDevCerts) log.warn('PII_KEY is not set: the key sealing personal data is derived from device-ca.key and changes with a device CA rollover; pin PII_KEY (docs/PKI.md)')
     const personalData = createPersonalData(catalogue, createPiiCipher(piiKeyFrom(config.piiKey, trust.deviceCaKeyPem)))
 
     let storeDown = false
