@@ -15,7 +15,7 @@ import type { MqttClient } from 'mqtt'
 import { addDeviceCa } from '../../certs-dev/generate.js'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
-import { connect, credentials, endClient, registerDevice, startBroker, waitFor, type TestBroker } from '../helpers/broker.js'
+import { connect, credentials, endClient, newDevPki, registerDevice, startBroker, STORES, waitFor, type TestBroker } from '../helpers/broker.js'
 import { provision } from '../helpers/provisioning.js'
 
 const DEVICES = 100
@@ -42,8 +42,9 @@ function servedFingerprint (tb: TestBroker, listener: 'mqtts' | 'admin' = 'mqtts
   })
 }
 
-t.test('CA rollover and certificate hot reload keep 100 devices connected', async (t) => {
-  const tb = await startBroker({ store: 'memory' })
+for (const store of STORES) t.test(`CA rollover and certificate hot reload keep 100 devices connected (${store})`, async (t) => {
+  // a PKI of its own: this test rolls the device CA over and writes a corrupt server.pem
+  const tb = await startBroker({ store, pki: await newDevPki() })
   const { pki } = tb
   const clients: MqttClient[] = []
   t.teardown(async () => {

@@ -28,12 +28,17 @@ export async function devPki (rsa = false): Promise<Pki> {
   const key = rsa ? 'rsa' : 'ec'
   const cached = pkiCache.get(key)
   if (cached) return cached
+  const pki = await newDevPki(rsa)
+  pkiCache.set(key, pki)
+  return pki
+}
+
+/** A dev PKI of its own, for a test that changes the files (CA rollover, corrupt files) */
+export async function newDevPki (rsa = false): Promise<Pki> {
   const dir = mkdtempSync(join(tmpdir(), 'jitp-pki-'))
   await generateDevPki({ outDir: dir, rsa })
   process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
-  const pki = { dir, read: (file: string) => readFileSync(join(dir, file), 'utf8') }
-  pkiCache.set(key, pki)
-  return pki
+  return { dir, read: (file: string) => readFileSync(join(dir, file), 'utf8') }
 }
 
 export interface AuditCapture { lines: Array<Record<string, unknown>>, raw: string[], stream: Writable }
@@ -79,10 +84,12 @@ export interface StartOptions {
   redis?: RedisServerHandle
   overrides?: Record<string, unknown>
   now?: () => number
+  /** a PKI other than the process's shared one */
+  pki?: Pki
 }
 
 export async function startBroker (opts: StartOptions): Promise<TestBroker> {
-  const pki = await devPki()
+  const pki = opts.pki ?? await devPki()
   let redis = opts.redis
   const ownRedis = opts.store === 'redis' && !redis
   if (ownRedis) redis = await startRedisServer()
