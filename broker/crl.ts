@@ -90,7 +90,9 @@ export function watchCrls (opts: CrlOptions): CrlIndex {
   function loadRole (role: CrlRole): boolean {
     const file = crlFileOf(role)
     const path = join(certsDir, file)
-    const stamp = stampOf(path)
+    const crlStamp = stampOf(path)
+    // the role's CA file is part of the stamp: a CA added by a rollover (docs/PKI.md) makes its CRL verifiable
+    const stamp = crlStamp === null ? null : `${crlStamp}|${stampOf(join(certsDir, `${role}-ca.pem`)) ?? ''}`
     const previous = files.get(role)
     if ((previous?.stamp ?? null) === stamp) return false
     if (stamp === null) {
@@ -100,6 +102,11 @@ export function watchCrls (opts: CrlOptions): CrlIndex {
       return true
     }
     try {
+      try {
+        cas.set(role, roleCas(certsDir, role))
+      } catch {
+        // a CA file being replaced: verify against the CAs read before
+      }
       const keys = keysOf(readFileSync(path, 'utf8'), cas.get(role) ?? [])
       files.set(role, { stamp, keys })
       audit.write('crl.loaded', { role, count: keys.size, reason: file })
@@ -146,7 +153,7 @@ export function watchCrls (opts: CrlOptions): CrlIndex {
   let watcher: FSWatcher | undefined
   try {
     watcher = watch(certsDir, { persistent: false }, function onCertsDirChange (_event, name) {
-      if (name === null || name.endsWith('.crl.pem')) soon()
+      if (name === null || name.endsWith('.crl.pem') || name.endsWith('-ca.pem')) soon()
     })
     watcher.on('error', (err) => log.warn({ err: err.message }, 'CERTS_DIR watch failed; CRLs are still polled'))
   } catch (err) {
