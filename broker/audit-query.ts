@@ -9,7 +9,7 @@
 import { open, type FileHandle } from 'node:fs/promises'
 import { ReplyError, type Redis } from 'ioredis'
 import { JitpError } from './errors.js'
-import { connectRedis, quitGracefully } from './store/redis.js'
+import { connectRedis, quitGracefully, waitReady } from './store/redis.js'
 
 export interface AuditQuery {
   /** event glob: `*` any run of characters, `?` one character (`device.*`) */
@@ -287,24 +287,6 @@ const STREAM_ID = /^\d{1,20}-\d{1,20}$/
 function idAfter (id: string): string {
   const [ms = '0', seq = '0'] = id.split('-')
   return `${ms}-${(BigInt(seq) + 1n).toString()}`
-}
-
-function waitReady (conn: Redis, ms: number): Promise<boolean> {
-  if (conn.status === 'ready') return Promise.resolve(true)
-  if (conn.status === 'end') return Promise.resolve(false)
-  return new Promise((resolve) => {
-    const done = (ok: boolean): void => {
-      clearTimeout(timer)
-      conn.off('ready', onReady)
-      conn.off('end', onEnd)
-      resolve(ok)
-    }
-    const onReady = (): void => done(true)
-    const onEnd = (): void => done(false)
-    const timer = setTimeout(done, ms, false)
-    conn.once('ready', onReady)
-    conn.once('end', onEnd)
-  })
 }
 
 function lineOf (fields: string[]): string {

@@ -20,7 +20,7 @@ import type {
   AckOutcome, CommitInput, ConfigStatus, ConfigStatusCounts, ConfigVersion, DeviceConfigState, DeviceConfigStore, JsonObject, PendingAck
 } from './device-configs.js'
 import { configHash, HISTORY_KEEP } from './device-configs.js'
-import { connectRedis, quitGracefully } from './redis.js'
+import { connectRedis, quitGracefully, waitReady } from './redis.js'
 
 export interface RedisDeviceConfigStoreOptions {
   url: string
@@ -309,22 +309,4 @@ function parseState (deviceId: string, h: Record<string, string>): DeviceConfigS
     overrides: h.overrides === undefined ? {} : JSON.parse(h.overrides) as JsonObject,
     deliveredAt: h.deliveredAt === undefined ? null : Number(h.deliveredAt)
   }
-}
-
-function waitReady (conn: Redis, ms: number): Promise<boolean> {
-  if (conn.status === 'ready') return Promise.resolve(true)
-  if (conn.status === 'end' || ms <= 0) return Promise.resolve(false)
-  return new Promise((resolve) => {
-    const done = (ok: boolean): void => {
-      clearTimeout(timer)
-      conn.off('ready', onReady)
-      conn.off('end', onEnd)
-      resolve(ok)
-    }
-    const onReady = (): void => done(true)
-    const onEnd = (): void => done(false)
-    const timer = setTimeout(done, ms, false)
-    conn.once('ready', onReady)
-    conn.once('end', onEnd)
-  })
 }

@@ -18,7 +18,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
-import { connectRedis, quitGracefully, within } from './redis.js'
+import { connectRedis, quitGracefully, waitReady, within } from './redis.js'
 import type {
   ActivityDelta, CertificateQuery, CertificateRecord, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Page, Registration,
   RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
@@ -903,24 +903,6 @@ async function exec (tx: ChainableCommander): Promise<unknown[]> {
   return replies.map(([err, reply]) => {
     if (err) throw err
     return reply
-  })
-}
-
-function waitReady (conn: Redis, ms: number): Promise<boolean> {
-  if (conn.status === 'ready') return Promise.resolve(true)
-  if (conn.status === 'end' || ms <= 0) return Promise.resolve(false)
-  return new Promise((resolve) => {
-    const done = (ok: boolean): void => {
-      clearTimeout(timer)
-      conn.off('ready', onReady)
-      conn.off('end', onEnd)
-      resolve(ok)
-    }
-    const onReady = (): void => done(true)
-    const onEnd = (): void => done(false)
-    const timer = setTimeout(done, ms, false)
-    conn.once('ready', onReady)
-    conn.once('end', onEnd)
   })
 }
 

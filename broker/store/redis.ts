@@ -153,3 +153,22 @@ export async function quitGracefully (conn: Redis): Promise<void> {
   // 'end' follows the socket's close (at most ioredis' disconnectTimeout for a socket that hangs)
   await within(ended, QUIT_WAIT_MS)
 }
+
+/** resolves true once the connection is ready, false when it ends or `ms` pass first */
+export function waitReady (conn: Redis, ms: number): Promise<boolean> {
+  if (conn.status === 'ready') return Promise.resolve(true)
+  if (conn.status === 'end' || ms <= 0) return Promise.resolve(false)
+  return new Promise((resolve) => {
+    const done = (ok: boolean): void => {
+      clearTimeout(timer)
+      conn.off('ready', onReady)
+      conn.off('end', onEnd)
+      resolve(ok)
+    }
+    const onReady = (): void => done(true)
+    const onEnd = (): void => done(false)
+    const timer = setTimeout(done, ms, false)
+    conn.once('ready', onReady)
+    conn.once('end', onEnd)
+  })
+}

@@ -6,33 +6,12 @@
  */
 import type { FastifyPluginAsync } from 'fastify'
 import { JitpError } from '../../errors.js'
-import type { JsonObject } from '../../store/device-configs.js'
+import type { Rollouts, RolloutSpec } from '../../rollouts.js'
 import type { AdminDeps } from '../server.js'
 import { conflict, errorResponses, noQuery, notFound } from '../schemas.js'
 
-export interface RolloutSpecInput {
-  target: { template?: string, deviceIds?: string[], status?: 'active' | 'quarantined' }
-  config?: JsonObject
-  patch?: JsonObject
-  waves: number[] | { base: number, factor: number }
-  minWaitSeconds: number
-  abortThreshold: number
-  minSample?: number
-}
-export interface RolloutView {
-  id: string
-  status: 'running' | 'paused' | 'aborted' | 'completed'
-  waves: Array<{ percent: number, targeted: number, published: number, applied: number, failed: number, timedOut: number, pending: number }>
-}
-/** what the routes need of broker/rollouts.ts */
-export interface RolloutsApi {
-  start (spec: RolloutSpecInput, author: string): Promise<RolloutView>
-  get (id: string): Promise<RolloutView | null>
-  list (): Promise<RolloutView[]>
-  pause (id: string, author: string): Promise<RolloutView>
-  resume (id: string, author: string): Promise<RolloutView>
-  abort (id: string, author: string): Promise<RolloutView>
-}
+/** what the routes need of the rollout engine (broker/rollouts.ts) */
+export type RolloutsApi = Pick<Rollouts, 'start' | 'get' | 'list' | 'pause' | 'resume' | 'abort'>
 
 const configObject = { type: 'object', additionalProperties: true } as const
 const waveItem = {
@@ -55,7 +34,7 @@ const idParam = { type: 'object', required: ['id'], additionalProperties: false,
 export function rolloutRoutes (deps: AdminDeps & { rollouts: RolloutsApi }): FastifyPluginAsync {
   const { rollouts } = deps
   return async (app) => {
-    app.post<{ Body: RolloutSpecInput }>('/v1/rollouts', {
+    app.post<{ Body: RolloutSpec }>('/v1/rollouts', {
       schema: {
         tags: ['rollouts'],
         summary: 'Start a rollout: a new template configuration (`config`) or a patch of device overrides (`patch`) to a template, a list of devices or a filter, in waves',
