@@ -43,7 +43,9 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
     certificateId: peer.certificateId,
     name: device.deviceId,
     permissions: permissionsFor(policy, 'device'),
-    quarantined: device.status === 'quarantined'
+    quarantined: device.status === 'quarantined',
+    // read here with the record anyway: the rotation plugin settles only these, no store call for the rest
+    ...(cert.replaces !== undefined ? { rotationPending: true } : {})
   }
   return { verdict: 'allow', identity }
 }

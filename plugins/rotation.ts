@@ -171,8 +171,8 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
       },
       ready (client: Client, state: ConnectionState) {
         const identity = state.identity
-        if (identity?.role !== 'device') return
-        // first use of a rotated certificate: the one it replaces is revoked (a no-op for every other certificate)
+        // first use of a rotated certificate (identity saw `replaces` on its record): the one it replaces is revoked
+        if (identity?.role !== 'device' || identity.rotationPending !== true) return
         settle(identity.certificateId, 'completed', { clientId: client.id, deviceId: identity.name ?? undefined, remoteAddress: state.remoteAddress })
           .catch((err: unknown) => ctx.log.warn({ err: (err as Error).message }, 'rotation: settling on first use failed; the sweep retries at the end of the grace period'))
       },
