@@ -85,6 +85,8 @@ export interface ConfigService {
 const MAX_PROBLEM = 200
 const APPLY_TEMPLATE_PAGE = 500
 const APPLY_TEMPLATE_PARALLEL = 16
+/** how long after a publish the shared store is asked whether a newer version was committed meanwhile */
+const VERIFY_MS = 100
 
 function isPlainObject (v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -143,20 +145,38 @@ export function createConfigService (deps: ConfigServiceDeps): ConfigService {
   }
 
   /**
-   * Publishes `v` retained. Another process may have committed a newer version and
-   * published it before this publish landed: with a shared store, look again after
-   * publishing and publish the newest once more, so the retained message always
-   * ends on the current version (whoever publishes last sees the last commit).
+   * Another process may have committed a newer version and published it before
+   * this publish landed: with a shared store, look again a moment later and publish
+   * the newest once more, so the retained message always ends on the current version
+   * (whoever publishes last sees the last commit). Batched off the hot path: a
+   * publish costs its commit (one round trip) and Aedes' retained write; the look
+   * again is one read per device per VERIFY_MS, all in flight together.
    */
+  const toVerify = new Map<string, number>()
+  let verifyTimer: NodeJS.Timeout | null = null
+  let verifying: Promise<void> = Promise.resolve()
+  function verifySoon (v: ConfigVersion): void {
+    toVerify.set(v.deviceId, Math.max(toVerify.get(v.deviceId) ?? 0, v.version))
+    if (verifyTimer !== null) return
+    verifyTimer = setTimeout(function verifyPublished () {
+      verifyTimer = null
+      const batch = [...toVerify]
+      toVerify.clear()
+      verifying = Promise.all(batch.map(async ([deviceId, published]) => {
+        const now = (await store.getState(deviceId))?.current
+        if (!now || now.version <= published) return
+        log.debug({ deviceId, published, current: now.version }, 'config: a newer version was committed meanwhile, publishing it again')
+        await inOrder(deviceId, () => publishRetainedConfig(ctx.broker, now.deviceId, now.version, now.config))
+      }).map((p) => p.catch((err: unknown) => log.warn({ err: (err as Error).message }, 'config: re-checking a published version failed')))).then(() => {})
+    }, VERIFY_MS)
+    verifyTimer.unref()
+  }
+
+  /** Publishes `v` retained, after every earlier publish of this device from this process. */
   function publishVersion (v: ConfigVersion): Promise<void> {
     return inOrder(v.deviceId, async function publishInOrder () {
       await publishRetainedConfig(ctx.broker, v.deviceId, v.version, v.config)
-      if (!config.redisUrl) return
-      const now = (await store.getState(v.deviceId))?.current
-      if (now && now.version > v.version) {
-        log.debug({ deviceId: v.deviceId, published: v.version, current: now.version }, 'config: a newer version was committed meanwhile, publishing it again')
-        await publishRetainedConfig(ctx.broker, now.deviceId, now.version, now.config)
-      }
+      if (config.redisUrl) verifySoon(v)
     })
   }
 
@@ -294,6 +314,9 @@ export function createConfigService (deps: ConfigServiceDeps): ConfigService {
     },
 
     async close () {
+      if (verifyTimer !== null) clearTimeout(verifyTimer)
+      verifyTimer = null
+      await verifying
       await Promise.allSettled([...publishing.values()])
     }
   }
