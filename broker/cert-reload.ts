@@ -13,9 +13,10 @@
  * catches what it misses (network file systems, a directory replaced by a
  * Kubernetes secret update), as broker/crl.ts does.
  */
-import { statSync, watch, type FSWatcher } from 'node:fs'
+import { statSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Audit } from './audit.js'
+import { watchDir } from './dir-watch.js'
 import type { AppLogger } from './logger.js'
 import { TRUST_FILES, type Trust, type TrustHolder } from './trust.js'
 
@@ -91,34 +92,22 @@ export function watchCertsDir (opts: CertsReloadOptions): CertsWatcher {
     return true
   }
 
-  let debounce: NodeJS.Timeout | undefined
-  function soon (): void {
-    if (closed) return
-    clearTimeout(debounce)
-    debounce = setTimeout(function reloadChanged () { reload() }, opts.debounceMs ?? 250)
-    debounce.unref()
-  }
-
-  let watcher: FSWatcher | undefined
-  try {
-    watcher = watch(dir, { persistent: false }, function onCertsDirChange (_event, name) {
-      // a rename into place names the final file; temporary files and CRLs are not ours
-      if (name === null || WATCHED.has(name)) soon()
-    })
-    watcher.on('error', (err) => log.warn({ err: err.message }, 'CERTS_DIR watch failed; certificates are still polled'))
-  } catch (err) {
-    log.warn({ err: (err as Error).message }, 'cannot watch CERTS_DIR; certificates are polled')
-  }
-  const poll = setInterval(function pollCertsDir () { reload() }, opts.pollMs ?? 5000)
-  poll.unref()
+  const watcher = watchDir({
+    dir,
+    // a rename into place names the final file; temporary files and CRLs are not ours
+    wants: (name) => WATCHED.has(name),
+    onChange: function reloadChanged () { reload() },
+    debounceMs: opts.debounceMs ?? 250,
+    pollMs: opts.pollMs ?? 5000,
+    log,
+    what: 'certificates'
+  })
 
   return {
     reload,
     close () {
       closed = true
-      clearTimeout(debounce)
-      clearInterval(poll)
-      watcher?.close()
+      watcher.close()
     }
   }
 }

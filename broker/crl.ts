@@ -8,10 +8,11 @@
  * it stay in force, so a corrupted file never un-revokes anything.
  */
 import { X509Certificate } from 'node:crypto'
-import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseCrl, splitCrlPem, verifyCrl } from '../pki/crl.js'
 import type { Audit } from './audit.js'
+import { watchDir } from './dir-watch.js'
 import type { AppLogger } from './logger.js'
 import { fingerprintHex, splitPem } from './trust.js'
 
@@ -143,24 +144,16 @@ export function watchCrls (opts: CrlOptions): CrlIndex {
   // at start nobody is connected yet: nothing to tell
   load()
 
-  let debounce: NodeJS.Timeout | undefined
-  function soon (): void {
-    if (closed) return
-    clearTimeout(debounce)
-    debounce = setTimeout(reload, opts.debounceMs ?? 100)
-    debounce.unref()
-  }
-  let watcher: FSWatcher | undefined
-  try {
-    watcher = watch(certsDir, { persistent: false }, function onCertsDirChange (_event, name) {
-      if (name === null || name.endsWith('.crl.pem') || name.endsWith('-ca.pem')) soon()
-    })
-    watcher.on('error', (err) => log.warn({ err: err.message }, 'CERTS_DIR watch failed; CRLs are still polled'))
-  } catch (err) {
-    log.warn({ err: (err as Error).message }, 'cannot watch CERTS_DIR; CRLs are polled')
-  }
-  const poll = setInterval(reload, opts.pollMs ?? 2000)
-  poll.unref()
+  // the role CA files too: a CA added by a rollover makes its CRL verifiable
+  const watcher = watchDir({
+    dir: certsDir,
+    wants: (name) => name.endsWith('.crl.pem') || name.endsWith('-ca.pem'),
+    onChange: reload,
+    debounceMs: opts.debounceMs ?? 100,
+    pollMs: opts.pollMs ?? 2000,
+    log,
+    what: 'CRLs'
+  })
 
   return {
     has: (issuerFingerprint, serialNumber) => revoked.has(`${issuerFingerprint}:${serialNumber}`),
@@ -168,9 +161,7 @@ export function watchCrls (opts: CrlOptions): CrlIndex {
     reload,
     close () {
       closed = true
-      clearTimeout(debounce)
-      clearInterval(poll)
-      watcher?.close()
+      watcher.close()
     }
   }
 }
