@@ -29,7 +29,7 @@ export function publishRetainedConfig (broker: Aedes, deviceId: string, version:
     })
   })
 }
-
+/** a publish outside the configuration service (no version recorded): for tests that need a retained config without the lifecycle */
 /** a publish outside the configuration service (no version recorded): tests and brokers built without the service */
 export async function publishDeviceConfig (broker: Aedes, audit: Audit, deviceId: string, version: number, config: Readonly<Record<string, unknown>>): Promise<void> {
   await publishRetainedConfig(broker, deviceId, version, config)
@@ -43,13 +43,11 @@ export interface InitialConfigPublisher {
 }
 
 /**
- * A registered device's first configuration (CONTRACT §3.3, §9): through the
- * configuration service when the broker has one — a new version (1 for a new
- * device) authored `registration`, the template's current fleet configuration,
- * no overrides — else the template file's configuration as version 1.
+ * A registered device's first configuration (CONTRACT §3.3, §9), through the
+ * configuration service: a new version (1 for a new device) authored
+ * `registration`, the template's current fleet configuration, no overrides.
  */
-export async function publishInitialConfig (deps: { readonly broker: Aedes, readonly audit: Audit, readonly configs?: InitialConfigPublisher | undefined }, deviceId: string, template: Pick<Template, 'name' | 'configuration'>): Promise<void> {
-  if (!deps.configs) return await publishDeviceConfig(deps.broker, deps.audit, deviceId, 1, template.configuration)
+export async function publishInitialConfig (deps: { readonly configs: InitialConfigPublisher }, deviceId: string, template: Pick<Template, 'name' | 'configuration'>): Promise<void> {
   const config = await deps.configs.effective(template.name, {})
   await deps.configs.apply(deviceId, { template: template.name, config, overrides: {}, author: 'registration' })
 }

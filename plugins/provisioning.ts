@@ -33,7 +33,7 @@ export interface ProvisioningOptions {
   readonly policy: Policy
   readonly templates?: ReadonlyMap<string, Template>
   /** the configuration service: a new device's version 1 is committed and published through it (CONTRACT §9) */
-  readonly configs?: InitialConfigPublisher
+  readonly configs: InitialConfigPublisher
 }
 
 interface RequestContext {

@@ -25,8 +25,8 @@ export interface RegistrationDeps {
   readonly broker: Aedes
   readonly audit: Audit
   readonly now: () => number
-  /** the configuration service (version 1 at registration); without it the template's configuration is published as version 1 */
-  readonly configs?: InitialConfigPublisher | undefined
+  /** the configuration service: version 1 at registration */
+  readonly configs: InitialConfigPublisher
 }
 
 export interface ClaimDeps extends RegistrationDeps {
