@@ -46,6 +46,12 @@ export interface AuditSource {
   close (): Promise<void>
 }
 
+/** `since` as the admin API and the CLI take it: ISO 8601 or ms since the epoch; null when it is neither */
+export function parseSince (since: string): number | null {
+  const ms = /^\d+$/.test(since) ? Number(since) : Date.parse(since)
+  return Number.isFinite(ms) ? ms : null
+}
+
 /** lines looked at per call at most: a query that matches little returns a cursor instead of scanning the whole log */
 export const AUDIT_SCAN_MAX = 10_000
 

@@ -7,7 +7,7 @@
 import { createReadStream, existsSync, statSync, watch } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
-import { globToRegExp } from '../audit-query.js'
+import { globToRegExp, parseSince } from '../audit-query.js'
 import { ADMIN_OPTIONS, adminCall, adminTarget, withQuery, type AdminTarget } from './admin-client.js'
 
 /**
@@ -49,10 +49,10 @@ export function formatLine (line: string, filter: { event?: RegExp | undefined, 
 }
 
 /** ISO 8601 or ms since the epoch */
-function parseSince (since: string | undefined): number | undefined {
+function sinceArg (since: string | undefined): number | undefined {
   if (since === undefined) return undefined
-  const ms = /^\d+$/.test(since) ? Number(since) : Date.parse(since)
-  if (!Number.isFinite(ms)) throw new Error(`audit: --since '${since}' is neither an ISO 8601 time nor milliseconds since the epoch`)
+  const ms = parseSince(since)
+  if (ms === null) throw new Error(`audit: --since '${since}' is neither an ISO 8601 time nor milliseconds since the epoch`)
   return ms
 }
 
@@ -88,7 +88,7 @@ export async function auditCommand (args: string[]): Promise<number | null> {
     }
   })
   const file = positionals[0]
-  const since = parseSince(values.since)
+  const since = sinceArg(values.since)
   const filter = { event: values.event ? globToRegExp(values.event) : undefined, device: values.device, since }
   const print = (line: string): void => {
     if (values.json) {

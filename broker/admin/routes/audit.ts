@@ -5,6 +5,7 @@
  * writes to when REDIS_URL is set, so one query sees the whole cluster.
  */
 import type { FastifyPluginAsync } from 'fastify'
+import { parseSince } from '../../audit-query.js'
 import { JitpError } from '../../errors.js'
 import type { AdminDeps } from '../server.js'
 import { errorResponses, pageQuery } from '../schemas.js'
@@ -17,10 +18,10 @@ const auditItem = {
 } as const
 
 /** ISO 8601 or milliseconds since the epoch */
-function parseSince (since: string | undefined): number | undefined {
+function sinceParam (since: string | undefined): number | undefined {
   if (since === undefined) return undefined
-  const ms = /^\d+$/.test(since) ? Number(since) : Date.parse(since)
-  if (!Number.isFinite(ms)) throw new JitpError('InvalidRequest', 'since must be an ISO 8601 time or milliseconds since the epoch')
+  const ms = parseSince(since)
+  if (ms === null) throw new JitpError('InvalidRequest', 'since must be an ISO 8601 time or milliseconds since the epoch')
   return ms
 }
 
@@ -55,7 +56,7 @@ export function auditRoutes (deps: AdminDeps): FastifyPluginAsync {
       }
     }, async (req) => {
       const { event, deviceId, limit, cursor } = req.query
-      return deps.auditSource.query({ event, deviceId, since: parseSince(req.query.since), limit, cursor })
+      return deps.auditSource.query({ event, deviceId, since: sinceParam(req.query.since), limit, cursor })
     })
   }
 }
