@@ -25,6 +25,9 @@ export type AuditEvent =
   | 'broker.started' | 'broker.stopped'
   | 'admin.request'
   | 'certificate.rotated' | 'certificate.rotation.requested' | 'config.reloaded' | 'config.reload.failed'
+  | 'device.activated' | 'device.provisioned' | 'pii.detected'
+  | 'token.issued' | 'token.refused' | 'client.created' | 'client.deleted'
+  | 'enrollment.accepted' | 'enrollment.refused' | 'audit.chain.started' | 'worker.started' | 'worker.exited'
 
 export interface AuditFields {
   clientId?: string | undefined
@@ -51,12 +54,28 @@ export interface AuditFields {
   /** configuration lifecycle (CONTRACT §9): the rollout, and the version a rollback went back to */
   rolloutId?: string | undefined
   fromVersion?: number | undefined
+  /** how the connection authenticated: certificate, oauth2 (external JWKS), broker-token, sas (CONTRACT §10) */
+  authMethod?: string | undefined
+  /** the OAuth2 client id or enrollment group a token decision is about (never the secret) */
+  oauthClientId?: string | undefined
+  group?: string | undefined
+  /** the granted scopes, space separated */
+  scope?: string | undefined
+  /** pii.detected: the JSON pointer and the kind (email, phone, card, iban), never the value */
+  path?: string | undefined
+  kind?: string | undefined
+  /** device.quarantined: which health check failed (state, config, connect, or a topic) */
+  check?: string | undefined
+  /** worker.*: the worker's process id and exit code */
+  pid?: number | undefined
+  code?: number | undefined
 }
 
 const ALLOWED: ReadonlyArray<keyof AuditFields> = [
   'clientId', 'deviceId', 'role', 'certificateId', 'remoteAddress', 'topic', 'reason',
   'errorCode', 'statusCode', 'template', 'version', 'count', 'qos', 'brokerId', 'actor', 'issuer', 'serialNumber',
-  'method', 'url', 'rolloutId', 'fromVersion'
+  'method', 'url', 'rolloutId', 'fromVersion',
+  'authMethod', 'oauthClientId', 'group', 'scope', 'path', 'kind', 'check', 'pid', 'code'
 ]
 
 /** Caps attacker-chosen strings (client ids, topics) so one line stays one line of sane size. */

@@ -4,7 +4,8 @@
  * the start with a one-line message naming the key.
  */
 import { readFileSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { availableParallelism } from 'node:os'
+import { join, resolve } from 'node:path'
 import { Ajv } from 'ajv'
 import { JitpError } from './errors.js'
 
@@ -65,7 +66,27 @@ const configSchema = {
     // the in-process audit ring the admin API queries when AUDIT_LOG is not a file (memory store)
     AUDIT_MEMORY_LINES: { type: 'integer', minimum: 100, default: 10000 },
     // personal data in the session store (CONTRACT §5): base64 of 32 bytes
-    PII_KEY: { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' }
+    PII_KEY: { type: 'string', pattern: '^[A-Za-z0-9+/]{43}=$' },
+    // keys by id for the "encrypt" treatment of x-pii fields (CONTRACT §5): the newest encrypts, all decrypt
+    PII_KEYS_DIR: { type: 'string', minLength: 1 },
+    // the token listener (CONTRACT §10): off when unset
+    MQTTS_TOKEN_PORT: { type: 'integer', minimum: 0, maximum: 65535 },
+    OAUTH_JWKS_URL: { type: 'string', pattern: '^https?://' },
+    OAUTH_JWKS_FILE: { type: 'string', minLength: 1 },
+    OAUTH_JWKS_CA: { type: 'string', minLength: 1 },
+    OAUTH_ISSUER: { type: 'string', minLength: 1 },
+    OAUTH_AUDIENCE: { type: 'string', minLength: 1 },
+    // lifetime of the access tokens the broker issues at POST /oauth/token
+    TOKEN_LIFETIME_SECONDS: { type: 'integer', minimum: 10, maximum: 86400, default: 600 },
+    // the broker's own ES256 token-signing keys (one PEM per key id); default CERTS_DIR/token-keys
+    TOKEN_KEYS_DIR: { type: 'string', minLength: 1 },
+    // symmetric-key enrollment groups (CONTRACT §3.6), one JSON file per group
+    ENROLLMENT_DIR: { type: 'string', minLength: 1 },
+    ENROLLMENT_TOKEN_MAX_SECONDS: { type: 'integer', minimum: 10, default: 3600 },
+    // several broker processes per host (CONTRACT §1): a number, or auto (one per core)
+    WORKERS: { anyOf: [{ type: 'integer', minimum: 1, maximum: 256 }, { const: 'auto' }], default: 1 },
+    // connect admission (CONTRACT §11): TLS handshakes in progress at once; beyond, new connections wait in the backlog
+    MAX_CONCURRENT_HANDSHAKES: { type: 'integer', minimum: 1, default: 256 }
   }
 } as const
 
@@ -119,6 +140,21 @@ export interface Config {
   readonly activityFlushMs: number
   readonly auditStreamMaxLen: number
   readonly auditMemoryLines: number
+  readonly piiKeysDir: string | undefined
+  /** the token listener (CONTRACT §10); undefined: off */
+  readonly mqttsTokenPort: number | undefined
+  readonly oauthJwksUrl: string | undefined
+  readonly oauthJwksFile: string | undefined
+  readonly oauthJwksCa: string | undefined
+  readonly oauthIssuer: string | undefined
+  readonly oauthAudience: string | undefined
+  readonly tokenLifetimeSeconds: number
+  readonly tokenKeysDir: string
+  readonly enrollmentDir: string | undefined
+  readonly enrollmentTokenMaxSeconds: number
+  /** resolved: 'auto' becomes the number of cores */
+  readonly workers: number
+  readonly maxConcurrentHandshakes: number
 }
 
 export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
@@ -237,6 +273,19 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     rotateBeforeDays: c.ROTATE_BEFORE_DAYS,
     activityFlushMs: c.ACTIVITY_FLUSH_MS,
     auditStreamMaxLen: c.AUDIT_STREAM_MAXLEN,
-    auditMemoryLines: c.AUDIT_MEMORY_LINES
+    auditMemoryLines: c.AUDIT_MEMORY_LINES,
+    piiKeysDir: c.PII_KEYS_DIR === undefined ? undefined : resolve(c.PII_KEYS_DIR),
+    mqttsTokenPort: c.MQTTS_TOKEN_PORT,
+    oauthJwksUrl: c.OAUTH_JWKS_URL,
+    oauthJwksFile: c.OAUTH_JWKS_FILE === undefined ? undefined : resolve(c.OAUTH_JWKS_FILE),
+    oauthJwksCa: c.OAUTH_JWKS_CA === undefined ? undefined : resolve(c.OAUTH_JWKS_CA),
+    oauthIssuer: c.OAUTH_ISSUER,
+    oauthAudience: c.OAUTH_AUDIENCE,
+    tokenLifetimeSeconds: c.TOKEN_LIFETIME_SECONDS,
+    tokenKeysDir: resolve(c.TOKEN_KEYS_DIR ?? join(c.CERTS_DIR, 'token-keys')),
+    enrollmentDir: c.ENROLLMENT_DIR === undefined ? undefined : resolve(c.ENROLLMENT_DIR),
+    enrollmentTokenMaxSeconds: c.ENROLLMENT_TOKEN_MAX_SECONDS,
+    workers: c.WORKERS === 'auto' ? Math.max(1, availableParallelism()) : c.WORKERS,
+    maxConcurrentHandshakes: c.MAX_CONCURRENT_HANDSHAKES
   })
 }

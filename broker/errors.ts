@@ -84,6 +84,25 @@ export const Errors = Object.freeze({
   NoLastKnownGood: entry('NoLastKnownGood', 'the device has no version acknowledged as applied to roll back to', { httpStatus: 409 }),
   RolloutNotFound: entry('RolloutNotFound', 'no such rollout', { httpStatus: 404 }),
   RolloutStateConflict: entry('RolloutStateConflict', 'the rollout is not in a state that allows this', { httpStatus: 409 }),
+  // token listener (CONTRACT §10, §3.6): every refusal is CONNACK 5 with its own audit reason
+  TokenRequired: entry('TokenRequired', 'no token in the password', { connack: 5 }),
+  TokenMalformed: entry('TokenMalformed', 'token is not a well-formed JWT', { connack: 5 }),
+  TokenExpired: entry('TokenExpired', 'token is expired', { connack: 5 }),
+  TokenNotYetValid: entry('TokenNotYetValid', 'token is not yet valid', { connack: 5 }),
+  TokenBadSignature: entry('TokenBadSignature', 'token signature does not verify', { connack: 5 }),
+  TokenUnknownKey: entry('TokenUnknownKey', 'token key id is not in the key set', { connack: 5 }),
+  TokenAlgorithmNotAllowed: entry('TokenAlgorithmNotAllowed', 'token algorithm is not allowed', { connack: 5 }),
+  TokenWrongIssuer: entry('TokenWrongIssuer', 'token issuer is not trusted', { connack: 5 }),
+  TokenWrongAudience: entry('TokenWrongAudience', 'token audience does not include this broker', { connack: 5 }),
+  TokenNoScope: entry('TokenNoScope', 'token scopes allow nothing', { connack: 5 }),
+  TokenKeysUnavailable: entry('TokenKeysUnavailable', 'token verification keys are unavailable', { connack: 3 }),
+  UnknownClient: entry('UnknownClient', 'unknown OAuth2 client', { connack: 5, httpStatus: 404 }),
+  BadClientSecret: entry('BadClientSecret', 'client secret does not match', { connack: 5 }),
+  BadSas: entry('BadSas', 'shared access signature is invalid, expired or for another registration id', { connack: 5 }),
+  EnrollmentGroupNotFound: entry('EnrollmentGroupNotFound', 'no such enrollment group', { connack: 5, httpStatus: 404 }),
+  ClientNotFound: entry('ClientNotFound', 'no such OAuth2 client', { httpStatus: 404 }),
+  // personal data (CONTRACT §5)
+  PiiDetected: entry('PiiDetected', 'personal data detected in an unannotated field'),
   // start-up
   InvalidConfig: entry('InvalidConfig', 'invalid configuration')
 })
