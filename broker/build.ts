@@ -30,6 +30,9 @@ import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
 import { createFlowControl } from './flow-control.js'
 import { createHttpServer } from './http.js'
+import { createTokenEndpoint } from './token-endpoint.js'
+import { loadTokenKeys, type TokenKeys } from './token-keys.js'
+import { createOAuthClients, type OAuthClients } from './store/oauth-clients.js'
 import { createListener } from './listener.js'
 import { createAppLogger, type AppLogger } from './logger.js'
 import { createMetrics, type Metrics } from './metrics.js'
@@ -71,6 +74,10 @@ export interface BrokerHandle {
   readonly configs: ConfigService
   readonly configStore: DeviceConfigStore
   readonly rollouts: Rollouts
+  /** the broker's own token-signing keys (CONTRACT §10), loaded once from TOKEN_KEYS_DIR */
+  readonly tokenKeys: TokenKeys
+  /** OAuth2 clients of POST /oauth/token, made through the admin API */
+  readonly oauthClients: OAuthClients
   ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
   /** reads CERTS_DIR again now (SIGHUP); true when new material is in use */
   reloadCerts (): boolean
@@ -152,6 +159,10 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // the configuration store (CONTRACT §9): versions, acks, rollouts; Redis when set
     const configStore = createDeviceConfigStore({ redisUrl: config.redisUrl, onError: onStoreError, now })
     releases.push(['config store', () => configStore.close()])
+    // the token listener's services (CONTRACT §10): the broker's signing keys (generated on first start) and its OAuth2 clients
+    const tokenKeys = await loadTokenKeys(config.tokenKeysDir)
+    const oauthClients = createOAuthClients({ redisUrl: config.redisUrl, onError: onStoreError, now })
+    releases.push(['oauth clients', () => oauthClients.close()])
     const sessionStore = createSessionStore(config.redisUrl, onStoreError, {
       packetTtlSeconds: config.packetTtlSeconds,
       // a reconnecting session gets its whole bounded queue, not the store's default 1000
@@ -238,7 +249,10 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       return { ready: ok, checks }
     }
 
-    const httpServer = createHttpServer({ metrics, ready })
+    // POST /oauth/token on HTTP_PORT (broker/token-endpoint.ts): client credentials → a token signed by tokenKeys
+    const tokenEndpoint = createTokenEndpoint({ config, clients: oauthClients, keys: tokenKeys, audit, metrics, log, now, onStoreError })
+    releases.push(['token endpoint', () => tokenEndpoint.close()])
+    const httpServer = createHttpServer({ metrics, ready, tokenEndpoint })
     const httpPort = await listen(httpServer, config.httpPort, config.host)
     releases.push(['http', () => closeServer(httpServer)])
     httpServer.unref()
@@ -256,7 +270,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       const admin = await createAdminServer({
         config, trust: trust.admin, serverCertPem: trust.serverCertPem, serverKeyPem: trust.serverKeyPem,
         registry, audit, auditSource: audit, templates, persistence: persistence as AedesPersistence, log, now, configs, rollouts,
-        rotate: (deviceId, actor) => requestRotation(ctx, deviceId, actor)
+        rotate: (deviceId, actor) => requestRotation(ctx, deviceId, actor),
+        oauthClients
       })
       releases.push(['admin API', () => admin.close()])
       adminPort = await admin.listen(config.adminPort, config.host)
@@ -294,6 +309,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       configs,
       configStore,
       rollouts,
+      tokenKeys,
+      oauthClients,
       ready,
       reloadCerts: () => certsWatcher.reload({ force: true }),
       close () {

@@ -78,6 +78,9 @@ const configSchema = {
     OAUTH_AUDIENCE: { type: 'string', minLength: 1 },
     // lifetime of the access tokens the broker issues at POST /oauth/token
     TOKEN_LIFETIME_SECONDS: { type: 'integer', minimum: 10, maximum: 86400, default: 600 },
+    // POST /oauth/token limits per minute: requests naming one client id, and failed attempts from one address
+    TOKEN_RATE_PER_CLIENT: { type: 'integer', minimum: 1, default: 60 },
+    TOKEN_FAILURES_PER_ADDRESS: { type: 'integer', minimum: 1, default: 20 },
     // the broker's own ES256 token-signing keys (one PEM per key id); default CERTS_DIR/token-keys
     TOKEN_KEYS_DIR: { type: 'string', minLength: 1 },
     // symmetric-key enrollment groups (CONTRACT §3.6), one JSON file per group
@@ -149,6 +152,8 @@ export interface Config {
   readonly oauthIssuer: string | undefined
   readonly oauthAudience: string | undefined
   readonly tokenLifetimeSeconds: number
+  readonly tokenRatePerClient: number
+  readonly tokenFailuresPerAddress: number
   readonly tokenKeysDir: string
   readonly enrollmentDir: string | undefined
   readonly enrollmentTokenMaxSeconds: number
@@ -282,6 +287,8 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     oauthIssuer: c.OAUTH_ISSUER,
     oauthAudience: c.OAUTH_AUDIENCE,
     tokenLifetimeSeconds: c.TOKEN_LIFETIME_SECONDS,
+    tokenRatePerClient: c.TOKEN_RATE_PER_CLIENT,
+    tokenFailuresPerAddress: c.TOKEN_FAILURES_PER_ADDRESS,
     tokenKeysDir: resolve(c.TOKEN_KEYS_DIR ?? join(c.CERTS_DIR, 'token-keys')),
     enrollmentDir: c.ENROLLMENT_DIR === undefined ? undefined : resolve(c.ENROLLMENT_DIR),
     enrollmentTokenMaxSeconds: c.ENROLLMENT_TOKEN_MAX_SECONDS,

@@ -101,6 +101,9 @@ export const Errors = Object.freeze({
   BadSas: entry('BadSas', 'shared access signature is invalid, expired or for another registration id', { connack: 5 }),
   EnrollmentGroupNotFound: entry('EnrollmentGroupNotFound', 'no such enrollment group', { connack: 5, httpStatus: 404 }),
   ClientNotFound: entry('ClientNotFound', 'no such OAuth2 client', { httpStatus: 404 }),
+  // POST /oauth/token (RFC 6749 §5.2 answers; broker/token-endpoint.ts maps them)
+  UnsupportedGrantType: entry('UnsupportedGrantType', 'only grant_type=client_credentials is supported'),
+  InvalidScope: entry('InvalidScope', 'requested scope is unknown or not granted to this client'),
   // personal data (CONTRACT §5)
   PiiDetected: entry('PiiDetected', 'personal data detected in an unannotated field'),
   // start-up

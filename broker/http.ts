@@ -1,18 +1,35 @@
 /**
  * Operations endpoints: /healthz (the process answers), /readyz (listeners up and
- * the store reachable), /metrics (Prometheus text).
+ * the store reachable), /metrics (Prometheus text); and the broker's OAuth2
+ * token endpoint, POST /oauth/token (CONTRACT §10, broker/token-endpoint.ts).
  */
 import { createServer, type Server } from 'node:http'
 import type { Metrics } from './metrics.js'
+import type { TokenEndpoint } from './token-endpoint.js'
 
 export interface HttpDeps {
   readonly metrics: Metrics
   ready (): Promise<{ ready: boolean, checks: Record<string, boolean> }>
+  /** what /metrics answers when it is more than this registry (WORKERS > 1: every worker's, merged by the primary, broker/cluster.ts) */
+  readonly metricsText?: (() => Promise<string>) | undefined
+  readonly tokenEndpoint?: Pick<TokenEndpoint, 'handle'> | undefined
 }
 
+/** a slow client (headers or body dribbled in) must not hold a socket of this unauthenticated port for long */
+const HEADERS_TIMEOUT_MS = 10_000
+const REQUEST_TIMEOUT_MS = 30_000
+
 export function createHttpServer (deps: HttpDeps): Server {
-  return createServer(function onRequest (req, res) {
+  const server = createServer(function onRequest (req, res) {
     const path = (req.url ?? '/').split('?')[0]
+    if (path === '/oauth/token' && deps.tokenEndpoint) {
+      if (req.method !== 'POST') {
+        res.writeHead(405, { allow: 'POST' }).end()
+        return
+      }
+      deps.tokenEndpoint.handle(req, res)
+      return
+    }
     if (req.method !== 'GET') {
       res.writeHead(405).end()
       return
@@ -30,11 +47,15 @@ export function createHttpServer (deps: HttpDeps): Server {
     }
     if (path === '/metrics') {
       // jitp_store_up is what ready() last saw: look again, so a scrape never reads a stale (or the initial 0) value
-      deps.ready().catch(() => undefined).then(() => deps.metrics.registry.metrics()).then((text) => {
+      const scrape = deps.metricsText ? deps.metricsText() : deps.ready().catch(() => undefined).then(() => deps.metrics.registry.metrics())
+      scrape.then((text) => {
         res.writeHead(200, { 'content-type': deps.metrics.registry.contentType }).end(text)
       }, () => res.writeHead(500).end())
       return
     }
     res.writeHead(404).end()
   })
+  server.headersTimeout = HEADERS_TIMEOUT_MS
+  server.requestTimeout = REQUEST_TIMEOUT_MS
+  return server
 }

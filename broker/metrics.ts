@@ -36,6 +36,8 @@ export interface Metrics {
   /** active device certificates by time to expiry: 7d, 30d, 90d, later (as this process last counted them) */
   readonly certificatesByExpiry: Gauge<'within'>
   readonly rotations: Counter<'outcome'>
+  /** POST /oauth/token answers by outcome: issued, or the RFC 6749 error (invalid_client, throttled, ...) */
+  readonly tokenRequests: Counter<'outcome'>
 }
 
 export function createMetrics (): Metrics {
@@ -64,6 +66,7 @@ export function createMetrics (): Metrics {
     configStatus: new Gauge({ name: p + 'config_devices', help: 'Devices by configuration status (current, pending, failed)', labelNames: ['status'], registers: [registry] }),
     certificatesByExpiry: new Gauge({ name: p + 'device_certificates_by_expiry', help: 'Active device certificates by time to expiry (7d, 30d, 90d, later)', labelNames: ['within'], registers: [registry] }),
     rotations: new Counter({ name: p + 'certificate_rotations_total', help: 'Device certificate rotations by outcome (issued, rejected, completed, expired)', labelNames: ['outcome'], registers: [registry] }),
-    rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry] })
+    rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry] }),
+    tokenRequests: new Counter({ name: p + 'token_requests_total', help: 'POST /oauth/token answers by outcome (issued, invalid_client, invalid_request, invalid_scope, unsupported_grant_type, throttled, unavailable)', labelNames: ['outcome'], registers: [registry] })
   }
 }

@@ -27,6 +27,7 @@ import { auditRoutes } from './routes/audit.js'
 import { certificateRoutes } from './routes/certificates.js'
 import { configRoutes, type ConfigApi } from './routes/config.js'
 import { rolloutRoutes, type RolloutsApi } from './routes/rollouts.js'
+import { clientRoutes, type OAuthClientsApi } from './routes/clients.js'
 import { deviceRoutes } from './routes/devices.js'
 import { templateRoutes } from './routes/templates.js'
 
@@ -49,6 +50,8 @@ export interface AdminDeps {
   readonly rollouts?: RolloutsApi | undefined
   /** the credential lifecycle (CONTRACT §3.4): sends the rotate command to a device (plugins/cert-expiry.ts requestRotation); the rotate route is served when it is given */
   readonly rotate?: ((deviceId: string, actor: string) => Promise<void>) | undefined
+  /** OAuth2 clients of the broker's token endpoint (CONTRACT §10); their routes are served when it is given */
+  readonly oauthClients?: OAuthClientsApi | undefined
 }
 
 declare module 'fastify' {
@@ -120,7 +123,7 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
         version: '1',
         description: 'Operators\' control plane (CONTRACT §8). HTTPS with mutual TLS: only client certificates issued by the admin CA (admin-ca.pem) are accepted. Errors are `{statusCode, errorCode, errorMessage}` with codes from the broker\'s error catalogue. Collections are paginated with `limit` and `cursor` (the previous page\'s `nextCursor`).'
       },
-      tags: [{ name: 'devices' }, { name: 'certificates' }, { name: 'templates' }, { name: 'audit' }, { name: 'config' }, { name: 'rollouts' }]
+      tags: [{ name: 'devices' }, { name: 'certificates' }, { name: 'templates' }, { name: 'audit' }, { name: 'config' }, { name: 'rollouts' }, { name: 'clients' }]
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => typeof json.$id === 'string' ? json.$id : `def-${i}` }
   })
@@ -167,6 +170,7 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
   await app.register(auditRoutes(deps))
   if (deps.configs) await app.register(configRoutes({ ...deps, configs: deps.configs }))
   if (deps.rollouts) await app.register(rolloutRoutes({ ...deps, rollouts: deps.rollouts }))
+  if (deps.oauthClients) await app.register(clientRoutes({ ...deps, oauthClients: deps.oauthClients }))
   await app.ready()
 
   return {

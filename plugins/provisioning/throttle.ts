@@ -122,6 +122,8 @@ function redisThrottle (opts: ThrottleOptions, url: string): ProvisionThrottle {
 export interface RateLimit {
   /** counts one request for `key` unless it is over the limit; false when refused */
   take (key: string): Promise<boolean>
+  /** gives back one request `take` counted (the token endpoint counts every attempt and refunds the good ones) */
+  refund (key: string): Promise<void>
   close (): Promise<void>
 }
 
@@ -143,6 +145,11 @@ if n >= tonumber(ARGV[1]) then return 0 end
 if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1`
 
+// KEYS: counter. The window (the key's TTL) is left as it is.
+const REFUND_ONE = `
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 1`
+
 export function createRateLimit (opts: RateLimitOptions): RateLimit {
   const onError = opts.onError ?? (() => {})
   if (opts.redisUrl) {
@@ -155,6 +162,14 @@ export function createRateLimit (opts: RateLimitOptions): RateLimit {
         } catch (err) {
           onError(err as Error)
           return false
+        }
+      },
+      async refund (key) {
+        try {
+          await conn.eval(REFUND_ONE, 1, prefix + key)
+        } catch (err) {
+          // the refund is lost: the key stays counted until its window ends, as when it failed
+          onError(err as Error)
         }
       },
       close: () => quitGracefully(conn)
@@ -174,6 +189,10 @@ export function createRateLimit (opts: RateLimitOptions): RateLimit {
       if (w.count >= opts.limit) return false
       w.count++
       return true
+    },
+    async refund (key) {
+      const w = windows.get(key)
+      if (w !== undefined && w.count > 0) w.count--
     },
     async close () {
       windows.clear()
