@@ -12,6 +12,7 @@ import { activityPlugin } from '../plugins/activity.js'
 import { authorizationPlugin } from '../plugins/authorization.js'
 import { certExpiryPlugin, requestRotation } from '../plugins/cert-expiry.js'
 import { configAckPlugin } from '../plugins/config-ack.js'
+import { healthPlugin } from '../plugins/health.js'
 import { identityPlugin } from '../plugins/identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
@@ -207,6 +208,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // the configuration lifecycle (broker/config-service.ts, broker/rollouts.ts): one service for registration, acks, the admin API and rollouts
     const configs = createConfigService({ ctx, store: configStore, templates, catalogue })
     releases.push(['config service', () => configs.close()])
+    // health verification (CONTRACT §3.7, plugins/health.ts): an observer of provisioned devices; config acks reach it through config-ack
+    const health = healthPlugin.setup(ctx, { templates, catalogue, configs })
     // the fixed order of the chain: revocation → identity → authorization → validation → provisioning → observers
     const hooks: PluginHooks[] = [
       // first: a revoked certificate (any role, registry list or CRL) is denied before anyone looks it up
@@ -217,7 +220,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await provisioningPlugin.setup(ctx, { policy, templates, configs }),
       // device-initiated certificate rotation (CONTRACT §3.4): $provision/certificates/rotate/json, grace, first use
       await rotationPlugin.setup(ctx, undefined),
-      await configAckPlugin.setup(ctx, { service: configs, store: configStore }),
+      await configAckPlugin.setup(ctx, { service: configs, store: configStore, onApplied: health.configApplied }),
+      // after config-ack: a provisioned device's connect, config ack and first valid message per required topic
+      health,
       // an observer: device activity (first/last seen, counters) for the admin API, batched to the registry
       await activityPlugin.setup(ctx, undefined),
       // an observer: the rotate-certificate reminder for certificates close to expiry, and the expiry gauge

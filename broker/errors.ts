@@ -36,6 +36,8 @@ export const Errors = Object.freeze({
   TooManyConnections: entry('TooManyConnections', 'connection limit reached'),
   TooManyPendingConnections: entry('TooManyPendingConnections', 'too many unauthenticated connections from this address'),
   ConnectRateExceeded: entry('ConnectRateExceeded', 'too many connects from this address'),
+  // MAX_CONCURRENT_HANDSHAKES (broker/listener/admission.ts): refused fast when too many wait for a handshake slot
+  TooManyHandshakes: entry('TooManyHandshakes', 'too many TLS handshakes waiting'),
   PacketTooLarge: entry('PacketTooLarge', 'packet exceeds the size limit'),
   ProtocolError: entry('ProtocolError', 'malformed MQTT packet'),
   MalformedUtf8: entry('MalformedUtf8', 'string is not well-formed UTF-8 or contains U+0000'),

@@ -2,6 +2,7 @@
  * The mutual-TLS MQTT listener and everything that happens before a connection
  * is authenticated (CONTRACT §11, §6):
  *   accept ─▶ admission (MAX_CONNECTIONS, pending per address, connect rate)
+ *          ─▶ a handshake slot (MAX_CONCURRENT_HANDSHAKES, listener/admission.ts)
  *          ─▶ TLS handshake within TLS_HANDSHAKE_TIMEOUT_MS
  *          ─▶ packet-size guard on the TLS socket ─▶ Aedes (CONNECT within CONNECT_TIMEOUT_MS)
  * Refusals on the way are audited through one aggregating log, so a flood costs
@@ -17,7 +18,7 @@ import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls
 import type { Audit } from './audit.js'
 import type { Config } from './config.js'
 import { Errors, isJitpError } from './errors.js'
-import { Admission } from './listener/admission.js'
+import { Admission, HandshakeGate } from './listener/admission.js'
 import { classifyHandshakeFailure } from './listener/handshake-failure.js'
 import { guardPackets, type FixedHeaderScanner, type GuardVerdict } from './listener/packet-guard.js'
 import { createRefusalLog } from './listener/refusal-log.js'
@@ -99,6 +100,16 @@ export function createListener (ctx: ListenerContext): Listener {
   sweeper.unref()
 
   const server = createServer(tlsServerOptions(ctx.trust, { sessionTickets: config.tlsSessionTickets }))
+  const handshakeGauges = { running: metrics.handshakes.labels('running'), waiting: metrics.handshakes.labels('waiting') }
+  // a reconnect storm's handshakes are spread over time (MAX_CONCURRENT_HANDSHAKES): the gate starts each one's TLS
+  const handshakes = new HandshakeGate(server, {
+    maxConcurrent: config.maxConcurrentHandshakes,
+    onChange (running, waiting) {
+      handshakeGauges.running.set(running)
+      handshakeGauges.waiting.set(waiting)
+    },
+    onRefused: refuseHandshake
+  })
   server.on('connection', accept)
   server.on('secureConnection', handshakeDone)
   server.on('tlsClientError', handshakeFailed)
@@ -123,6 +134,14 @@ export function createListener (ctx: ListenerContext): Listener {
     live.add(conn)
     byRaw.set(raw, conn)
     raw.once('close', () => closed(conn))
+    if (handshakes.admit(raw) === 'refused') refuseHandshake(raw)
+  }
+
+  /** too many connections wait for a handshake slot: closed before any TLS work */
+  function refuseHandshake (raw: Socket): void {
+    silenced.add(raw)
+    raw.destroy()
+    refusals.refuse(byRaw.get(raw)?.address, 'TooManyHandshakes')
   }
 
   function handshakeExpired (conn: Connection): void {
@@ -142,6 +161,7 @@ export function createListener (ctx: ListenerContext): Listener {
     }
     if (conn.handshakeTimer) clearTimeout(conn.handshakeTimer)
     conn.handshakeTimer = null
+    handshakes.done(conn.raw)
     conn.tls = socket
     byTls.set(socket, conn)
     guardPackets(socket, config.maxPacketBytes, function packetRefused (verdict, scanner) {
@@ -153,6 +173,7 @@ export function createListener (ctx: ListenerContext): Listener {
 
   function handshakeFailed (err: Error & { code?: unknown }, socket: TLSSocket): void {
     const raw = rawSocketOf(socket)
+    if (raw) handshakes.done(raw)
     if (raw && silenced.has(raw)) return
     if (raw) silenced.add(raw)
     const failure = classifyHandshakeFailure(err, socket)
@@ -214,6 +235,7 @@ export function createListener (ctx: ListenerContext): Listener {
   function closed (conn: Connection): void {
     if (conn.handshakeTimer) clearTimeout(conn.handshakeTimer)
     conn.handshakeTimer = null
+    handshakes.done(conn.raw)
     settle(conn)
     admission.closed()
     openGauge.dec()
@@ -248,6 +270,7 @@ export function createListener (ctx: ListenerContext): Listener {
         else conn.raw.destroy()
       }
       await closing
+      handshakes.close()
       refusals.close()
     }
   }

@@ -1,6 +1,9 @@
 /**
  * Prometheus metrics. One registry per broker instance (not prom-client's
  * global one) so several brokers in one process, as in tests, do not collide.
+ * With WORKERS > 1 the primary merges the workers' registries (broker/cluster.ts,
+ * prom-client's AggregatorRegistry.aggregate): summed, except the metrics marked
+ * `aggregator` (what every process counts alike for the whole fleet: max; store_up: min).
  */
 import { Counter, Gauge, Registry } from 'prom-client'
 
@@ -13,6 +16,8 @@ export interface Metrics {
   readonly listenerConnections: Gauge<'state'>
   /** authenticated connections the listener closed (PacketTooLarge, ProtocolError) */
   readonly connectionsClosed: Counter<'reason'>
+  /** TLS handshakes on the MQTTS listener by state: running (holding a slot of MAX_CONCURRENT_HANDSHAKES), waiting */
+  readonly handshakes: Gauge<'state'>
   readonly publishes: Counter<'role'>
   readonly denials: Counter<'action' | 'rule'>
   readonly payloadRejections: Counter<'schema' | 'errorCode'>
@@ -50,6 +55,7 @@ export function createMetrics (): Metrics {
     connectRefusals: new Counter({ name: p + 'connect_refusals_total', help: 'Refused connects by reason', labelNames: ['reason'], registers: [registry] }),
     listenerConnections: new Gauge({ name: p + 'listener_connections', help: 'TCP connections on the MQTTS listener by state (open, pending = not yet authenticated)', labelNames: ['state'], registers: [registry] }),
     connectionsClosed: new Counter({ name: p + 'connections_closed_total', help: 'Authenticated connections closed by the listener, by reason', labelNames: ['reason'], registers: [registry] }),
+    handshakes: new Gauge({ name: p + 'handshakes', help: 'TLS handshakes on the MQTTS listener by state (running = holding one of MAX_CONCURRENT_HANDSHAKES slots, waiting = queued for one)', labelNames: ['state'], registers: [registry] }),
     publishes: new Counter({ name: p + 'publishes_total', help: 'Publishes accepted for routing, by role', labelNames: ['role'], registers: [registry] }),
     denials: new Counter({ name: p + 'denials_total', help: 'Authorization denials by action and rule', labelNames: ['action', 'rule'], registers: [registry] }),
     payloadRejections: new Counter({ name: p + 'payload_rejections_total', help: 'Dropped payloads by schema and error code', labelNames: ['schema', 'errorCode'], registers: [registry] }),
@@ -59,14 +65,14 @@ export function createMetrics (): Metrics {
     certificatesIssued: new Counter({ name: p + 'certificates_issued_total', help: 'Certificates issued by flow', labelNames: ['flow'], registers: [registry] }),
     registrations: new Counter({ name: p + 'registrations_total', help: 'Devices registered by template', labelNames: ['template'], registers: [registry] }),
     provisioningRejections: new Counter({ name: p + 'provisioning_rejections_total', help: 'Provisioning rejections by error code', labelNames: ['errorCode'], registers: [registry] }),
-    revocations: new Counter({ name: p + 'revocations_total', help: 'Revocations applied', registers: [registry] }),
-    storeUp: new Gauge({ name: p + 'store_up', help: '1 when the session/registry store answers', registers: [registry] }),
+    revocations: new Counter({ name: p + 'revocations_total', help: 'Revocations applied', registers: [registry], aggregator: 'max' }),
+    storeUp: new Gauge({ name: p + 'store_up', help: '1 when the session/registry store answers', registers: [registry], aggregator: 'min' }),
     configAcks: new Counter({ name: p + 'config_acks_total', help: 'Configuration acknowledgements by outcome (applied, failed, timeout, stale)', labelNames: ['status'], registers: [registry] }),
     configRollbacks: new Counter({ name: p + 'config_rollbacks_total', help: 'Configuration rollbacks by reason (failed, timeout, operator, rollout)', labelNames: ['reason'], registers: [registry] }),
-    configStatus: new Gauge({ name: p + 'config_devices', help: 'Devices by configuration status (current, pending, failed)', labelNames: ['status'], registers: [registry] }),
-    certificatesByExpiry: new Gauge({ name: p + 'device_certificates_by_expiry', help: 'Active device certificates by time to expiry (7d, 30d, 90d, later)', labelNames: ['within'], registers: [registry] }),
+    configStatus: new Gauge({ name: p + 'config_devices', help: 'Devices by configuration status (current, pending, failed)', labelNames: ['status'], registers: [registry], aggregator: 'max' }),
+    certificatesByExpiry: new Gauge({ name: p + 'device_certificates_by_expiry', help: 'Active device certificates by time to expiry (7d, 30d, 90d, later)', labelNames: ['within'], registers: [registry], aggregator: 'max' }),
     rotations: new Counter({ name: p + 'certificate_rotations_total', help: 'Device certificate rotations by outcome (issued, rejected, completed, expired)', labelNames: ['outcome'], registers: [registry] }),
-    rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry] }),
+    rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry], aggregator: 'max' }),
     tokenRequests: new Counter({ name: p + 'token_requests_total', help: 'POST /oauth/token answers by outcome (issued, invalid_client, invalid_request, invalid_scope, unsupported_grant_type, throttled, unavailable)', labelNames: ['outcome'], registers: [registry] })
   }
 }

@@ -31,6 +31,8 @@ export interface Identity {
   readonly permissions: ReadonlySet<string>
   /** CONTRACT §3.7: a quarantined device may connect, report state and receive its configuration, nothing else */
   readonly quarantined?: boolean
+  /** CONTRACT §3.7: in its health window (full device rights; plugins/health.ts records its checks); absent once active */
+  readonly provisioned?: boolean
   /** CONTRACT §3.4: the certificate came from a rotation not settled yet (its first use revokes the one it replaces) */
   readonly rotationPending?: boolean
   /** true when the device was registered by its manufacturer certificate on this connect */

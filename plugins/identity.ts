@@ -1,8 +1,9 @@
 /**
  * Identity: turns the verified client certificate into who the connection is.
  * - device: CN is the device id; the certificate must be active in the registry,
- *   the device active or quarantined (CONTRACT §3.7: it may still connect, and
- *   its rules are fenced, see policy.ts), and the MQTT client id the device id.
+ *   the device provisioned (in its health window, full device rights), active or
+ *   quarantined (CONTRACT §3.7: it may still connect, and its rules are fenced,
+ *   see policy.ts), and the MQTT client id the device id.
  * - manufacturer: a factory certificate acts as a device once registered; an
  *   unregistered one is deferred to provisioning (JITP on first connect).
  * - claim: anonymous, may only provision; clean sessions only.
@@ -20,7 +21,7 @@ import { holdSession } from './session-owners.js'
 export interface IdentityOptions { readonly policy: Policy }
 
 /** the device statuses that may connect; any other (revoked, or one added later) may not */
-const MAY_CONNECT: ReadonlySet<DeviceStatus> = new Set<DeviceStatus>(['active', 'quarantined'])
+const MAY_CONNECT: ReadonlySet<DeviceStatus> = new Set<DeviceStatus>(['provisioned', 'active', 'quarantined'])
 
 async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
   const { peer } = ev
@@ -44,6 +45,8 @@ async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: Authe
     name: device.deviceId,
     permissions: permissionsFor(policy, 'device'),
     quarantined: device.status === 'quarantined',
+    // the health plugin looks at these sessions only: an active device costs it nothing
+    ...(device.status === 'provisioned' ? { provisioned: true } : {}),
     // read here with the record anyway: the rotation plugin settles only these, no store call for the rest
     ...(cert.replaces !== undefined ? { rotationPending: true } : {})
   }

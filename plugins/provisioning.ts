@@ -211,7 +211,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
         audit.write('provision.accepted', fields)
         return {
           verdict: 'allow',
-          identity: { role: 'device', clientId: ev.clientId, certificateId: peer.certificateId, name: deviceId, permissions: permissionsFor(options.policy, 'device'), registeredOnConnect: true }
+          identity: { role: 'device', clientId: ev.clientId, certificateId: peer.certificateId, name: deviceId, permissions: permissionsFor(options.policy, 'device'), registeredOnConnect: true, provisioned: true }
         }
       } catch (err) {
         if (err instanceof JitpError) return fail(err.code, err.message)

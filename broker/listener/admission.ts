@@ -4,8 +4,11 @@
  * MAX_PENDING_CONNECTIONS_PER_ADDRESS not yet authenticated per remote address,
  * and CONNECT_RATE_PER_ADDRESS connects per minute per address (a token bucket).
  * Every map is bounded: pending counts live only while a connection does, and
- * the buckets are capped and swept.
+ * the buckets are capped and swept. Then when its handshake may run: at most
+ * MAX_CONCURRENT_HANDSHAKES at once (`HandshakeGate`, below).
  */
+import type { Socket } from 'node:net'
+import type { Server as TlsServer } from 'node:tls'
 import type { ErrorCode } from '../errors.js'
 
 /** addresses whose connect rate is tracked at once; the oldest bucket goes first */
@@ -86,5 +89,178 @@ export class Admission {
     if (b.tokens < 1) return false
     b.tokens--
     return true
+  }
+}
+
+/** sockets that may wait for a handshake slot, per slot (at least HANDSHAKE_QUEUE_MIN); beyond, new connections are refused fast */
+export const HANDSHAKE_QUEUE_PER_SLOT = 16
+export const HANDSHAKE_QUEUE_MIN = 1024
+/**
+ * A handshake keeps its slot at most this long. The slots bound the server's TLS
+ * work in flight, but a handshake also waits on its client (round trips, a slow
+ * device's signature): a client that stalls (slowloris, a dying device) must not
+ * keep a slot from the devices queued behind it. Past this the handshake goes on
+ * outside the count, still under TLS_HANDSHAKE_TIMEOUT_MS; so the slots also
+ * bound how many handshakes start per SLOT_MAX when every client is slow.
+ */
+export const HANDSHAKE_SLOT_MAX_MS = 250
+
+export type GateVerdict = 'started' | 'waiting' | 'refused'
+
+export interface HandshakeGateOptions {
+  /** MAX_CONCURRENT_HANDSHAKES */
+  readonly maxConcurrent: number
+  /** default: HANDSHAKE_QUEUE_PER_SLOT per slot, at least HANDSHAKE_QUEUE_MIN */
+  readonly maxWaiting?: number
+  readonly slotMaxMs?: number
+  readonly onChange?: (inProgress: number, queued: number) => void
+  /** a connection refused when its first bytes came (admit() already returned): close it and say why */
+  readonly onRefused: (raw: Socket) => void
+}
+
+type ConnectionListener = (raw: Socket) => void
+
+/**
+ * MAX_CONCURRENT_HANDSHAKES (CONTRACT §11): at most that many TLS handshakes in
+ * progress at once in this process; the others wait, first come first served,
+ * with their TCP connection open and their ClientHello unread in its buffer.
+ *
+ * Why: Node runs every handshake step (key exchange, signature, the client's
+ * chain and signature checks) on the one thread that also routes messages. When
+ * thousands of devices come back at once, one turn of the event loop would run
+ * a handshake step for each of them before the next PUBLISH is read, and
+ * delivery for everyone already connected stalls for seconds. With the slots,
+ * one turn runs at most that many steps, and the storm is spread over time.
+ *
+ * How: Node's tls.Server wraps each TCP connection in a TLSSocket (and starts
+ * the handshake) from its own `connection` listener, `tlsConnectionListener`
+ * (lib/_tls_wrap.js). The gate takes that listener off the event and calls it
+ * when a slot is free: the same as `server.emit('connection', socket)`, which
+ * the tls docs name as the way to hand a server a connection, minus our own
+ * listeners running twice. A connection queues for a slot only once its first
+ * bytes (or its end) arrived, so idle connections, which the handshake deadline
+ * closes (and MAX_PENDING_CONNECTIONS_PER_ADDRESS bounds), neither hold a slot
+ * nor fill the queue. A connection waits while fewer than `maxWaiting` do;
+ * beyond, it is refused fast, before any TLS work: one that waits that long
+ * would mostly reach its handshake deadline anyway.
+ */
+export class HandshakeGate {
+  readonly maxConcurrent: number
+  readonly maxWaiting: number
+  private readonly slotMaxMs: number
+  /** told the counts after every change (the listener's gauges) */
+  private readonly onChange: (inProgress: number, queued: number) => void
+  /** a connection whose first bytes came when the queue was full: the listener closes it and says why */
+  private readonly onRefused: (raw: Socket) => void
+  /** handshakes holding a slot: the slot's release timer */
+  private readonly running = new Map<Socket, NodeJS.Timeout>()
+  /** connections waiting for a slot, in arrival order (a Set keeps insertion order and deletes in O(1)) */
+  private readonly waiting = new Set<Socket>()
+  /** admitted connections whose first bytes have not arrived yet: the listener that waits for them */
+  private readonly silent = new Map<Socket, () => void>()
+  private readonly tlsConnectionListener: ConnectionListener
+
+  constructor (private readonly server: TlsServer, opts: HandshakeGateOptions) {
+    this.maxConcurrent = opts.maxConcurrent
+    this.maxWaiting = opts.maxWaiting ?? Math.max(HANDSHAKE_QUEUE_MIN, HANDSHAKE_QUEUE_PER_SLOT * opts.maxConcurrent)
+    this.slotMaxMs = opts.slotMaxMs ?? HANDSHAKE_SLOT_MAX_MS
+    this.onChange = opts.onChange ?? (() => {})
+    this.onRefused = opts.onRefused
+    const own = server.listeners('connection')
+    // a fresh tls.Server has exactly Node's own; anything else and the gate would start TLS twice or never
+    if (own.length !== 1) throw new Error(`handshake gate: expected Node's one TLS connection listener, found ${own.length}`)
+    this.tlsConnectionListener = own[0] as ConnectionListener
+    server.removeListener('connection', this.tlsConnectionListener)
+  }
+
+  /** handshakes holding a slot */
+  get inProgress (): number { return this.running.size }
+  /** connections with their first bytes in, waiting for a slot */
+  get queued (): number { return this.waiting.size }
+
+  /**
+   * An admitted TCP connection: its TLS handshake starts now, or when its first
+   * bytes are in and a slot is free ('waiting'), or never ('refused': the caller
+   * closes it and says why; or later through `onRefused`, when its first bytes
+   * find the queue full).
+   */
+  admit (raw: Socket): GateVerdict {
+    if (raw.readableLength > 0 || raw.readableEnded) {
+      if (!this.enqueue(raw)) return 'refused'
+    } else {
+      // 'readable' also fires at the end of the stream: a client that gives up still gets its handshake error
+      const arrived = (): void => {
+        this.silent.delete(raw)
+        if (this.enqueue(raw)) this.onChange(this.running.size, this.queued)
+        else this.onRefused(raw)
+      }
+      this.silent.set(raw, arrived)
+      raw.once('readable', arrived)
+    }
+    this.onChange(this.running.size, this.queued)
+    return this.running.has(raw) ? 'started' : 'waiting'
+  }
+
+  /** the handshake of `raw` finished, failed, or its connection closed; idempotent */
+  done (raw: Socket): void {
+    const arrived = this.silent.get(raw)
+    if (arrived !== undefined) {
+      raw.off('readable', arrived)
+      this.silent.delete(raw)
+    } else if (!this.waiting.delete(raw)) {
+      if (!this.running.has(raw)) return
+      this.release(raw)
+    }
+    this.onChange(this.running.size, this.queued)
+  }
+
+  /** forgets every waiting connection (the listener closes them) */
+  close (): void {
+    for (const [raw, arrived] of this.silent) raw.off('readable', arrived)
+    this.silent.clear()
+    this.waiting.clear()
+    for (const timer of this.running.values()) clearTimeout(timer)
+    this.running.clear()
+    this.onChange(0, 0)
+  }
+
+  /** false: the queue is full */
+  private enqueue (raw: Socket): boolean {
+    if (this.running.size < this.maxConcurrent) this.start(raw)
+    else if (this.waiting.size < this.maxWaiting) this.waiting.add(raw)
+    else return false
+    return true
+  }
+
+  private release (raw: Socket): void {
+    const timer = this.running.get(raw)
+    if (timer === undefined) return
+    clearTimeout(timer)
+    this.running.delete(raw)
+    this.next()
+  }
+
+  private next (): void {
+    for (const raw of this.waiting) {
+      if (this.running.size >= this.maxConcurrent) return
+      this.waiting.delete(raw)
+      if (!raw.destroyed) this.start(raw)
+    }
+  }
+
+  private start (raw: Socket): void {
+    const timer = setTimeout(() => {
+      this.release(raw)
+      this.onChange(this.running.size, this.queued)
+    }, this.slotMaxMs)
+    timer.unref()
+    this.running.set(raw, timer)
+    try {
+      this.tlsConnectionListener.call(this.server, raw)
+    } catch {
+      // a connection Node cannot wrap (gone meanwhile) frees its slot; the listener sees it close
+      this.release(raw)
+      raw.destroy()
+    }
   }
 }
