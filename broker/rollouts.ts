@@ -57,7 +57,7 @@ import { canonicalJson, type DeviceConfigState, type DeviceConfigStore, type Jso
 import type { DeviceRecord, Registry } from './store/registry.js'
 
 export interface RolloutSpec {
-  target: { template?: string, deviceIds?: string[], status?: 'active' | 'quarantined' }
+  target: { template?: string, deviceIds?: string[], status?: 'provisioned' | 'active' | 'quarantined' }
   /** a new template configuration (target.template required): each device gets it merged with its overrides; stored as the template's on completion */
   config?: JsonObject
   /** merged into each targeted device's overrides */
@@ -284,7 +284,7 @@ function checkSpec (spec: RolloutSpec): number[] {
   if (!isPlainObject(target)) throw invalid('target: an object with "template", "deviceIds" and/or "status"')
   if (target.template === undefined && target.deviceIds === undefined && target.status === undefined) throw invalid('target: name a template, device ids or a status')
   if (target.template !== undefined && (typeof target.template !== 'string' || target.template === '')) throw invalid('target/template: a template name')
-  if (target.status !== undefined && target.status !== 'active' && target.status !== 'quarantined') throw invalid('target/status: active or quarantined')
+  if (target.status !== undefined && target.status !== 'provisioned' && target.status !== 'active' && target.status !== 'quarantined') throw invalid('target/status: provisioned, active or quarantined')
   if (target.deviceIds !== undefined) {
     if (!Array.isArray(target.deviceIds) || target.deviceIds.length === 0 || target.deviceIds.length > MAX_DEVICE_IDS) throw invalid(`target/deviceIds: 1 to ${MAX_DEVICE_IDS} device ids`)
     target.deviceIds.forEach((d, i) => { if (typeof d !== 'string' || d === '') throw invalid(`target/deviceIds/${i}: a device id`) })

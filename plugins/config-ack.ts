@@ -23,6 +23,8 @@ export interface ConfigAckOptions {
   readonly store: DeviceConfigStore
   /** how often this process looks for timed-out acks (default 1 s) */
   readonly scanIntervalMs?: number
+  /** told when a device's `applied` ack of its current version is recorded (plugins/health.ts: the `config` check) */
+  readonly onApplied?: (deviceId: string) => void
 }
 
 const DEFAULT_SCAN_MS = 1000
@@ -87,7 +89,7 @@ function auditOnlyHooks (ctx: PluginContext): PluginHooks {
   }
 }
 
-function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = DEFAULT_SCAN_MS }: ConfigAckOptions): PluginHooks {
+function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = DEFAULT_SCAN_MS, onApplied }: ConfigAckOptions): PluginHooks {
   const { audit, log, metrics } = ctx
   /** per connection, the last version marked delivered: a repeated delivery costs no store call */
   const delivered = new WeakMap<Client, number>()
@@ -144,6 +146,7 @@ function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = 
     metrics.configAcks.inc({ status: ack.status })
     if (ack.status === 'applied') {
       audit.write('config.acknowledged', { ...fields, reason: 'applied' })
+      onApplied?.(deviceId)
       return
     }
     const error = (ack.error ?? 'no error given').slice(0, MAX_ERROR_TEXT)

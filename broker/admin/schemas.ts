@@ -52,7 +52,8 @@ export function pageOf (item: object): object {
   }
 }
 
-export const deviceStatus = { type: 'string', enum: ['active', 'quarantined', 'revoked'] } as const
+/** CONTRACT §3.7: provisioned (in its health window) → active | quarantined; revoked */
+export const deviceStatus = { type: 'string', enum: ['provisioned', 'active', 'quarantined', 'revoked'] } as const
 
 export const deviceSummary = {
   type: 'object',
@@ -110,6 +111,17 @@ export const deviceDetail = {
       type: 'object',
       required: ['version', 'lastKnownGood'],
       properties: { version: nullableInt, lastKnownGood: nullableInt }
+    },
+    health: {
+      type: ['object', 'null'],
+      description: 'CONTRACT §3.7: the health window of a provisioned device (for a quarantined one: the window it failed); null once active',
+      required: ['deadline', 'checks', 'met', 'missing'],
+      properties: {
+        deadline: { type: 'integer', description: 'ms since the epoch' },
+        checks: { type: 'array', items: { type: 'string' } },
+        met: { type: 'array', items: { type: 'string' } },
+        missing: { type: 'array', items: { type: 'string' } }
+      }
     }
   }
 } as const

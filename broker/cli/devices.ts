@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util'
 import { ADMIN_OPTIONS, adminCall, adminTarget, allPages, iso, table } from './admin-client.js'
 import { escapeControl } from './audit.js'
 
-const USAGE = 'usage: aedes-jitp devices list [--status active|quarantined|revoked] [--template NAME] | show <id> | revoke <id> | quarantine <id> | reinstate <id> | rotate <id> [--json] [--admin-url URL] [--cert F --key F --ca F]'
+const USAGE = 'usage: aedes-jitp devices list [--status provisioned|active|quarantined|revoked] [--template NAME] | show <id> | revoke <id> | quarantine <id> | reinstate <id> | rotate <id> [--json] [--admin-url URL] [--cert F --key F --ca F]'
 
 interface DeviceSummary { deviceId: string, status: string, template: string, createdAt: number, updatedAt: number }
 interface DeviceDetail extends DeviceSummary {
@@ -17,6 +17,8 @@ interface DeviceDetail extends DeviceSummary {
   certificates: Array<{ certificateId: string, status: string, notAfter: number, serialNumber?: string }>
   activity: { firstSeen: number | null, lastSeen: number | null, connects: number, messagesIn: number, rejected: number, lastErrorCode: string | null, remoteAddress?: string | null, certificateNotAfter?: number | null }
   config: { version: number | null, lastKnownGood: number | null }
+  /** CONTRACT §3.7: the health window of a provisioned (or the failed one of a quarantined) device */
+  health?: { deadline: number, checks: string[], met: string[], missing: string[] } | null
 }
 
 export async function devicesCommand (args: string[]): Promise<number> {
@@ -53,7 +55,8 @@ export async function devicesCommand (args: string[]): Promise<number> {
         ['first seen', iso(a.firstSeen)], ['last seen', iso(a.lastSeen)], ['connects', String(a.connects)],
         ['messages in', String(a.messagesIn)], ['rejected payloads', String(a.rejected)], ['last error', a.lastErrorCode ?? '-'],
         ['remote address', a.remoteAddress ?? '-'], ['certificate expires', iso(a.certificateNotAfter)],
-        ['config version', d.config.version === null ? '-' : String(d.config.version)]
+        ['config version', d.config.version === null ? '-' : String(d.config.version)],
+        ...(d.health ? [['health window until', iso(d.health.deadline)], ['health checks met', d.health.met.join(', ') || '-'], ['health checks missing', d.health.missing.join(', ') || '-']] : [])
       ]))
       out('\n' + table(['CERTIFICATE', 'STATUS', 'NOT AFTER'], d.certificates.map((c) => [c.certificateId, c.status, iso(c.notAfter)])))
       return 0

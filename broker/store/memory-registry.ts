@@ -3,14 +3,18 @@
  * other process (the CLI, a second broker) can see it.
  */
 import type {
-  ActivityDelta, CertificateQuery, CertificateRecord, DeviceActivity, DeviceQuery, DeviceRecord, OwnershipTokenRecord, Page, Registration, RegistrationOutcome, Registry,
-  RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
+  ActivityDelta, CertificateQuery, CertificateRecord, DeviceActivity, DeviceQuery, DeviceRecord, HealthCheckOutcome, HealthProgress, HealthWindow, OwnershipTokenRecord, Page,
+  Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
   certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, pageLimit, pageOf
 } from './registry.js'
 
 type RevocationEvent = Parameters<RevocationListener>[0]
+
+/** a health window as kept here: check → when it was met */
+interface StoredWindow { readonly deadline: number, readonly checks: readonly string[], readonly met: Map<string, number> }
+const newWindow = (w: HealthWindow): StoredWindow => ({ deadline: w.deadline, checks: [...w.checks], met: new Map() })
 
 // callers hold readonly views; copies keep a caller's later mutation (via a cast) out of the store
 const copyDevice = (d: DeviceRecord): DeviceRecord => ({ ...d, attributes: { ...d.attributes } })
@@ -57,13 +61,19 @@ export class MemoryRegistry implements Registry {
     return { items: page.items.map(copyCertificate), nextCursor: page.nextCursor }
   }
 
-  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null> {
+  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null>
+  async setDeviceStatus (deviceId: string, status: 'provisioned', health: HealthWindow): Promise<DeviceRecord | null>
+  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined' | 'provisioned', health?: HealthWindow): Promise<DeviceRecord | null> {
+    if (status === 'provisioned' && health === undefined) throw new RangeError('a provisioned device needs a health window')
     const device = this.#devices.get(deviceId)
     if (!device) return null
     // never un-revokes; an unchanged status is no news for the sessions
     if (device.status === 'revoked' || device.status === status) return copyDevice(device)
     const updated = { ...device, status, updatedAt: this.#now() }
     this.#devices.set(deviceId, updated)
+    // a new window for a reinstated device; an active one has none; a quarantined one keeps what it failed
+    if (status === 'provisioned') this.#health.set(deviceId, newWindow(health!))
+    else if (status === 'active') this.#health.delete(deviceId)
     this.#emit({ deviceId, certificateId: null, statusChanged: true })
     return copyDevice(updated)
   }
@@ -236,6 +246,8 @@ export class MemoryRegistry implements Registry {
     }
     if (reg.token !== null) this.#tokens.delete(reg.token)
     this.#devices.set(deviceId, copyDevice(reg.device))
+    this.#health.delete(deviceId)
+    if (reg.health !== undefined) this.#health.set(deviceId, newWindow(reg.health))
     for (const cert of reg.certificates) {
       this.#certificates.set(cert.certificateId, copyCertificate(cert))
       this.#pendingExpiry.delete(cert.certificateId)
@@ -316,6 +328,42 @@ export class MemoryRegistry implements Registry {
     this.#emit({ deviceId: null, certificateId })
   }
   // --- end rotation ---
+
+  // --- health verification: device id → its window; the device's status alone says whether it is open ---
+  readonly #health = new Map<string, StoredWindow>()
+
+  async getHealth (deviceId: string): Promise<HealthProgress | null> {
+    const w = this.#health.get(deviceId)
+    return w === undefined ? null : { deadline: w.deadline, checks: [...w.checks], met: w.checks.filter((c) => w.met.has(c)) }
+  }
+
+  // one synchronous block each: no other call runs between the checks and the writes
+  async recordHealthCheck (deviceId: string, check: string, at: number): Promise<HealthCheckOutcome> {
+    const device = this.#devices.get(deviceId)
+    const w = this.#health.get(deviceId)
+    if (device?.status !== 'provisioned' || w === undefined || at > w.deadline || !w.checks.includes(check) || w.met.has(check)) return { result: 'ignored' }
+    w.met.set(check, at)
+    if (w.checks.some((c) => !w.met.has(c))) return { result: 'recorded' }
+    this.#devices.set(deviceId, { ...device, status: 'active', updatedAt: at })
+    this.#health.delete(deviceId)
+    return { result: 'activated' }
+  }
+
+  async healthDue (before: number, limit: number): Promise<string[]> {
+    const due: Array<[string, number]> = []
+    for (const [id, w] of this.#health) if (w.deadline < before && this.#devices.get(id)?.status === 'provisioned') due.push([id, w.deadline])
+    return due.sort((a, b) => a[1] - b[1]).slice(0, limit).map(([id]) => id)
+  }
+
+  async expireHealth (deviceId: string, at: number): Promise<{ readonly missed: readonly string[] } | null> {
+    const device = this.#devices.get(deviceId)
+    const w = this.#health.get(deviceId)
+    if (device?.status !== 'provisioned' || w === undefined || w.deadline > at) return null
+    this.#devices.set(deviceId, { ...device, status: 'quarantined', updatedAt: at })
+    this.#emit({ deviceId, certificateId: null, statusChanged: true })
+    return { missed: w.checks.filter((c) => !w.met.has(c)) }
+  }
+  // --- end health verification ---
 
   // --- device activity: kept per device id, through revocation and replacement ---
   readonly #activity = new Map<string, { -readonly [K in keyof DeviceActivity]: DeviceActivity[K] }>()

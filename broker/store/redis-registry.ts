@@ -20,8 +20,8 @@ import { createHash, randomUUID } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
 import { connectRedis, quitGracefully, waitReady, within } from './redis.js'
 import type {
-  ActivityDelta, CertificateQuery, CertificateRecord, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, OwnershipTokenRecord, Page, Registration,
-  RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
+  ActivityDelta, CertificateQuery, CertificateRecord, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, HealthCheckOutcome, HealthProgress, HealthWindow,
+  OwnershipTokenRecord, Page, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
   certificateMatches, certificatePlan, decodeCursor, deviceMatches, encodeCursor, entryOf, listField, normalizeTarget, noticeOf, padExpiry, pageLimit, pageOf
@@ -111,9 +111,70 @@ redis.call('SADD', P .. 'devices', id)
 indexDevice(P, id)
 return 1`)
 
-// KEYS: device; ARGV: prefix, deviceId, status, updatedAt, channel, message.
+// --- health verification (CONTRACT §3.7) ---
+// <prefix>health:<id>, a hash: deadline, checks (comma separated), met:<check> → when;
+// <prefix>health-due, a sorted set of device ids scored by deadline. The device's
+// status alone says whether a window is open: a window of a device no longer
+// provisioned is never acted on, and leaves health-due at the next sweep.
+const HEALTH_LIB = `
+local function setHealthWindow (P, id, status, deadline, checks)
+  redis.call('ZREM', P .. 'health-due', id)
+  if status == 'provisioned' then
+    redis.call('DEL', P .. 'health:' .. id)
+    redis.call('HSET', P .. 'health:' .. id, 'deadline', deadline, 'checks', checks)
+    redis.call('ZADD', P .. 'health-due', deadline, id)
+  elseif status == 'active' then
+    redis.call('DEL', P .. 'health:' .. id)
+  end
+end
+`
+
+// KEYS: device, health; ARGV: prefix, deviceId, check, at. Replies recorded, activated or ignored.
+const RECORD_HEALTH_CHECK = indexed(`
+local P, id, check, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', KEYS[1], 'status') ~= 'provisioned' then return 'ignored' end
+local w = redis.call('HMGET', KEYS[2], 'deadline', 'checks')
+if not w[1] or not w[2] or tonumber(at) > tonumber(w[1]) then return 'ignored' end
+local checks, wanted = {}, false
+for c in string.gmatch(w[2], '[^,]+') do
+  table.insert(checks, c)
+  if c == check then wanted = true end
+end
+if not wanted or redis.call('HSETNX', KEYS[2], 'met:' .. check, at) == 0 then return 'ignored' end
+for _, c in ipairs(checks) do
+  if redis.call('HEXISTS', KEYS[2], 'met:' .. c) == 0 then return 'recorded' end
+end
+unindexDevice(P, id)
+redis.call('HSET', KEYS[1], 'status', 'active', 'updatedAt', at)
+indexDevice(P, id)
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', P .. 'health-due', id)
+return 'activated'`)
+
+// KEYS: device, health; ARGV: prefix, deviceId, at, channel, message. Replies nil, or the checks missed.
+const EXPIRE_HEALTH = indexed(`
+local P, id, at = ARGV[1], ARGV[2], ARGV[3]
+local w = redis.call('HMGET', KEYS[2], 'deadline', 'checks')
+if redis.call('HGET', KEYS[1], 'status') ~= 'provisioned' or not w[1] or not w[2] then
+  redis.call('ZREM', P .. 'health-due', id)
+  return nil
+end
+if tonumber(w[1]) > tonumber(at) then return nil end
+local missed = { 'quarantined' }
+for c in string.gmatch(w[2], '[^,]+') do
+  if redis.call('HEXISTS', KEYS[2], 'met:' .. c) == 0 then table.insert(missed, c) end
+end
+unindexDevice(P, id)
+redis.call('HSET', KEYS[1], 'status', 'quarantined', 'updatedAt', at)
+indexDevice(P, id)
+redis.call('ZREM', P .. 'health-due', id)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return missed`)
+// --- end health verification ---
+
+// KEYS: device; ARGV: prefix, deviceId, status, updatedAt, channel, message, deadline, checks ('' unless provisioned).
 // Replies nil (no device), or {changed (0/1), the record's fields and values...}.
-const SET_DEVICE_STATUS = indexed(`
+const SET_DEVICE_STATUS = indexed(HEALTH_LIB + `
 local P, id = ARGV[1], ARGV[2]
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return nil end
@@ -121,6 +182,7 @@ if current == 'revoked' or current == ARGV[3] then return { 0, unpack(redis.call
 unindexDevice(P, id)
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'updatedAt', ARGV[4])
 indexDevice(P, id)
+setHealthWindow(P, id, ARGV[3], ARGV[7], ARGV[8])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return { 1, unpack(redis.call('HGETALL', KEYS[1])) }`)
 
@@ -333,6 +395,12 @@ if plan.token then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[2], unpack(plan.device))
 redis.call('SADD', KEYS[3], plan.deviceId)
 indexDevice(P, plan.deviceId)
+redis.call('DEL', P .. 'health:' .. plan.deviceId)
+redis.call('ZREM', P .. 'health-due', plan.deviceId)
+if plan.health then
+  redis.call('HSET', P .. 'health:' .. plan.deviceId, 'deadline', plan.health.deadline, 'checks', plan.health.checks)
+  redis.call('ZADD', P .. 'health-due', plan.health.deadline, plan.deviceId)
+end
 for _, c in ipairs(plan.certs) do
   local key = P .. 'cert:' .. c.id
   unindexCert(P, c.id)
@@ -433,11 +501,15 @@ export class RedisRegistry implements Registry {
     return { items, nextCursor: members.length > limit ? encodeCursor(kind, members[limit - 1]!) : null }
   }
 
-  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null> {
+  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null>
+  async setDeviceStatus (deviceId: string, status: 'provisioned', health: HealthWindow): Promise<DeviceRecord | null>
+  async setDeviceStatus (deviceId: string, status: 'active' | 'quarantined' | 'provisioned', health?: HealthWindow): Promise<DeviceRecord | null> {
+    if (status === 'provisioned' && health === undefined) throw new RangeError('a provisioned device needs a health window')
     const conn = await this.#ready()
     const event: RevocationEvent = { deviceId, certificateId: null, statusChanged: true }
     const reply = await conn.eval(SET_DEVICE_STATUS, 1, this.#key('device', deviceId),
-      this.#prefix, deviceId, status, String(this.#now()), this.#channel, this.#message(event)) as [number, ...string[]] | null
+      this.#prefix, deviceId, status, String(this.#now()), this.#channel, this.#message(event),
+      health === undefined ? '' : String(health.deadline), health === undefined ? '' : health.checks.join(',')) as [number, ...string[]] | null
     if (reply === null) return null
     const [changed, ...flat] = reply
     const fields: Record<string, string> = {}
@@ -661,6 +733,7 @@ export class RedisRegistry implements Registry {
       now: String(this.#now()),
       prefix: this.#prefix,
       device: Object.entries(deviceFields(reg.device)).flat(),
+      ...(reg.health === undefined ? {} : { health: { deadline: String(reg.health.deadline), checks: reg.health.checks.join(',') } }),
       certs: reg.certificates.map((c) => ({ id: c.certificateId, fields: Object.entries(certificateFields(c)).flat() }))
     })
     const reply = await conn.eval(REGISTER_DEVICE, 4,
@@ -671,6 +744,42 @@ export class RedisRegistry implements Registry {
     return { result: 'registered', revoked: reply.slice(1) }
   }
   // --- end registration ---
+
+  // --- health verification (HEALTH_LIB above: the window hash and the health-due index) ---
+  async getHealth (deviceId: string): Promise<HealthProgress | null> {
+    const conn = await this.#ready()
+    const h = await conn.hgetall(this.#healthKey(deviceId))
+    if (h.deadline === undefined || h.checks === undefined) return null
+    const checks = h.checks.split(',').filter((c) => c !== '')
+    return { deadline: Number(h.deadline), checks, met: checks.filter((c) => h[`met:${c}`] !== undefined) }
+  }
+
+  async recordHealthCheck (deviceId: string, check: string, at: number): Promise<HealthCheckOutcome> {
+    const conn = await this.#ready()
+    const reply = await conn.eval(RECORD_HEALTH_CHECK, 2, this.#key('device', deviceId), this.#healthKey(deviceId), this.#prefix, deviceId, check, String(at))
+    if (reply !== 'recorded' && reply !== 'activated' && reply !== 'ignored') throw new Error('registry: unexpected reply from the health check script')
+    return { result: reply }
+  }
+
+  async healthDue (before: number, limit: number): Promise<string[]> {
+    const conn = await this.#ready()
+    return await conn.zrangebyscore(`${this.#prefix}health-due`, '-inf', `(${before}`, 'LIMIT', 0, limit)
+  }
+
+  async expireHealth (deviceId: string, at: number): Promise<{ readonly missed: readonly string[] } | null> {
+    const conn = await this.#ready()
+    const event: RevocationEvent = { deviceId, certificateId: null, statusChanged: true }
+    const reply = await conn.eval(EXPIRE_HEALTH, 2, this.#key('device', deviceId), this.#healthKey(deviceId),
+      this.#prefix, deviceId, String(at), this.#channel, this.#message(event)) as string[] | null
+    if (reply === null) return null
+    this.#emit(event)
+    return { missed: reply.slice(1) }
+  }
+
+  #healthKey (deviceId: string): string {
+    return `${this.#prefix}health:${deviceId}`
+  }
+  // --- end health verification ---
 
   // --- device activity: `<prefix>activity:<deviceId>`, kept through revocation and replacement ---
   async recordActivity (deltas: readonly ActivityDelta[]): Promise<void> {

@@ -5,8 +5,13 @@
  */
 import { JitpError } from '../errors.js'
 
-/** CONTRACT §3.7: `quarantined` devices may connect but only report state and receive config (issue 13 adds `provisioned`) */
-export type DeviceStatus = 'active' | 'quarantined' | 'revoked'
+/**
+ * CONTRACT §3.7: a registered device is `provisioned` (full device rights) until it
+ * passes its health check (`active`) or its window closes (`quarantined`: it may
+ * connect, but only report state and receive config). A record written before
+ * health verification existed is `active`.
+ */
+export type DeviceStatus = 'provisioned' | 'active' | 'quarantined' | 'revoked'
 export type CertificateStatus = 'pending' | 'active' | 'revoked'
 
 export interface DeviceRecord {
@@ -186,6 +191,8 @@ export interface Registration {
   readonly replace: boolean
   /** certificates bound active to the device (a pending one stops expiring) */
   readonly certificates: readonly CertificateRecord[]
+  /** CONTRACT §3.7: the health window of a device registered `provisioned`, stored in the same step (any earlier one is dropped) */
+  readonly health?: HealthWindow
 }
 
 export type RegistrationOutcome =
@@ -412,7 +419,50 @@ export interface ActivityDelta {
 }
 // --- end device activity ---
 
-export interface Registry extends RevocationList, SessionOwners, Registrations, Rotations {
+// --- health verification (CONTRACT §3.7: provisioned → active | quarantined, decided once, on any process) ---
+/** a provisioned device's health window: every check must be met before the deadline */
+export interface HealthWindow {
+  /** when the window closes (ms since the epoch) */
+  readonly deadline: number
+  /** `connect`, `config` (the template asks for the ack) and one per required topic (`state`, `telemetry`, ...) */
+  readonly checks: readonly string[]
+}
+
+/** a window and what was met of it; kept for a quarantined device (what it failed), gone once it is active */
+export interface HealthProgress extends HealthWindow {
+  readonly met: readonly string[]
+}
+
+export type HealthCheckOutcome =
+  /** met now, others still outstanding */
+  | { readonly result: 'recorded' }
+  /** the last outstanding check: the device is `active` now. Exactly one caller gets this (the one to audit it) */
+  | { readonly result: 'activated' }
+  /** nothing changed: not provisioned, not a check of its window, already met, or the window closed */
+  | { readonly result: 'ignored' }
+
+export interface HealthChecks {
+  getHealth (deviceId: string): Promise<HealthProgress | null>
+  /**
+   * Atomically marks `check` met for a provisioned device within its window (`at` <=
+   * deadline); the last one makes the device `active` (the window is dropped). No
+   * notice goes out: an active device has the same rights as a provisioned one, so
+   * its live session stays as it is.
+   */
+  recordHealthCheck (deviceId: string, check: string, at: number): Promise<HealthCheckOutcome>
+  /** devices whose window closed before `before`, at most `limit`, soonest first (may name devices no longer provisioned) */
+  healthDue (before: number, limit: number): Promise<string[]>
+  /**
+   * Atomically: a device still provisioned whose window closed at or before `at`
+   * becomes `quarantined` (every process told, as setDeviceStatus), and the checks it
+   * missed are returned, to exactly one caller; null to every other caller and when
+   * there is nothing to do (a device no longer provisioned is dropped from healthDue).
+   */
+  expireHealth (deviceId: string, at: number): Promise<{ readonly missed: readonly string[] } | null>
+}
+// --- end health verification ---
+
+export interface Registry extends RevocationList, SessionOwners, Registrations, Rotations, HealthChecks {
   getDevice (deviceId: string): Promise<DeviceRecord | null>
   /** every device, in no particular order (the CLI's and tests' view; the admin API pages) */
   listDevices (): Promise<DeviceRecord[]>
@@ -426,8 +476,11 @@ export interface Registry extends RevocationList, SessionOwners, Registrations, 
    * so its live sessions can be closed and checked again. null when there is no such
    * device; a revoked device is never un-revoked (its record is returned unchanged), and
    * a device already in that status is returned unchanged without a notice.
+   * `provisioned` (a reinstatement) takes the new health window `health`, which replaces
+   * any earlier one; `active` drops the window, `quarantined` ends it (kept to be read).
    */
   setDeviceStatus (deviceId: string, status: 'active' | 'quarantined'): Promise<DeviceRecord | null>
+  setDeviceStatus (deviceId: string, status: 'provisioned', health: HealthWindow): Promise<DeviceRecord | null>
   /**
    * Adds a batch of activity deltas in one round trip: firstSeen is set once,
    * lastSeen only moves forward, counters add up, the optional fields overwrite.

@@ -16,7 +16,7 @@ import { JitpError } from '../../broker/errors.js'
 import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
 import type { IssuedCertificate, Issuer } from '../../pki/certificate.js'
 import { issueFor, storedPublicKey } from './issuance.js'
-import { formDeviceId, type PreProvisioningAnswer, type PreProvisioningRequest, type Template } from './templates.js'
+import { formDeviceId, healthWindow, type PreProvisioningAnswer, type PreProvisioningRequest, type Template } from './templates.js'
 
 export const PRE_CHECK_TIMEOUT_MS = 5000
 
@@ -138,18 +138,20 @@ async function publishReplacedConfig (deps: RegistrationDeps, c: Commit): Promis
   await publishInitialConfig(deps, c.device.deviceId, c.device.template)
 }
 
-/** The one step that writes the registry: token, device and certificates, all or nothing. */
+/** The one step that writes the registry: token, device, certificates and health window, all or nothing. */
 async function commit (deps: RegistrationDeps, c: Commit): Promise<void> {
   const now = deps.now()
   const d = c.device
   const certificates: CertificateRecord[] = d.certificates.map((cert) => ({
     certificateId: cert.certificateId, deviceId: d.deviceId, status: 'active', serialNumber: cert.serialNumber, notAfter: cert.notAfter, createdAt: now, updatedAt: now
   }))
+  // CONTRACT §3.7: provisioned, with full device rights, until it passes its health check (plugins/health.ts)
   const outcome = await deps.registry.registerDevice({
     token: d.token,
-    device: { deviceId: d.deviceId, status: 'active', template: d.template.name, createdAt: now, updatedAt: now, attributes: d.parameters },
+    device: { deviceId: d.deviceId, status: 'provisioned', template: d.template.name, createdAt: now, updatedAt: now, attributes: d.parameters },
     replace: d.template.reprovision === 'replace',
-    certificates
+    certificates,
+    health: healthWindow(d.template.healthCheck, now)
   })
   if (outcome.result === 'token-used') throw new JitpError('InvalidCertificateOwnershipToken', 'token already used')
   if (outcome.result === 'device-exists') throw deviceExists(d.deviceId)

@@ -38,6 +38,30 @@ export interface Template {
   readonly hook: PreProvisioningHook | null
   /** manufacturer CA fingerprints this template registers devices for, or 'all' */
   readonly manufacturerCas: 'all' | readonly string[] | null
+  /** CONTRACT §3.7: what a newly registered device must do, and within how long, to become active */
+  readonly healthCheck: HealthCheck
+}
+
+/** a template's `healthCheck`, with its defaults filled in */
+export interface HealthCheck {
+  /** the window, from registration (or reinstatement) */
+  readonly withinSeconds: number
+  /** topics under `devices/<id>/` the device must publish one valid message on (`telemetry` also counts `telemetry/<stream>`) */
+  readonly requires: readonly string[]
+  /** whether the device must acknowledge its configuration `applied` */
+  readonly configAck: boolean
+}
+
+export const DEFAULT_HEALTH_CHECK: HealthCheck = Object.freeze({ withinSeconds: 300, requires: Object.freeze(['state']), configAck: true })
+
+/** the checks a device is held to (plugins/health.ts): connect with its own certificate, the config ack, one per required topic */
+export function healthChecksOf (h: HealthCheck): string[] {
+  return [...new Set(['connect', ...(h.configAck ? ['config'] : []), ...h.requires])]
+}
+
+/** a health window opening at `now` (registration, reinstatement) */
+export function healthWindow (h: HealthCheck, now: number): { readonly deadline: number, readonly checks: readonly string[] } {
+  return { deadline: now + h.withinSeconds * 1000, checks: healthChecksOf(h) }
 }
 
 const templateSchema = {
@@ -53,6 +77,20 @@ const templateSchema = {
     // configuration lifecycle (CONTRACT §9): a JSON Schema every configuration of this template must meet, and its ack timeout
     configSchema: { type: 'object' },
     configAckTimeoutSeconds: { type: 'integer', minimum: 1, maximum: 86400 },
+    // health verification (CONTRACT §3.7): a topic level path under devices/<id>/; `connect` and `config` name the other checks
+    healthCheck: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        withinSeconds: { type: 'integer', minimum: 1, maximum: 2592000 },
+        requires: {
+          type: 'array',
+          uniqueItems: true,
+          items: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$', not: { enum: ['connect', 'config'] } }
+        },
+        configAck: { type: 'boolean' }
+      }
+    },
     preProvisioningCheck: {
       type: 'object',
       additionalProperties: false,
@@ -78,6 +116,7 @@ interface TemplateFile {
   reprovision?: 'deny' | 'replace'
   configSchema?: Record<string, unknown>
   configAckTimeoutSeconds?: number
+  healthCheck?: { withinSeconds?: number, requires?: string[], configAck?: boolean }
   preProvisioningCheck?: { allow?: Record<string, string[]>, module?: string }
   manufacturerCas?: 'all' | string[]
 }
@@ -141,7 +180,12 @@ export async function loadTemplates (dir: string): Promise<ReadonlyMap<string, T
       configAckTimeoutSeconds: t.configAckTimeoutSeconds ?? null,
       allowList: t.preProvisioningCheck?.allow ?? null,
       hook,
-      manufacturerCas: t.manufacturerCas === 'all' ? 'all' : (t.manufacturerCas?.map((f) => f.replaceAll(':', '').toLowerCase()) ?? null)
+      manufacturerCas: t.manufacturerCas === 'all' ? 'all' : (t.manufacturerCas?.map((f) => f.replaceAll(':', '').toLowerCase()) ?? null),
+      healthCheck: Object.freeze({
+        withinSeconds: t.healthCheck?.withinSeconds ?? DEFAULT_HEALTH_CHECK.withinSeconds,
+        requires: Object.freeze([...(t.healthCheck?.requires ?? DEFAULT_HEALTH_CHECK.requires)]),
+        configAck: t.healthCheck?.configAck ?? DEFAULT_HEALTH_CHECK.configAck
+      })
     }))
   }
   return templates

@@ -48,9 +48,10 @@ t.test('the CLI manages the in-memory broker of `aedes-jitp start` through the a
     const list = await cli(['devices', 'list'], env)
     t.equal(list.code, 0, list.stderr)
     t.match(list.stdout, /^DEVICE\s+STATUS\s+TEMPLATE/m, 'a table with a header')
-    t.match(list.stdout, new RegExp(`^${p.deviceId}\\s+active\\s+sensor`, 'm'))
-    const json = await cli(['devices', 'list', '--json', '--status', 'active'], env)
-    t.match(JSON.parse(json.stdout), [{ deviceId: p.deviceId, status: 'active', template: 'sensor' }])
+    // CONTRACT §3.7: provisioned until it passes its health check (telemetry alone is not one)
+    t.match(list.stdout, new RegExp(`^${p.deviceId}\\s+provisioned\\s+sensor`, 'm'))
+    const json = await cli(['devices', 'list', '--json', '--status', 'provisioned'], env)
+    t.match(JSON.parse(json.stdout), [{ deviceId: p.deviceId, status: 'provisioned', template: 'sensor' }])
   })
 
   await t.test('devices show: its certificates and its activity', async (t) => {

@@ -42,7 +42,7 @@ t.test('two brokers, one Redis', async (t) => {
 
   const list = await cli(['devices', 'list'], env)
   t.equal(list.code, 0)
-  t.match(list.stdout, new RegExp(`^${p.deviceId}\\s+active\\s+sensor`, 'm'), 'devices list shows it')
+  t.match(list.stdout, new RegExp(`^${p.deviceId}\\s+provisioned\\s+sensor`, 'm'), 'devices list shows it (provisioned until its health check passes)')
   const show = await cli(['devices', 'show', p.deviceId, '--json'], viaB)
   t.equal(show.code, 0)
   t.equal((JSON.parse(show.stdout) as { certificates: unknown[] }).certificates.length, 2, 'devices show lists its certificates')

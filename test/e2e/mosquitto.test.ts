@@ -35,7 +35,7 @@ for (const store of STORES) {
     const run = await runScript({ PORT: String(tb.port), CERTS_DIR: tb.pki.dir, SERIAL: serial })
     t.equal(run.status, 0, `script succeeded: ${run.stderr}`)
     t.equal(run.stdout.trim(), `sensor-${serial}`)
-    t.equal((await tb.handle.registry.getDevice(`sensor-${serial}`))?.status, 'active', 'registered')
+    t.equal((await tb.handle.registry.getDevice(`sensor-${serial}`))?.status, 'provisioned', 'registered (provisioned until its health check passes)')
   })
 }
 

@@ -35,8 +35,8 @@ export function newCsr (alg: KeyAlgorithm): { csr: string, keyPem: string } {
 
 export interface Provisioned { deviceId: string, creds: ClientCredentials, createCertificatePem: string, register: Record<string, unknown> }
 
-/** The whole claim flow; `mode` picks CSR (EC or RSA) or broker-generated keys. */
-export async function provision (tb: TestBroker, serial: string, mode: 'ec' | 'rsa' | 'generated', opts: { prefix?: '$provision' | '$aws', clientId?: string } = {}): Promise<Provisioned> {
+/** The whole claim flow; `mode` picks CSR (EC or RSA) or broker-generated keys; `template` defaults to `sensor`. */
+export async function provision (tb: TestBroker, serial: string, mode: 'ec' | 'rsa' | 'generated', opts: { prefix?: '$provision' | '$aws', clientId?: string, template?: string } = {}): Promise<Provisioned> {
   const prefix = opts.prefix ?? '$provision'
   const claim = await claimConnect(tb, opts.clientId)
   try {
@@ -51,7 +51,8 @@ export async function provision (tb: TestBroker, serial: string, mode: 'ec' | 'r
       created = await request(claim, `${prefix}/certificates/create-from-csr/json`, { certificateSigningRequest: csr })
     }
     if (created.outcome !== 'accepted') throw new Error(`create rejected: ${JSON.stringify(created.body)}`)
-    const registerTopic = prefix === '$aws' ? '$aws/provisioning-templates/sensor/provision/json' : '$provision/templates/sensor/provision/json'
+    const template = opts.template ?? 'sensor'
+    const registerTopic = prefix === '$aws' ? `$aws/provisioning-templates/${template}/provision/json` : `$provision/templates/${template}/provision/json`
     const reg = await request(claim, registerTopic, { certificateOwnershipToken: created.body.certificateOwnershipToken, parameters: { serialNumber: serial } })
     if (reg.outcome !== 'accepted') throw new Error(`register rejected: ${JSON.stringify(reg.body)}`)
     const deviceCa = tb.pki.read('device-ca.pem')

@@ -560,6 +560,103 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
   })
   // --- end quarantine ---
 
+  // --- health verification (CONTRACT §3.7): provisioned → active | quarantined, once ---
+  const provisioned = async (registry: Registry, deviceId: string, checks: string[], deadline: number): Promise<void> => {
+    const outcome = await registry.registerDevice({
+      token: null, device: device(deviceId, { status: 'provisioned' }), replace: false, certificates: [certificate(`c-${deviceId}`, deviceId)], health: { deadline, checks }
+    })
+    if (outcome.result !== 'registered') throw new Error(`${deviceId} not registered: ${outcome.result}`)
+  }
+
+  t.test(`${name}: the last health check activates the device, once, without a notice`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await provisioned(registry, 'h1', ['connect', 'config', 'state'], T0 + 10_000)
+    t.strictSame(await registry.getDevice('h1'), device('h1', { status: 'provisioned' }), 'registered provisioned')
+    t.strictSame(await registry.getHealth('h1'), { deadline: T0 + 10_000, checks: ['connect', 'config', 'state'], met: [] }, 'its window')
+    t.strictSame(inOrder((await registry.listDevicesPage({ status: 'provisioned', limit: 10 })).items), ['h1'], 'listed as provisioned')
+    t.same(await registry.recordHealthCheck('h1', 'connect', T0 + 100), { result: 'recorded' })
+    t.same(await registry.recordHealthCheck('h1', 'connect', T0 + 200), { result: 'ignored' }, 'a check met already')
+    t.same(await registry.recordHealthCheck('h1', 'telemetry', T0 + 200), { result: 'ignored' }, 'not a check of its window')
+    t.same(await registry.recordHealthCheck('nobody', 'connect', T0 + 200), { result: 'ignored' }, 'no such device')
+    t.strictSame((await registry.getHealth('h1'))?.met, ['connect'])
+    const at = advance(500)
+    // the last two raced (two processes, say): one of them activates
+    const outcomes = await Promise.all([registry.recordHealthCheck('h1', 'config', at), registry.recordHealthCheck('h1', 'state', at), registry.recordHealthCheck('h1', 'state', at)])
+    t.strictSame(outcomes.map((o) => o.result).sort(), ['activated', 'ignored', 'recorded'], 'exactly one caller activates')
+    t.strictSame(await registry.getDevice('h1'), device('h1', { status: 'active', updatedAt: at }), 'active')
+    t.equal(await registry.getHealth('h1'), null, 'its window is gone')
+    t.strictSame(inOrder((await registry.listDevicesPage({ status: 'active', limit: 10 })).items), ['h1'], 'listed as active')
+    t.strictSame((await registry.listDevicesPage({ status: 'provisioned', limit: 10 })).items, [], 'no longer provisioned')
+    t.same(await registry.recordHealthCheck('h1', 'state', at), { result: 'ignored' }, 'an active device has nothing to record')
+    advance(20_000)
+    t.strictSame(await registry.healthDue(T0 + 60_000, 10), [], 'not due: it passed')
+    await sleep(100)
+    t.same(events, [], 'no status notice: an active device has the rights it had')
+  })
+
+  t.test(`${name}: a closed window quarantines the device, once, naming what it missed`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await provisioned(registry, 'h2', ['connect', 'config', 'state'], T0 + 1000)
+    await provisioned(registry, 'h3', ['connect', 'state'], T0 + 2000)
+    await provisioned(registry, 'h4', ['connect'], T0 + 500)
+    t.same(await registry.recordHealthCheck('h2', 'connect', T0 + 10), { result: 'recorded' })
+    t.same(await registry.recordHealthCheck('h2', 'state', T0 + 1001), { result: 'ignored' }, 'a check after the deadline does not count')
+    t.strictSame(await registry.healthDue(T0 + 400, 10), [], 'nothing due yet')
+    t.equal(await registry.expireHealth('h2', T0 + 400), null, 'a window still open is not expired')
+    t.strictSame(await registry.healthDue(T0 + 1500, 10), ['h4', 'h2'], 'due, soonest first')
+    t.strictSame(await registry.healthDue(T0 + 1500, 1), ['h4'], 'at most limit')
+    await registry.revokeDevice('h4')
+    t.equal(await registry.expireHealth('h4', T0 + 1500), null, 'a device no longer provisioned is not quarantined')
+    t.strictSame(await registry.healthDue(T0 + 1500, 10), ['h2'], '...and no longer due')
+    const at = advance(1500)
+    const raced = await Promise.all([registry.expireHealth('h2', at), registry.expireHealth('h2', at)])
+    t.strictSame(raced.filter((r) => r !== null), [{ missed: ['config', 'state'] }], 'exactly one caller quarantines, told what was missed')
+    t.strictSame(await registry.getDevice('h2'), device('h2', { status: 'quarantined', updatedAt: at }))
+    t.strictSame(await registry.getHealth('h2'), { deadline: T0 + 1000, checks: ['connect', 'config', 'state'], met: ['connect'] }, 'the failed window is kept to be read')
+    t.same(await registry.recordHealthCheck('h2', 'config', at), { result: 'ignored' }, 'a quarantined device records nothing')
+    t.strictSame(await registry.healthDue(T0 + 1500, 10), [], 'no longer due')
+    t.equal((await registry.getDevice('h3'))?.status, 'provisioned', 'a device whose window is open is left alone')
+    t.ok(await eventually(() => events.length === 2, 1000), 'notices')
+    t.strictSame(events[1], { deviceId: 'h2', certificateId: null, statusChanged: true }, 'quarantined: a status notice (its sessions go)')
+  })
+
+  t.test(`${name}: a reinstated device gets a new window; a registration replaces the old one`, async (t) => {
+    const { registry, advance } = await setup(t)
+    const events = collectRevocations(registry)
+    await provisioned(registry, 'h5', ['connect', 'state'], T0 + 1000)
+    await registry.recordHealthCheck('h5', 'connect', T0 + 10)
+    t.ok(await registry.expireHealth('h5', T0 + 1000))
+    const at = advance(5000)
+    await t.rejects(async () => await (registry.setDeviceStatus as (id: string, s: string) => Promise<unknown>)('h5', 'provisioned'), RangeError, 'provisioned needs a window')
+    t.strictSame(await registry.setDeviceStatus('h5', 'provisioned', { deadline: at + 1000, checks: ['connect', 'state'] }), device('h5', { status: 'provisioned', updatedAt: at }), 'reinstated')
+    t.strictSame(await registry.getHealth('h5'), { deadline: at + 1000, checks: ['connect', 'state'], met: [] }, 'a new window: nothing met yet')
+    t.strictSame(await registry.healthDue(at + 2000, 10), ['h5'], 'due at its new deadline')
+    t.same(await registry.recordHealthCheck('h5', 'connect', at + 1), { result: 'recorded' })
+    t.same(await registry.recordHealthCheck('h5', 'state', at + 2), { result: 'activated' })
+    t.ok(await eventually(() => events.length === 2, 1000), 'quarantine and reinstatement notices; none for the activation')
+
+    // quarantined by an operator while provisioned: the window ends there
+    await provisioned(registry, 'h6', ['connect'], at + 1000)
+    await registry.setDeviceStatus('h6', 'quarantined')
+    t.strictSame(await registry.healthDue(at + 5000, 10), [], 'an operator quarantine closes the window')
+    t.same(await registry.recordHealthCheck('h6', 'connect', at + 5), { result: 'ignored' })
+    await registry.setDeviceStatus('h6', 'active')
+    t.equal(await registry.getHealth('h6'), null, 'an active device has no window')
+
+    // a replacing registration: the old window goes, the new one is the registration's
+    await provisioned(registry, 'h7', ['connect', 'state'], at + 1000)
+    await registry.recordHealthCheck('h7', 'connect', at + 5)
+    t.same(await registry.registerDevice({ token: null, device: device('h7', { status: 'provisioned' }), replace: true, certificates: [], health: { deadline: at + 9000, checks: ['connect'] } }),
+      { result: 'registered', revoked: [certId('c-h7')] })
+    t.strictSame(await registry.getHealth('h7'), { deadline: at + 9000, checks: ['connect'], met: [] }, 'replaced with the new window')
+    t.same(await registry.registerDevice({ token: null, device: device('h7'), replace: true, certificates: [] }), { result: 'registered', revoked: [] })
+    t.equal(await registry.getHealth('h7'), null, 'a registration without a window leaves none')
+    t.strictSame(await registry.healthDue(at + 60_000, 10), [], 'nothing due')
+  })
+  // --- end health verification ---
+
   // --- device activity ---
   t.test(`${name}: recordActivity adds batches up; getActivity reads them`, async (t) => {
     const { registry } = await setup(t)

@@ -8,7 +8,8 @@
 import type { FastifyPluginAsync } from 'fastify'
 import { JitpError } from '../../errors.js'
 import { configTopic } from '../../config-store.js'
-import type { DeviceRecord } from '../../store/registry.js'
+import type { DeviceRecord, DeviceStatus, HealthProgress } from '../../store/registry.js'
+import { DEFAULT_HEALTH_CHECK, healthWindow } from '../../../plugins/provisioning/templates.js'
 import type { AdminDeps } from '../server.js'
 import { noQuery, conflict, deviceDetail, deviceIdParam, deviceStatus, deviceSummary, errorResponses, notFound, pageOf, pageQuery } from '../schemas.js'
 
@@ -38,10 +39,15 @@ async function retainedConfigVersion (deps: AdminDeps, deviceId: string): Promis
   return null
 }
 
+/** the health window as the API shows it, with what is still missing */
+function healthOf (h: HealthProgress | null): Record<string, unknown> | null {
+  return h === null ? null : { deadline: h.deadline, checks: h.checks, met: h.met, missing: h.checks.filter((c) => !h.met.includes(c)) }
+}
+
 export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
   const { registry, audit } = deps
   return async (app) => {
-    app.get<{ Querystring: { status?: 'active' | 'quarantined' | 'revoked', template?: string, limit: number, cursor?: string } }>('/v1/devices', {
+    app.get<{ Querystring: { status?: DeviceStatus, template?: string, limit: number, cursor?: string } }>('/v1/devices', {
       schema: {
         tags: ['devices'],
         summary: 'List devices, ordered by device id',
@@ -70,10 +76,12 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
       const { id } = req.params
       const device = await registry.getDevice(id)
       if (!device) throw new JitpError('DeviceNotFound', id)
-      const [certificates, activity, version] = await Promise.all([
+      const [certificates, activity, version, health] = await Promise.all([
         registry.certificatesOfDevice(id),
         registry.getActivity(id),
-        retainedConfigVersion(deps, id)
+        retainedConfigVersion(deps, id),
+        // CONTRACT §3.7: an active (or revoked) device's window is over, whatever is left of it
+        device.status === 'provisioned' || device.status === 'quarantined' ? registry.getHealth(id) : null
       ])
       return {
         ...summary(device),
@@ -81,7 +89,8 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
         certificates: certificates.map((c) => ({ ...c, role: 'device' })),
         activity: activity ?? { firstSeen: null, lastSeen: null, connects: 0, messagesIn: 0, rejected: 0, lastErrorCode: null, remoteAddress: null, certificateNotAfter: null },
         // the configuration lifecycle (CONTRACT §9) fills lastKnownGood
-        config: { version, lastKnownGood: null }
+        config: { version, lastKnownGood: null },
+        health: healthOf(health)
       }
     })
 
@@ -100,15 +109,15 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
       return { deviceId: id, status: 'revoked' }
     })
 
-    for (const [action, status, event] of [['quarantine', 'quarantined', 'device.quarantined'], ['reinstate', 'active', 'device.reinstated']] as const) {
+    for (const [action, event] of [['quarantine', 'device.quarantined'], ['reinstate', 'device.reinstated']] as const) {
       app.post<{ Params: IdParams }>(`/v1/devices/:id/${action}`, {
         schema: {
           tags: ['devices'],
           summary: action === 'quarantine'
             ? 'Quarantine the device: it may still connect, report state and receive its configuration, nothing else (CONTRACT §3.7)'
-            : 'Reinstate a quarantined device',
+            : 'Reinstate a quarantined device: provisioned again, with a new health window of its template (CONTRACT §3.7); any other status is left as it is',
           params: deviceIdParam,
-        querystring: noQuery,
+          querystring: noQuery,
           response: { 200: actionResponse, ...errorResponses, ...notFound, ...conflict }
         }
       }, async (req) => {
@@ -116,10 +125,17 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
         const before = await registry.getDevice(id)
         if (!before) throw new JitpError('DeviceNotFound', id)
         if (before.status === 'revoked') throw new JitpError('DeviceRevoked', 'a revoked device stays revoked')
-        const after = await registry.setDeviceStatus(id, status)
+        // a reinstated device proves its health again, as a new one does; an active or provisioned one has nothing to be reinstated from
+        if (action === 'reinstate' && before.status !== 'quarantined') return { deviceId: id, status: before.status }
+        // a template removed since the device registered: the default check
+        const window = action === 'reinstate' ? healthWindow(deps.templates.get(before.template)?.healthCheck ?? DEFAULT_HEALTH_CHECK, deps.now()) : null
+        const after = window === null ? await registry.setDeviceStatus(id, 'quarantined') : await registry.setDeviceStatus(id, 'provisioned', window)
         if (!after) throw new JitpError('DeviceNotFound', id)
         if (after.status === 'revoked') throw new JitpError('DeviceRevoked', 'a revoked device stays revoked')
-        if (before.status !== status) audit.write(event, { deviceId: id, actor: req.admin?.commonName, reason: `${before.status} → ${status}` }, 'warn')
+        if (before.status !== after.status) {
+          const within = window !== null ? ` (health window until ${new Date(window.deadline).toISOString()})` : ''
+          audit.write(event, { deviceId: id, actor: req.admin?.commonName, template: before.template, reason: `${before.status} → ${after.status}${within}` }, 'warn')
+        }
         return { deviceId: id, status: after.status }
       })
     }

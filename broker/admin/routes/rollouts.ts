@@ -51,7 +51,7 @@ export function rolloutRoutes (deps: AdminDeps & { rollouts: RolloutsApi }): Fas
               properties: {
                 template: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
                 deviceIds: { type: 'array', minItems: 1, maxItems: 100000, items: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$' } },
-                status: { type: 'string', enum: ['active', 'quarantined'] }
+                status: { type: 'string', enum: ['provisioned', 'active', 'quarantined'] }
               }
             },
             config: configObject,

@@ -30,6 +30,15 @@ const templateDetail = {
         allowList: { type: ['object', 'null'], additionalProperties: { type: 'array', items: { type: 'string' } } },
         module: { type: 'boolean', description: 'a pre-provisioning module is configured' }
       }
+    },
+    healthCheck: {
+      type: 'object',
+      description: 'CONTRACT §3.7: what a new device must do, within how long, to become active (defaults filled in)',
+      properties: {
+        withinSeconds: { type: 'integer' },
+        requires: { type: 'array', items: { type: 'string' } },
+        configAck: { type: 'boolean' }
+      }
     }
   }
 } as const
@@ -65,7 +74,8 @@ export function templateRoutes (deps: AdminDeps): FastifyPluginAsync {
         deviceId: t.deviceIdPattern,
         parameters: t.parametersSchema,
         configuration: t.configuration,
-        preProvisioningCheck: { allowList: t.allowList, module: t.hook !== null }
+        preProvisioningCheck: { allowList: t.allowList, module: t.hook !== null },
+        healthCheck: t.healthCheck
       }
     })
   }
