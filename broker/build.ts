@@ -14,6 +14,7 @@ import { certExpiryPlugin, requestRotation } from '../plugins/cert-expiry.js'
 import { configAckPlugin } from '../plugins/config-ack.js'
 import { healthPlugin } from '../plugins/health.js'
 import { identityPlugin } from '../plugins/identity.js'
+import { tokenIdentityPlugin } from '../plugins/token-identity.js'
 import { loadPolicy } from '../plugins/policy.js'
 import { provisioningPlugin } from '../plugins/provisioning.js'
 import { rotationPlugin } from '../plugins/rotation.js'
@@ -34,7 +35,7 @@ import { createHttpServer } from './http.js'
 import { createTokenEndpoint } from './token-endpoint.js'
 import { loadTokenKeys, type TokenKeys } from './token-keys.js'
 import { createOAuthClients, type OAuthClients } from './store/oauth-clients.js'
-import { createListener } from './listener.js'
+import { createAdmission, createListener } from './listener.js'
 import { createAppLogger, type AppLogger } from './logger.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import type { PluginContext, PluginHooks } from './plugin.js'
@@ -69,6 +70,8 @@ export interface BrokerHandle {
   readonly chain: Chain
   readonly ctx: PluginContext
   readonly mqttsPort: number
+  /** the token listener's port (CONTRACT §10); null when MQTTS_TOKEN_PORT is unset */
+  readonly mqttsTokenPort: number | null
   readonly httpPort: number
   /** null when the admin API is off (no admin CA) */
   readonly adminPort: number | null
@@ -215,6 +218,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       // first: a revoked certificate (any role, registry list or CRL) is denied before anyone looks it up
       await revocationPlugin.setup(ctx, undefined),
       await identityPlugin.setup(ctx, { policy }),
+      // the token listener's connections (CONTRACT §10): OAuth2 JWTs (external issuer or the broker's own) and
+      // symmetric-key enrollments; a certificate connection is answered by identity and never gets here
+      await tokenIdentityPlugin.setup(ctx, { policy, templates, brokerTokens: { keys: tokenKeys, clients: oauthClients } }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),
       await provisioningPlugin.setup(ctx, { policy, templates, configs }),
@@ -236,19 +242,23 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     })
 
     // the listener (broker/listener.ts): handshake and CONNECT deadlines, limits at accept, packet-size guard, pre-auth audit
-    const listener = createListener({ config, trust, broker, audit, metrics, log })
+    // the token listener (CONTRACT §10) is the same code with no client certificate asked; the limits at accept are shared
+    const admission = createAdmission(config)
+    const listener = createListener({ config, trust, broker, audit, metrics, log }, { admission })
     const tlsServer = listener.server
-    const mqttsPort = await listener.listen(config.mqttsPort, config.host)
+    const tokenListener = config.mqttsTokenPort === undefined ? null : createListener({ config, trust, broker, audit, metrics, log }, { auth: 'token', admission })
     releases.push(['listener and aedes', async () => {
-      const closing = listener.close()
+      const closing = Promise.all([listener.close(), tokenListener?.close()])
       await new Promise<void>((resolve) => broker.close(() => resolve()))
       await closing
     }, RELEASE_BROKER_MS])
+    const mqttsPort = await listener.listen(config.mqttsPort, config.host)
+    const mqttsTokenPort = tokenListener === null ? null : await tokenListener.listen(config.mqttsTokenPort!, config.host)
 
     async function ready () {
       const [store, reg] = await Promise.all([sessionStore.ping(), registry.ping()])
-      const checks = { mqtts: tlsServer.listening, sessionStore: store, registry: reg }
-      const ok = checks.mqtts && store && reg
+      const checks: Record<string, boolean> = { mqtts: tlsServer.listening, ...(tokenListener ? { mqttsToken: tokenListener.server.listening } : {}), sessionStore: store, registry: reg }
+      const ok = checks.mqtts! && (checks.mqttsToken ?? true) && store && reg
       if (ok) storeDown = false
       metrics.storeUp.set(store && reg ? 1 : 0)
       return { ready: ok, checks }
@@ -290,14 +300,15 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       dir: config.certsDir, trust, audit, log,
       onReload (next) {
         listener.reloadTls()
+        tokenListener?.reloadTls()
         const material = adminTlsMaterial(next)
         if (adminTls && material) adminTls.setSecureContext(material)
       }
     })
     releases.push(['certs watcher', async () => certsWatcher.close()])
 
-    audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, http ${httpPort}, admin ${adminPort ?? 'off'}, store ${sessionStore.kind}` })
-    log.info({ mqttsPort, httpPort, adminPort, store: sessionStore.kind }, 'aedes-jitp listening')
+    audit.write('broker.started', { brokerId: broker.id, reason: `mqtts ${mqttsPort}, mqtts token ${mqttsTokenPort ?? 'off'}, http ${httpPort}, admin ${adminPort ?? 'off'}, store ${sessionStore.kind}` })
+    log.info({ mqttsPort, mqttsTokenPort, httpPort, adminPort, store: sessionStore.kind }, 'aedes-jitp listening')
 
     let closed: Promise<void> | undefined
     return {
@@ -309,6 +320,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       chain,
       ctx,
       mqttsPort,
+      mqttsTokenPort,
       httpPort,
       adminPort,
       configs,

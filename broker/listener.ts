@@ -1,6 +1,7 @@
 /**
- * The mutual-TLS MQTT listener and everything that happens before a connection
- * is authenticated (CONTRACT §11, §6):
+ * The MQTT listeners, mutual TLS (MQTTS_PORT) and token (MQTTS_TOKEN_PORT, see
+ * `ListenerKind`), and everything that happens before a connection is
+ * authenticated (CONTRACT §11, §6), the same for both:
  *   accept ─▶ admission (MAX_CONNECTIONS, pending per address, connect rate)
  *          ─▶ a handshake slot (MAX_CONCURRENT_HANDSHAKES, listener/admission.ts)
  *          ─▶ TLS handshake within TLS_HANDSHAKE_TIMEOUT_MS
@@ -24,8 +25,8 @@ import { guardPackets, type FixedHeaderScanner, type GuardVerdict } from './list
 import { createRefusalLog } from './listener/refusal-log.js'
 import type { AppLogger } from './logger.js'
 import type { Metrics } from './metrics.js'
-import { stateOf } from './session.js'
-import { tlsServerOptions } from './tls.js'
+import { markTokenSocket, stateOf } from './session.js'
+import { tlsServerOptions, tokenTlsMaterial, tokenTlsServerOptions } from './tls.js'
 import { mqttTlsMaterial, type Trust } from './trust.js'
 
 /** the error Aedes' client emits when its connectTimeout fires (aedes/lib/client.js) */
@@ -81,13 +82,30 @@ function clientOf (socket: TLSSocket): Client | undefined {
   return (socket as unknown as { client?: Client }).client
 }
 
-export function createListener (ctx: ListenerContext): Listener {
-  const { config, broker, audit, metrics } = ctx
-  const admission = new Admission({
+/** the limits at accept (CONTRACT §11), one for every listener of a process: MAX_CONNECTIONS counts them all */
+export function createAdmission (config: Config): Admission {
+  return new Admission({
     maxConnections: config.maxConnections,
     maxPendingPerAddress: config.maxPendingConnectionsPerAddress,
     connectRatePerAddress: config.connectRatePerAddress
   })
+}
+
+export interface ListenerKind {
+  /**
+   * certificate (MQTTS_PORT, the default): a client certificate is required and authenticates;
+   * token (MQTTS_TOKEN_PORT, CONTRACT §10): none is asked for, the MQTT password authenticates
+   * (plugins/token-identity.ts). Everything else of this file applies to both alike.
+   */
+  readonly auth?: 'certificate' | 'token'
+  /** shared with the other listener, so the limits hold across both; default: one of its own */
+  readonly admission?: Admission
+}
+
+export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): Listener {
+  const { config, broker, audit, metrics } = ctx
+  const tokens = kind.auth === 'token'
+  const admission = kind.admission ?? createAdmission(config)
   const refusals = createRefusalLog(audit, metrics, config.auditAggregateSeconds * 1000)
   const live = new Set<Connection>()
   const byRaw = new WeakMap<Socket, Connection>()
@@ -99,7 +117,8 @@ export function createListener (ctx: ListenerContext): Listener {
   const sweeper = setInterval(() => admission.sweep(), SWEEP_MS)
   sweeper.unref()
 
-  const server = createServer(tlsServerOptions(ctx.trust, { sessionTickets: config.tlsSessionTickets }))
+  const tlsOptions = { sessionTickets: config.tlsSessionTickets }
+  const server = createServer(tokens ? tokenTlsServerOptions(ctx.trust, tlsOptions) : tlsServerOptions(ctx.trust, tlsOptions))
   const handshakeGauges = { running: metrics.handshakes.labels('running'), waiting: metrics.handshakes.labels('waiting') }
   // a reconnect storm's handshakes are spread over time (MAX_CONCURRENT_HANDSHAKES): the gate starts each one's TLS
   const handshakes = new HandshakeGate(server, {
@@ -164,6 +183,8 @@ export function createListener (ctx: ListenerContext): Listener {
     handshakes.done(conn.raw)
     conn.tls = socket
     byTls.set(socket, conn)
+    // the chain reads the password of these, and never a certificate (broker/chain/connect.ts, classifyPeer)
+    if (tokens) markTokenSocket(socket)
     guardPackets(socket, config.maxPacketBytes, function packetRefused (verdict, scanner) {
       oversizeOrMalformed(conn, verdict, scanner)
     })
@@ -246,7 +267,7 @@ export function createListener (ctx: ListenerContext): Listener {
     server,
     reloadTls () {
       // only the context's material: requestCert, rejectUnauthorized and the options stay the server's
-      server.setSecureContext(mqttTlsMaterial(ctx.trust))
+      server.setSecureContext(tokens ? tokenTlsMaterial(ctx.trust) : mqttTlsMaterial(ctx.trust))
     },
     listen (port, host) {
       return new Promise((resolve, reject) => {

@@ -43,6 +43,8 @@ export interface Metrics {
   readonly rotations: Counter<'outcome'>
   /** POST /oauth/token answers by outcome: issued, or the RFC 6749 error (invalid_client, throttled, ...) */
   readonly tokenRequests: Counter<'outcome'>
+  /** connect authentications by method (certificate, oauth2, broker-token, sas) and outcome (accepted, or the refusal's code) */
+  readonly authentications: Counter<'method' | 'outcome'>
 }
 
 export function createMetrics (): Metrics {
@@ -73,6 +75,7 @@ export function createMetrics (): Metrics {
     certificatesByExpiry: new Gauge({ name: p + 'device_certificates_by_expiry', help: 'Active device certificates by time to expiry (7d, 30d, 90d, later)', labelNames: ['within'], registers: [registry], aggregator: 'max' }),
     rotations: new Counter({ name: p + 'certificate_rotations_total', help: 'Device certificate rotations by outcome (issued, rejected, completed, expired)', labelNames: ['outcome'], registers: [registry] }),
     rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry], aggregator: 'max' }),
-    tokenRequests: new Counter({ name: p + 'token_requests_total', help: 'POST /oauth/token answers by outcome (issued, invalid_client, invalid_request, invalid_scope, unsupported_grant_type, throttled, unavailable)', labelNames: ['outcome'], registers: [registry] })
+    tokenRequests: new Counter({ name: p + 'token_requests_total', help: 'POST /oauth/token answers by outcome (issued, invalid_client, invalid_request, invalid_scope, unsupported_grant_type, throttled, unavailable)', labelNames: ['outcome'], registers: [registry] }),
+    authentications: new Counter({ name: p + 'authentications_total', help: 'Connect authentications by method (certificate, oauth2, broker-token, sas) and outcome (accepted or the refusal code)', labelNames: ['method', 'outcome'], registers: [registry] })
   }
 }

@@ -40,8 +40,14 @@ export interface AuthenticateEvent {
   readonly client: Client
   readonly clientId: string
   readonly clean: boolean
-  readonly peer: PeerCertificate
+  /** the verified client certificate; null on the token listener (then `credentials` authenticate) */
+  readonly peer: PeerCertificate | null
   readonly remoteAddress: string
+  /**
+   * The CONNECT's username and password, on the token listener only (CONTRACT §10):
+   * on MQTTS_PORT the certificate alone authenticates and they are never read. Never logged.
+   */
+  readonly credentials: { readonly username: string | undefined, readonly password: Buffer | undefined } | null
 }
 export type AuthenticateAnswer = Defer | Deny | { readonly verdict: 'allow', readonly identity: Identity }
 

@@ -21,11 +21,40 @@ export interface PeerCertificate {
   readonly pem: string
 }
 
+/** how a connection authenticated (CONTRACT §10): its certificate, or a token on the token listener */
+export type AuthMethod = 'certificate' | 'oauth2' | 'broker-token' | 'sas'
+
+/**
+ * What the token of a token-listener connection said, once verified (plugins/token-identity.ts).
+ * Certificate connections have none: the certificate (ConnectionState.peer) is their credential.
+ */
+export type TokenAuth =
+  | {
+    readonly method: 'oauth2' | 'broker-token'
+    /** the token's `exp`, in ms: the connection is closed then */
+    readonly expiresAt: number
+    readonly issuer: string
+    /** the OAuth2 client the token was issued to (`client_id`), when it says */
+    readonly oauthClientId: string | undefined
+    /** the granted scopes that name a policy rule or permission */
+    readonly scopes: ReadonlySet<string>
+  }
+  | {
+    readonly method: 'sas'
+    /** the SAS token's `se`, in ms */
+    readonly expiresAt: number
+    /** the enrollment group (CONTRACT §3.6), the registration id it signed for, and the group's template */
+    readonly group: string
+    readonly registrationId: string
+    readonly template: string
+  }
+
 export interface Identity {
   readonly role: Role
   readonly clientId: string
-  readonly certificateId: string
-  /** device id for `device`, service name for `service`, null for `claim` */
+  /** the client certificate's id; null for a token identity (see `auth`) */
+  readonly certificateId: string | null
+  /** device id for `device`, service name (CN, or the token's `sub` / `client_id`) for `service`, null for `claim` */
   readonly name: string | null
   /** permissions from the policy, e.g. `pii` */
   readonly permissions: ReadonlySet<string>
@@ -37,10 +66,17 @@ export interface Identity {
   readonly rotationPending?: boolean
   /** true when the device was registered by its manufacturer certificate on this connect */
   readonly registeredOnConnect?: boolean
+  /** the verified token of a token-listener connection; absent: the certificate authenticated */
+  readonly auth?: TokenAuth
+}
+
+export function authMethodOf (identity: Identity | null | undefined): AuthMethod {
+  return identity?.auth?.method ?? 'certificate'
 }
 
 export interface ConnectionState {
-  readonly peer: PeerCertificate
+  /** the verified client certificate; null on the token listener, where the identity's `auth` says who */
+  readonly peer: PeerCertificate | null
   readonly remoteAddress: string
   readonly connectedAt: number
   identity: Identity | null
@@ -53,6 +89,16 @@ export interface ConnectionState {
 }
 
 const states = new WeakMap<Client, ConnectionState>()
+/** sockets the token listener accepted: no client certificate, the MQTT password authenticates (CONTRACT §10) */
+const tokenSockets = new WeakSet<object>()
+
+export function markTokenSocket (socket: object): void {
+  tokenSockets.add(socket)
+}
+
+export function isTokenSocket (socket: object): boolean {
+  return tokenSockets.has(socket)
+}
 
 export function setState (client: Client, state: ConnectionState): void {
   states.set(client, state)

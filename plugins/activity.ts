@@ -114,7 +114,8 @@ export const activityPlugin: Plugin<undefined> = {
         entry.connects++
         entry.seenAt = now()
         entry.remoteAddress = state.remoteAddress
-        entry.certificateNotAfter = state.peer.notAfter
+        // a device always connects with its certificate (the token listener has no device role)
+        if (state.peer) entry.certificateNotAfter = state.peer.notAfter
       },
       published ({ identity }) {
         // every routed publish passes here: the cheap test first

@@ -154,11 +154,13 @@ export const certExpiryPlugin: Plugin<undefined> = {
     const inFlight = new Set<Promise<void>>()
 
     async function remind (state: ConnectionState, deviceId: string): Promise<void> {
-      const notAfter = state.peer.notAfter
+      const peer = state.peer
+      if (peer === null) return
+      const notAfter = peer.notAfter
       let claimed = false
       try {
         claimed = await reminders.claim(deviceId)
-        if (claimed) await sendRotateCommand(ctx, deviceId, notAfter, `expires ${new Date(notAfter).toISOString()}`, { certificateId: state.peer.certificateId })
+        if (claimed) await sendRotateCommand(ctx, deviceId, notAfter, `expires ${new Date(notAfter).toISOString()}`, { certificateId: peer.certificateId })
       } catch (err) {
         log.warn({ err: (err as Error).message, deviceId }, 'cert-expiry: rotate reminder not sent (a later connect tries again)')
         if (claimed) await reminders.release(deviceId).catch(() => {})
@@ -217,7 +219,8 @@ export const certExpiryPlugin: Plugin<undefined> = {
       name: 'cert-expiry',
       ready (client, state) {
         const identity = state.identity
-        if (identity?.role !== 'device' || identity.name === null || identity.quarantined) return
+        // a device always connects with its certificate (the token listener has no device role)
+        if (identity?.role !== 'device' || identity.name === null || identity.quarantined || state.peer === null) return
         if (state.peer.notAfter - now() > windowMs) return
         if (coversCommand(client, identity.name)) track(remind(state, identity.name))
         else waiting.set(client, state)

@@ -11,7 +11,7 @@
  * Username and password are ignored: the certificate alone authenticates.
  * A client id in use by another identity is refused (plugins/session-owners.ts).
  */
-import type { Identity } from '../broker/session.js'
+import type { Identity, PeerCertificate } from '../broker/session.js'
 import type { DeviceStatus } from '../broker/store/registry.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
 import type { Policy } from './policy.js'
@@ -23,8 +23,7 @@ export interface IdentityOptions { readonly policy: Policy }
 /** the device statuses that may connect; any other (revoked, or one added later) may not */
 const MAY_CONNECT: ReadonlySet<DeviceStatus> = new Set<DeviceStatus>(['provisioned', 'active', 'quarantined'])
 
-async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
-  const { peer } = ev
+async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: AuthenticateEvent, peer: PeerCertificate): Promise<AuthenticateAnswer> {
   const cert = await ctx.registry.getCertificate(peer.certificateId)
   if (!cert) {
     // a factory certificate nobody registered yet is provisioning's business
@@ -58,10 +57,12 @@ export const identityPlugin: Plugin<IdentityOptions> = {
   setup (ctx, { policy }): PluginHooks {
     async function identify (ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
       const { peer } = ev
+      // a token-listener connection: its token is read by plugins/token-identity.ts
+      if (peer === null) return DEFER
       switch (peer.issuerRole) {
         case 'device':
         case 'manufacturer':
-          return authenticateDevice(ctx, policy, ev)
+          return authenticateDevice(ctx, policy, ev, peer)
         case 'claim':
           if (!ev.clean) return deny('ClaimSessionNotClean')
           return {

@@ -29,6 +29,12 @@ export interface PolicyRule {
   readonly topics: readonly string[]
   /** publishing retained messages is allowed on these topics (allow rules only) */
   readonly retain?: boolean
+  /**
+   * Service rules only (CONTRACT §10): the OAuth2 scope a token must grant for the
+   * rule to apply to it. A service certificate holds every scope; a rule without
+   * one applies to every service.
+   */
+  readonly scope?: string
 }
 
 export interface Policy {
@@ -63,7 +69,9 @@ const policySchema = {
           effect: { enum: ['allow', 'deny'] },
           actions: { type: 'array', minItems: 1, items: { enum: ['publish', 'subscribe'] } },
           topics: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
-          retain: { type: 'boolean' }
+          retain: { type: 'boolean' },
+          // an RFC 6749 scope token: printable ASCII without space, quote or backslash
+          scope: { type: 'string', pattern: '^[\\x21\\x23-\\x5b\\x5d-\\x7e]{1,128}$' }
         }
       }
     }
@@ -95,13 +103,11 @@ export function defaultPolicy (opts: { awsTopics: boolean }): Policy {
       { name: 'claim-replies', role: 'claim', actions: ['subscribe'], topics: claimRequests.map((t) => `${t}/+`) },
       // a claim or service connection asking to rotate is refused (403 RotationNotAllowed): it may receive the refusal
       { name: 'claim-rotation-refusals', role: 'claim', actions: ['subscribe'], topics: rotationReplies },
-      {
-        name: 'service-read',
-        role: 'service',
-        actions: ['subscribe'],
-        topics: ['devices/+/telemetry', 'devices/+/telemetry/+', 'devices/+/state', 'devices/+/config', 'devices/+/config/ack', 'devices/+/errors']
-      },
-      { name: 'service-commands', role: 'service', actions: ['publish'], topics: ['devices/+/commands/+'] },
+      // one rule per OAuth2 scope (CONTRACT §10): a token gets the rules of its scopes, a service certificate all of them
+      { name: 'service-telemetry', role: 'service', scope: 'telemetry:read', actions: ['subscribe'], topics: ['devices/+/telemetry', 'devices/+/telemetry/+', 'devices/+/errors'] },
+      { name: 'service-state', role: 'service', scope: 'state:read', actions: ['subscribe'], topics: ['devices/+/state'] },
+      { name: 'service-config', role: 'service', scope: 'config:read', actions: ['subscribe'], topics: ['devices/+/config', 'devices/+/config/ack'] },
+      { name: 'service-commands', role: 'service', scope: 'commands:write', actions: ['publish'], topics: ['devices/+/commands/+'] },
       { name: 'service-rotation-refusals', role: 'service', actions: ['subscribe'], topics: rotationReplies }
     ]
   }
@@ -129,6 +135,9 @@ function checkRules (file: string, rules: readonly PolicyRule[]): void {
   rules.forEach((rule, r) => {
     if (rule.effect === 'deny' && rule.retain !== undefined) {
       throw new JitpError('InvalidConfig', `POLICY_FILE: ${file}/rules/${r}/retain only applies to allow rules`)
+    }
+    if (rule.scope !== undefined && rule.role !== 'service') {
+      throw new JitpError('InvalidConfig', `POLICY_FILE: ${file}/rules/${r}/scope only applies to service rules`)
     }
     rule.topics.forEach((topic, t) => {
       const problem = filterProblem(topic)
@@ -235,8 +244,11 @@ function fenced (topics: readonly RuleTopic[], fence: readonly Levels[]): RuleTo
 
 export function compileRules (policy: Policy, identity: Identity): CompiledRules {
   const lists: Record<Action, RuleTopic[]> = { publish: [], subscribe: [] }
+  // a token identity gets the scoped rules of its scopes only; a certificate holds every scope
+  const scopes = identity.auth?.method === 'oauth2' || identity.auth?.method === 'broker-token' ? identity.auth.scopes : null
   for (const rule of policy.rules) {
     if (rule.role !== identity.role) continue
+    if (rule.scope !== undefined && scopes !== null && !scopes.has(rule.scope)) continue
     for (const topic of rule.topics) {
       const filled = fill(topic, identity)
       if (filled === null) continue
@@ -260,4 +272,34 @@ export function compileRules (policy: Policy, identity: Identity): CompiledRules
 
 export function permissionsFor (policy: Policy, role: Role): ReadonlySet<string> {
   return new Set(policy.permissions?.[role] ?? [])
+}
+
+export interface TokenGrant {
+  /** the token's scopes the policy knows: each names a service rule or a service permission */
+  readonly scopes: ReadonlySet<string>
+  /** the service permissions among them (e.g. `pii`): a token holds only what it was granted */
+  readonly permissions: ReadonlySet<string>
+  /** whether any of them names an allow rule: a token whose scopes allow nothing is refused */
+  readonly allowsSomething: boolean
+}
+
+/** What a service token's scopes grant under `policy` (CONTRACT §10). */
+export function tokenGrant (policy: Policy, scopes: Iterable<string>): TokenGrant {
+  const servicePermissions = new Set(policy.permissions?.service ?? [])
+  const ruleScopes = new Set<string>()
+  const allowScopes = new Set<string>()
+  for (const rule of policy.rules) {
+    if (rule.role !== 'service' || rule.scope === undefined) continue
+    ruleScopes.add(rule.scope)
+    if ((rule.effect ?? 'allow') === 'allow') allowScopes.add(rule.scope)
+  }
+  const known = new Set<string>()
+  const permissions = new Set<string>()
+  let allowsSomething = false
+  for (const scope of scopes) {
+    if (servicePermissions.has(scope)) permissions.add(scope)
+    if (allowScopes.has(scope)) allowsSomething = true
+    if (ruleScopes.has(scope) || servicePermissions.has(scope)) known.add(scope)
+  }
+  return { scopes: known, permissions, allowsSomething }
 }

@@ -12,11 +12,12 @@
 import type { Client } from 'aedes'
 import { Errors, JitpError, type ErrorCode } from '../broker/errors.js'
 import type { AuthenticateAnswer, AuthenticateEvent, Plugin, PluginHooks } from '../broker/plugin.js'
-import { liveClients, stateOf, type ConnectionState, type Identity } from '../broker/session.js'
+import { liveClients, stateOf, type ConnectionState, type Identity, type PeerCertificate } from '../broker/session.js'
 import { configTopic } from '../broker/config-store.js'
 import { CsrError } from '../pki/csr.js'
 import { permissionsFor, type Policy } from './policy.js'
 import { issueFromCsr, issueWithGeneratedKey, newOwnershipToken, type Issued } from './provisioning/issuance.js'
+import { boundParameters, claimCredentialOf, claimThrottleKeyOf } from './provisioning/enrollment.js'
 import { commitRegistration, decideDeviceId, registerClaimed } from './provisioning/register.js'
 import { parseRequestTopic, type ProvisioningRequest } from './provisioning/requests.js'
 import type { InitialConfigPublisher } from '../broker/config-store.js'
@@ -81,7 +82,8 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       if (!config.provisionReplyCompanion) return null
       const companion = liveClients(broker)[`${rc.client.id}-replies`]
       const identity = stateOf(companion)?.identity
-      return companion && identity?.role === 'claim' && identity.certificateId === rc.identity.certificateId ? companion : null
+      // a claim certificate's only: an enrollment's client id is its registration id, which no companion shares
+      return companion && identity?.role === 'claim' && identity.certificateId !== null && identity.certificateId === rc.identity.certificateId ? companion : null
     }
 
     function reply (rc: RequestContext, outcome: 'accepted' | 'rejected', body: unknown): void {
@@ -103,7 +105,8 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       audit.write('provision.rejected', {
         clientId: rc.client.id,
         role: rc.identity.role,
-        certificateId: rc.identity.certificateId,
+        certificateId: rc.identity.certificateId ?? undefined,
+        authMethod: rc.identity.auth?.method,
         remoteAddress: rc.state.remoteAddress,
         topic: rc.request.topic,
         template: rc.request.template ?? undefined,
@@ -129,7 +132,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       await registry.putPendingCertificate(
         { certificateId: certificate.certificateId, deviceId: null, status: 'pending', serialNumber: certificate.serialNumber, notAfter: certificate.notAfter.getTime(), createdAt: now, updatedAt: now },
         token,
-        { certificateId: certificate.certificateId, clientId: rc.client.id, claimFingerprint: rc.identity.certificateId, expiresAt: now + ttlMs, publicKeyPem: issued.publicKeyPem },
+        { certificateId: certificate.certificateId, clientId: rc.client.id, claimFingerprint: claimCredentialOf(rc.identity), expiresAt: now + ttlMs, publicKeyPem: issued.publicKeyPem },
         ttlMs)
       metrics.certificatesIssued.inc({ flow: rc.request.kind === 'createFromCsr' ? 'csr' : 'generated' })
       audit.write('provision.certificate.issued', { clientId: rc.client.id, role: 'claim', certificateId: certificate.certificateId, remoteAddress: rc.state.remoteAddress, topic: rc.request.topic, reason: rc.request.kind === 'createFromCsr' ? 'from CSR' : 'broker-generated key' })
@@ -142,13 +145,15 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
     }
 
     async function register (rc: RequestContext, payload: Record<string, unknown>): Promise<void> {
+      const templateName = rc.request.template ?? ''
       const r = await registerClaimed(claimDeps, {
-        templateName: rc.request.template ?? '',
+        templateName,
         payloadTemplateName: typeof payload.templateName === 'string' ? payload.templateName : undefined,
         tokenValue: typeof payload.certificateOwnershipToken === 'string' ? payload.certificateOwnershipToken : '',
-        parameters: (payload.parameters ?? {}) as Record<string, string>,
+        // an enrollment (CONTRACT §3.6): its group's template only, its registration id as a parameter
+        parameters: boundParameters(rc.identity, templateName, (payload.parameters ?? {}) as Record<string, string>),
         clientId: rc.client.id,
-        claimFingerprint: rc.identity.certificateId,
+        claimFingerprint: claimCredentialOf(rc.identity),
         remoteAddress: rc.state.remoteAddress
       })
       const { deviceId, final, template } = r
@@ -169,7 +174,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
 
     async function handle (rc: RequestContext, raw: Buffer): Promise<void> {
       try {
-        const verdict = await throttle.take(rc.state.remoteAddress, rc.identity.certificateId)
+        const verdict = await throttle.take(rc.state.remoteAddress, claimThrottleKeyOf(rc.identity))
         if (verdict !== 'allow') {
           throw new JitpError('Throttled', verdict === 'address' ? 'too many provisioning requests from this address' : 'too many provisioning requests for this claim certificate')
         }
@@ -184,8 +189,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       }
     }
 
-    async function registerOnFirstConnect (ev: AuthenticateEvent): Promise<AuthenticateAnswer> {
-      const { peer } = ev
+    async function registerOnFirstConnect (ev: AuthenticateEvent, peer: PeerCertificate): Promise<AuthenticateAnswer> {
       const template = [...templates.values()].find((t) =>
         t.manufacturerCas === 'all' || (Array.isArray(t.manufacturerCas) && t.manufacturerCas.includes(peer.issuerFingerprint)))
       if (!template) return { verdict: 'deny', code: 'UnknownCertificate', detail: 'no template for this manufacturer CA' }
@@ -224,8 +228,8 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       close: () => throttle.close(),
       async authenticate (ev) {
         // reached only when identity deferred: an unregistered manufacturer certificate
-        if (ev.peer.issuerRole !== 'manufacturer') return { verdict: 'defer' }
-        return registerOnFirstConnect(ev)
+        if (ev.peer?.issuerRole !== 'manufacturer') return { verdict: 'defer' }
+        return registerOnFirstConnect(ev, ev.peer)
       },
       connected (client, state) {
         if (state.identity?.role !== 'claim') return
@@ -235,7 +239,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
         const conn = client.conn
         if (client.closed || conn.destroyed) return
         const timer = setTimeout(function claimSessionExpired () {
-          audit.write('claim.session.expired', { clientId: client.id, role: 'claim', certificateId: state.peer.certificateId, remoteAddress: state.remoteAddress, reason: `claim sessions live at most ${config.claimSessionMaxSeconds} s` })
+          audit.write('claim.session.expired', { clientId: client.id, role: 'claim', certificateId: state.peer?.certificateId, authMethod: state.identity?.auth?.method, remoteAddress: state.remoteAddress, reason: `claim sessions live at most ${config.claimSessionMaxSeconds} s` })
           client.close()
         }, config.claimSessionMaxSeconds * 1000)
         timer.unref()

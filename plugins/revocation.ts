@@ -31,8 +31,8 @@ function queryOf (peer: PeerCertificate): RevocationQuery {
 }
 
 /** which live sessions a notice concerns, and why */
-function matchNotice (notice: RevocationNotice, state: ConnectionState): CloseCode | null {
-  const { peer, identity } = state
+function matchNotice (notice: RevocationNotice, state: ConnectionState, peer: PeerCertificate): CloseCode | null {
+  const { identity } = state
   if (notice.deviceId !== null && identity?.role === 'device' && identity.name === notice.deviceId) {
     // a quarantine or reinstatement (CONTRACT §3.7): the device reconnects under its new status
     return notice.statusChanged === true ? 'SessionRevalidated' : 'DeviceRevoked'
@@ -54,11 +54,12 @@ export const revocationPlugin: Plugin<undefined> = {
     let sweepAgain = false
     let closed = false
 
-    function sessions (): Array<[Client, ConnectionState]> {
-      const out: Array<[Client, ConnectionState]> = []
+    /** live sessions authenticated by a certificate: a token-listener session has none to revoke */
+    function sessions (): Array<[Client, ConnectionState, PeerCertificate]> {
+      const out: Array<[Client, ConnectionState, PeerCertificate]> = []
       for (const client of Object.values(liveClients(broker))) {
         const state = stateOf(client)
-        if (client && state?.identity && !state.closeReason) out.push([client, state])
+        if (client && state?.identity && state.peer && !state.closeReason) out.push([client, state, state.peer])
       }
       return out
     }
@@ -74,8 +75,8 @@ export const revocationPlugin: Plugin<undefined> = {
       epoch++
       const statusChanged = notice.statusChanged === true
       if (!statusChanged) metrics.revocations.inc()
-      for (const [client, state] of sessions()) {
-        const code = matchNotice(notice, state)
+      for (const [client, state, peer] of sessions()) {
+        const code = matchNotice(notice, state, peer)
         if (code !== null) closeSession(client, state, code, statusChanged ? 'device status changed' : 'revocation notice')
       }
     }
@@ -84,12 +85,12 @@ export const revocationPlugin: Plugin<undefined> = {
     async function sweep (reason: string): Promise<void> {
       const live = sessions()
       for (let i = 0; i < live.length && !closed; i += BATCH) {
-        const batch = live.slice(i, i + BATCH).filter(([client, state]) => {
-          if (!crls.has(state.peer.issuerFingerprint, state.peer.serialNumber)) return true
+        const batch = live.slice(i, i + BATCH).filter(([client, state, peer]) => {
+          if (!crls.has(peer.issuerFingerprint, peer.serialNumber)) return true
           closeSession(client, state, 'CertificateRevoked', `${reason}: CRL`)
           return false
         })
-        const revoked = await registry.areRevoked(batch.map(([, state]) => queryOf(state.peer)))
+        const revoked = await registry.areRevoked(batch.map(([, , peer]) => queryOf(peer)))
         batch.forEach(([client, state], j) => {
           if (revoked[j] === true) closeSession(client, state, 'CertificateRevoked', reason)
         })
@@ -132,8 +133,8 @@ export const revocationPlugin: Plugin<undefined> = {
       log,
       onChange: guarded('CRL change', function onCrlChange () {
         epoch++
-        for (const [client, state] of sessions()) {
-          if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber)) closeSession(client, state, 'CertificateRevoked', 'CRL')
+        for (const [client, state, peer] of sessions()) {
+          if (crls.has(peer.issuerFingerprint, peer.serialNumber)) closeSession(client, state, 'CertificateRevoked', 'CRL')
         }
       })
     })
@@ -147,9 +148,9 @@ export const revocationPlugin: Plugin<undefined> = {
     }, config.sessionRevalidateSeconds * 1000)
     timer.unref()
 
-    async function recheck (client: Client, state: ConnectionState): Promise<void> {
+    async function recheck (client: Client, state: ConnectionState, peer: PeerCertificate): Promise<void> {
       // areRevoked, not isRevoked: a device revoked meanwhile counts too
-      if (crls.has(state.peer.issuerFingerprint, state.peer.serialNumber) || (await registry.areRevoked([queryOf(state.peer)]))[0] === true) {
+      if (crls.has(peer.issuerFingerprint, peer.serialNumber) || (await registry.areRevoked([queryOf(peer)]))[0] === true) {
         closeSession(client, state, 'CertificateRevoked', 'revoked while connecting')
         return
       }
@@ -166,15 +167,17 @@ export const revocationPlugin: Plugin<undefined> = {
     return {
       name: 'revocation',
       async authenticate (ev) {
-        startedUnder.set(ev.client, epoch)
         const { peer } = ev
+        // a token-listener connection has no certificate: its token is checked where it is read
+        if (peer === null) return DEFER
+        startedUnder.set(ev.client, epoch)
         if (crls.has(peer.issuerFingerprint, peer.serialNumber)) return deny('CertificateRevoked', 'crl')
         if (await registry.isRevoked(queryOf(peer))) return deny('CertificateRevoked', 'revocation-list')
         return DEFER
       },
       ready (client, state) {
-        if (startedUnder.get(client) === epoch) return
-        recheck(client, state).catch((err: unknown) => {
+        if (state.peer === null || startedUnder.get(client) === epoch) return
+        recheck(client, state, state.peer).catch((err: unknown) => {
           // could not look: the next re-validation will
           log.warn({ err: (err as Error).message }, 'revocation re-check after connect failed')
         })

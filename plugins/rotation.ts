@@ -84,7 +84,7 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
         clientId: rc.client.id,
         deviceId: rc.identity?.role === 'device' ? rc.identity.name ?? undefined : undefined,
         role: rc.identity?.role,
-        certificateId: rc.identity?.certificateId,
+        certificateId: rc.identity?.certificateId ?? undefined,
         remoteAddress: rc.remoteAddress,
         topic: ROTATE_TOPIC,
         statusCode,
@@ -96,6 +96,9 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
 
     async function rotate (rc: RequestContext, identity: Identity, deviceId: string, raw: Buffer): Promise<void> {
       try {
+        // a device always presents a certificate; an identity without one has nothing to rotate
+        const replaces = identity.certificateId
+        if (replaces === null) throw new JitpError('RotationNotAllowed')
         // before the CSR is parsed and signed (the expensive part): a bad CSR counts too
         if (!await limit.take(deviceId)) throw new JitpError('Throttled', `at most ${ROTATIONS_PER_HOUR} rotations per device and hour`)
         let payload: { certificateSigningRequest?: unknown }
@@ -117,7 +120,7 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
           notAfter: certificate.notAfter.getTime(),
           createdAt: now,
           updatedAt: now,
-          replaces: identity.certificateId,
+          replaces,
           graceUntil: now + config.rotationGraceSeconds * 1000
         })
         // revoked while the request was in flight: its session is closing, nothing issued
@@ -172,7 +175,7 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
       ready (client: Client, state: ConnectionState) {
         const identity = state.identity
         // first use of a rotated certificate (identity saw `replaces` on its record): the one it replaces is revoked
-        if (identity?.role !== 'device' || identity.rotationPending !== true) return
+        if (identity?.role !== 'device' || identity.rotationPending !== true || identity.certificateId === null) return
         settle(identity.certificateId, 'completed', { clientId: client.id, deviceId: identity.name ?? undefined, remoteAddress: state.remoteAddress })
           .catch((err: unknown) => ctx.log.warn({ err: (err as Error).message }, 'rotation: settling on first use failed; the sweep retries at the end of the grace period'))
       },

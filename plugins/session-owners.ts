@@ -33,6 +33,12 @@ export const CLEAN_SESSION_OWNER_TTL_MS = 24 * 3600_000
  * takes a provisioning device's claim session over.
  */
 export function ownerOf (identity: Identity, remoteAddress: string): string {
+  // a token names its holder as surely as a certificate does, but in another namespace: a
+  // service certificate CN and a token subject of the same text are two identities
+  // (CONTRACT §10), and an enrollment is its group's registration id wherever it connects from
+  const auth = identity.auth
+  if (auth?.method === 'sas') return `sas:${auth.group}/${auth.registrationId}`
+  if (auth !== undefined) return `${auth.method}:${auth.method === 'oauth2' ? `${auth.issuer}#` : ''}${identity.name ?? ''}`
   switch (identity.role) {
     case 'device': return `device:${identity.name ?? ''}`
     case 'service': return `service:${identity.name ?? ''}`
@@ -79,7 +85,8 @@ export async function holdSession (ctx: PluginContext, identity: Identity, ev: A
       clientId,
       deviceId: identity.role === 'device' ? identity.name ?? undefined : undefined,
       role: identity.role,
-      certificateId: identity.certificateId,
+      certificateId: identity.certificateId ?? undefined,
+      authMethod: identity.auth?.method,
       remoteAddress: ev.remoteAddress,
       reason: previous === owner ? 'the same identity takes its live session over' : `a ${identity.role} takes its client id back from ${previous?.split(':')[0] ?? 'an unidentified'} session`
     })

@@ -15,6 +15,8 @@ if (!existsSync(file)) {
   process.exit(1)
 }
 const lines = readFileSync(file, 'utf8').split('\n').filter(Boolean)
-const bad = lines.filter((l) => /PRIVATE KEY|certificateOwnershipToken|BEGIN CERTIFICATE/.test(l))
-console.log(`audit-check: ${lines.length} audit lines from the test run, ${bad.length} with key material, tokens or certificate bodies`)
+// a JWT (header and payload are base64url JSON objects: `eyJ`), a SAS enrollment password (CONTRACT §10, §3.6)
+const JWT = /eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\./
+const bad = lines.filter((l) => /PRIVATE KEY|certificateOwnershipToken|BEGIN CERTIFICATE|SharedAccessSignature/.test(l) || JWT.test(l))
+console.log(`audit-check: ${lines.length} audit lines from the test run, ${bad.length} with key material, tokens, SAS or certificate bodies`)
 process.exit(bad.length === 0 && lines.length > 0 ? 0 : 1)

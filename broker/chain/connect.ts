@@ -12,7 +12,7 @@ import { TLSSocket } from 'node:tls'
 import { Errors, JitpError, type ErrorCode } from '../errors.js'
 import { isMalformedMqttString } from '../mqtt-strings.js'
 import type { AuthenticateAnswer } from '../plugin.js'
-import { setState, stateOf, type ConnectionState } from '../session.js'
+import { isTokenSocket, setState, stateOf, type ConnectionState } from '../session.js'
 import { auditFields } from './audit-fields.js'
 import type { ChainContext } from './context.js'
 import { auditRefusal, vet } from './publish.js'
@@ -112,11 +112,21 @@ function clampKeepAlive (req: ConnectRequest): ConnectAnswer {
   return 'next'
 }
 
-/** which CA issued the client certificate; the connection's state starts here */
+/**
+ * Which CA issued the client certificate; the connection's state starts here. A
+ * token-listener connection has none (it was never asked for one): its password
+ * authenticates, in resolveIdentity (CONTRACT §10).
+ */
 function classifyPeer (req: ConnectRequest): ConnectAnswer {
   const ctx = req.chain.ctx
   const conn = req.client.conn
   const peer = conn instanceof TLSSocket ? ctx.trust.classify(conn) : null
+  if (peer === null && isTokenSocket(conn) && !conn.destroyed) {
+    const state: ConnectionState = { peer: null, remoteAddress: req.remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: { windowStart: ctx.now(), count: 0 } }
+    setState(req.client, state)
+    req.state = state
+    return 'next'
+  }
   if (peer === null) {
     // a socket that died while its CONNECT waited (fuzzers, aborted connects) has no
     // peer certificate any more: that is not an unknown issuer, and must not read as one
@@ -172,11 +182,12 @@ async function askAuthenticators (req: ConnectRequest, state: ConnectionState): 
       clientId: req.packet.clientId,
       clean: req.packet.clean !== false,
       peer: state.peer,
-      remoteAddress: state.remoteAddress
+      remoteAddress: state.remoteAddress,
+      credentials: state.peer === null ? { username: req.packet.username, password: req.packet.password } : null
     })
     if (answer.verdict !== 'defer') return answer
   }
-  return { verdict: 'deny', code: 'UnknownCertificate' }
+  return { verdict: 'deny', code: state.peer === null ? 'TokenRequired' : 'UnknownCertificate' }
 }
 
 function runConnectedHooks (req: ConnectRequest): ConnectAnswer {
@@ -208,6 +219,8 @@ export function authenticate (chain: ChainContext, client: Client, done: (err: (
   if (state?.identity && !refusal) return done(null, true)
   const err = refusal ?? new JitpError('UnknownCertificate')
   chain.ctx.metrics.connectRefusals.inc({ reason: err.code })
+  // a token connection's refusals are counted by method where the token is read (plugins/token-identity.ts)
+  if (state?.peer) chain.ctx.metrics.authentications.inc({ method: 'certificate', outcome: err.code })
   chain.ctx.audit.write('connect.refused', { ...auditFields(client, state), errorCode: err.code, reason: err.message })
   done(err as Error & { returnCode: number }, false)
 }

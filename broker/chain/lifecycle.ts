@@ -5,7 +5,7 @@
  */
 import type { Client } from 'aedes'
 import { refusalFields } from '../errors.js'
-import { stateOf } from '../session.js'
+import { authMethodOf, stateOf } from '../session.js'
 import { auditFields } from './audit-fields.js'
 import type { ChainContext } from './context.js'
 
@@ -13,9 +13,11 @@ export function clientReady (chain: ChainContext, client: Client): void {
   const { audit, metrics } = chain.ctx
   const state = stateOf(client)
   const role = state?.identity?.role ?? 'unknown'
+  const authMethod = authMethodOf(state?.identity)
   metrics.connections.inc({ role })
   metrics.connectsAccepted.inc({ role })
-  audit.write('connect.accepted', { ...auditFields(client, state), reason: state?.identity?.registeredOnConnect ? 'registered on first connect' : undefined })
+  metrics.authentications.inc({ method: authMethod, outcome: 'accepted' })
+  audit.write('connect.accepted', { ...auditFields(client, state), authMethod, reason: state?.identity?.registeredOnConnect ? 'registered on first connect' : undefined })
   if (state?.identity) for (const plugin of chain.hooks.ready) plugin.ready!(client, state)
 }
 
