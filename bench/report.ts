@@ -3,6 +3,7 @@
  * run and kept in docs/PERFORMANCE.md.
  */
 import type { AdminApiPagesResult } from './admin-pages.js'
+import { renderPiiDetect, type PiiDetectBenchResult } from './pii-detect.js'
 import type { RolloutBenchResult } from './rollout.js'
 import type { RetainedLookupResult } from './retained-lookup.js'
 import type { OverloadResult, ScenarioResult } from './scenarios.js'
@@ -25,6 +26,8 @@ export interface BenchResults {
   fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null }>>
   provisioningBuilt: boolean
   durationSeconds: number
+  /** inline personal-data detection: flag against off, and µs per payload (bench/pii-detect.ts) */
+  piiDetect?: PiiDetectBenchResult | null
 }
 
 interface Row {
@@ -194,5 +197,6 @@ export function renderReport (results: BenchResults): string {
     }
     out.push('')
   }
+  if (results.piiDetect) out.push(...renderPiiDetect(results.piiDetect))
   return out.join('\n')
 }

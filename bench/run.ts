@@ -35,6 +35,7 @@ import {
 } from './scenarios.js'
 import { benchAdminApiPages } from './admin-pages.js'
 import { benchRollout } from './rollout.js'
+import { benchPiiDetect } from './pii-detect.js'
 
 const TOTAL_BUDGET_MS = 10 * 60 * 1000
 const SCENARIO_TIMEOUT_MS = 150_000
@@ -310,6 +311,24 @@ async function main (): Promise<void> {
       log(`rollout bench failed: ${(err as Error).message}`)
     } finally {
       await redis.stop()
+    }
+  }
+
+  // inline personal-data detection (issue 15): QoS 1 fan-in, detect flag against off in the same run, and µs per payload
+  // (bench/pii-detect.ts); BENCH_ONLY=pii-detect runs it alone
+  if ((!only || only.includes('pii-detect')) && (!onlyScenarios || onlyScenarios.includes('pii-detect')) && !overBudget()) {
+    try {
+      results.piiDetect = await benchPiiDetect({
+        projectDir,
+        env,
+        rounds: FAN_IN_ROUNDS,
+        child,
+        jitp: (auditName) => ({ kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, auditName), overrides: jitpOverrides }),
+        run: (label, target, fn) => runScenario('jitp-memory', target, `pii-detect ${label}`, fn),
+        log
+      })
+    } catch (err) {
+      log(`pii-detect bench failed: ${(err as Error).message}`)
     }
   }
 

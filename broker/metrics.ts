@@ -21,6 +21,8 @@ export interface Metrics {
   readonly publishes: Counter<'role'>
   readonly denials: Counter<'action' | 'rule'>
   readonly payloadRejections: Counter<'schema' | 'errorCode'>
+  /** personal data found inline in unannotated strings (CONTRACT §5), by topic filter and kind (email, phone, card, iban) */
+  readonly piiDetections: Counter<'topic' | 'kind'>
   readonly offendersDisconnected: Counter
   readonly queueDrops: Counter
   readonly publishesNotStored: Counter
@@ -61,6 +63,7 @@ export function createMetrics (): Metrics {
     publishes: new Counter({ name: p + 'publishes_total', help: 'Publishes accepted for routing, by role', labelNames: ['role'], registers: [registry] }),
     denials: new Counter({ name: p + 'denials_total', help: 'Authorization denials by action and rule', labelNames: ['action', 'rule'], registers: [registry] }),
     payloadRejections: new Counter({ name: p + 'payload_rejections_total', help: 'Dropped payloads by schema and error code', labelNames: ['schema', 'errorCode'], registers: [registry] }),
+    piiDetections: new Counter({ name: p + 'pii_detections_total', help: 'Personal data detected in unannotated strings, by topic filter and kind', labelNames: ['topic', 'kind'], registers: [registry] }),
     offendersDisconnected: new Counter({ name: p + 'offenders_disconnected_total', help: 'Clients disconnected for too many bad payloads', registers: [registry] }),
     queueDrops: new Counter({ name: p + 'queue_drops_total', help: 'Messages dropped because a client queue was full', registers: [registry] }),
     publishesNotStored: new Counter({ name: p + 'publishes_not_stored_total', help: 'QoS 1 publishes not acknowledged because the store failed (the client resends)', registers: [registry] }),

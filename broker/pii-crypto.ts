@@ -9,7 +9,7 @@
  * secret to distribute. `kid` is the first 8 hex digits of SHA-256 of the key,
  * so an envelope names the key that opens it and a key change is detectable.
  */
-import { createCipheriv, createDecipheriv, createHash, createPrivateKey, hkdfSync, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHash, createHmac, createPrivateKey, hkdfSync, randomBytes } from 'node:crypto'
 
 export interface Envelope { readonly enc: string, readonly kid: string }
 
@@ -23,7 +23,23 @@ export interface PiiCipher {
    * `undefined` when `value` is not an envelope this key opens.
    */
   open (value: unknown): { value: unknown } | undefined
+  /**
+   * The "pseudonymize" treatment: `pii_` + base64url of the first 12 bytes of
+   * HMAC-SHA256 under this key over the value's canonical JSON. Stable: the
+   * same value gives the same token on every process that holds the key.
+   */
+  pseudonym (value: unknown): string
 }
+
+/** JSON with object keys sorted (recursively): one text per value, whatever the key order it came in */
+export function canonicalJson (value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null'
+  if (Array.isArray(value)) return '[' + value.map(canonicalJson).join(',') + ']'
+  const obj = value as Record<string, unknown>
+  return '{' + Object.keys(obj).sort().map((k) => JSON.stringify(k) + ':' + canonicalJson(obj[k])).join(',') + '}'
+}
+
+const PSEUDONYM_BYTES = 12
 
 const IV_BYTES = 12
 const TAG_BYTES = 16
@@ -87,6 +103,9 @@ export function createPiiCipher (key: Buffer): PiiCipher {
         opened = again
       }
       return opened
+    },
+    pseudonym (value: unknown): string {
+      return 'pii_' + createHmac('sha256', key).update(canonicalJson(value)).digest().subarray(0, PSEUDONYM_BYTES).toString('base64url')
     }
   })
 }

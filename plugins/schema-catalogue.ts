@@ -19,7 +19,22 @@ export type TopicFormat =
   | { readonly kind: 'json', readonly schema: string, readonly validate: ValidateFunction, readonly pii: PiiMap | null, readonly emptyAs: unknown }
   | { readonly kind: 'binary', readonly schema: string, readonly maxBytes: number }
 
-export interface TopicMapping { readonly filter: string, readonly levels: readonly string[], readonly format: TopicFormat }
+/** inline detection of personal data in unannotated strings (broker/pii-detect.ts, CONTRACT §5) */
+export type DetectMode = 'off' | 'flag' | 'redact' | 'reject'
+/** what a subscriber without the `pii` permission gets in place of an x-pii value */
+export type PiiTreatment = 'remove' | 'pseudonymize' | 'encrypt'
+export const DETECT_MODES: readonly DetectMode[] = ['off', 'flag', 'redact', 'reject']
+export const PII_TREATMENTS: readonly PiiTreatment[] = ['remove', 'pseudonymize', 'encrypt']
+
+export interface TopicMapping {
+  readonly filter: string
+  readonly levels: readonly string[]
+  readonly format: TopicFormat
+  /** default flag; always off for a binary topic */
+  readonly detect: DetectMode
+  /** default remove */
+  readonly piiTreatment: PiiTreatment
+}
 
 export interface SchemaCatalogue {
   readonly mappings: readonly TopicMapping[]
@@ -41,7 +56,12 @@ const mapSchema = {
             type: 'object',
             additionalProperties: false,
             required: ['schema'],
-            properties: { schema: { type: 'string', pattern: '^[A-Za-z0-9._-]+\\.json$' }, emptyAs: {} }
+            properties: {
+              schema: { type: 'string', pattern: '^[A-Za-z0-9._-]+\\.json$' },
+              emptyAs: {},
+              detect: { enum: DETECT_MODES },
+              pii: { enum: PII_TREATMENTS }
+            }
           },
           {
             type: 'object',
@@ -55,7 +75,7 @@ const mapSchema = {
   }
 } as const
 
-interface MapFile { topics: Record<string, { schema?: string, emptyAs?: unknown, format?: 'binary', maxBytes?: number }> }
+interface MapFile { topics: Record<string, { schema?: string, emptyAs?: unknown, format?: 'binary', maxBytes?: number, detect?: DetectMode, pii?: PiiTreatment }> }
 
 function readJson (file: string): unknown {
   if (!existsSync(file)) throw new JitpError('InvalidConfig', `SCHEMAS_DIR: missing ${file}`)
@@ -111,7 +131,7 @@ export function loadSchemaCatalogue (dir: string): SchemaCatalogue {
   const mappings: TopicMapping[] = []
   for (const [filter, entry] of Object.entries((raw as MapFile).topics)) {
     if (entry.format === 'binary') {
-      mappings.push({ filter, levels: filter.split('/'), format: { kind: 'binary', schema: `binary:${filter}`, maxBytes: entry.maxBytes ?? 0 } })
+      mappings.push({ filter, levels: filter.split('/'), format: { kind: 'binary', schema: `binary:${filter}`, maxBytes: entry.maxBytes ?? 0 }, detect: 'off', piiTreatment: 'remove' })
       continue
     }
     const name = entry.schema as string
@@ -132,7 +152,9 @@ export function loadSchemaCatalogue (dir: string): SchemaCatalogue {
     mappings.push({
       filter,
       levels: filter.split('/'),
-      format: { kind: 'json', schema: name.replace(/\.json$/, ''), validate: c.validate, pii: c.pii, emptyAs: entry.emptyAs }
+      format: { kind: 'json', schema: name.replace(/\.json$/, ''), validate: c.validate, pii: c.pii, emptyAs: entry.emptyAs },
+      detect: entry.detect ?? 'flag',
+      piiTreatment: entry.pii ?? 'remove'
     })
   }
   // a concrete filter must win over a wildcard one that also matches

@@ -8,17 +8,28 @@
  * before Aedes stores, queues or emits the packet (broker/chain.ts routes the
  * sealed payload), so neither the session store nor Redis pub/sub ever sees it
  * in clear. On delivery, a subscriber with the `pii` permission gets the
- * envelopes opened; anyone else gets the values removed. Whatever the path
+ * envelopes opened; anyone else gets what the topic's `"pii"` treatment says:
+ * the values removed (default), replaced by a keyed pseudonym, or re-sealed
+ * under the newest key of PII_KEYS_DIR for offline readers. Whatever the path
  * (live on this broker or another, offline queue, retained, will), one
  * transform per packet and view, shared by every subscriber with that view.
+ *
+ * Unannotated strings are scanned inline (broker/pii-detect.ts) as the topic's
+ * `"detect"` says: flag (audited `pii.detected` and counted, delivered),
+ * redact (the match replaced in what is routed and stored), reject (dropped
+ * with PiiDetected like any bad payload), or off. Same parse, before sealing,
+ * so a payload is still serialized once.
  */
 import type { AedesPublishPacket } from 'aedes'
-import type { ErrorCode } from '../broker/errors.js'
-import type { PayloadProblem, Plugin, PluginHooks, ValidationAnswer } from '../broker/plugin.js'
+import { auditFields } from '../broker/chain/audit-fields.js'
+import { JitpError, type ErrorCode } from '../broker/errors.js'
+import type { PayloadProblem, Plugin, PluginContext, PluginHooks, PublishEvent, ValidationAnswer } from '../broker/plugin.js'
 import { createPiiCipher, piiKeyFrom } from '../broker/pii-crypto.js'
+import { scanJson, type JsonFinding, type PiiKind, type SkipMap } from '../broker/pii-detect.js'
+import { isEnvelope, watchPiiKeyring, type PiiKeyringHolder } from '../broker/pii-keys.js'
 import { createPersonalData, type PersonalData } from '../broker/store/personal-data.js'
-import { visitPersonalData, type PiiVisitor } from './pii-map.js'
-import { loadSchemaCatalogue, type SchemaCatalogue } from './schema-catalogue.js'
+import { visitPersonalData, type PiiMap, type PiiVisitor } from './pii-map.js'
+import { loadSchemaCatalogue, type PiiTreatment, type SchemaCatalogue, type TopicMapping } from './schema-catalogue.js'
 
 const MAX_MESSAGE = 200
 const utf8 = new TextDecoder('utf-8', { fatal: true })
@@ -35,8 +46,8 @@ function no (answer: ValidationAnswer): { answer: ValidationAnswer } {
   return { answer }
 }
 
-/** the answer, and the parsed payload when it is valid JSON (for sealing its personal data) */
-function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: string, payload: Buffer | string): { answer: ValidationAnswer, data?: unknown } {
+/** the answer, and the parsed payload and its mapping when it is valid JSON (for detection and sealing) */
+function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: string, payload: Buffer | string): { answer: ValidationAnswer, data?: unknown, mapping?: TopicMapping } {
   const mapping = catalogue.lookup(topic)
   if (mapping === null) return no(invalid('NoSchema', 'none', [{ path: '', message: 'no schema is mapped to this topic' }]))
   const bytes = typeof payload === 'string' ? Buffer.from(payload) : payload
@@ -63,7 +74,7 @@ function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: stri
       return no(invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid JSON' }]))
     }
   }
-  if (format.validate(data)) return { answer: { verdict: 'valid', schema: format.schema }, data }
+  if (format.validate(data)) return { answer: { verdict: 'valid', schema: format.schema }, data, mapping }
   // allErrors is off: one error, capped, so a hostile payload cannot make a big report
   const e = format.validate.errors?.[0]
   const path = e ? e.instancePath + (e.keyword === 'required' ? `/${String(e.params.missingProperty)}` : e.keyword === 'additionalProperties' ? `/${String(e.params.additionalProperty)}` : '') : ''
@@ -78,6 +89,35 @@ export interface ValidationOptions {
 
 /** how every sealed value starts once serialized (broker/pii-crypto.ts, JSON.stringify) */
 const ENVELOPE_MARK = Buffer.from('{"enc":"')
+/** pii.detected lines per message at most: a payload full of addresses cannot flood the audit log */
+const MAX_FINDINGS = 8
+const KIND_NAMES: Readonly<Record<PiiKind, string>> = { email: 'an e-mail address', phone: 'a phone number', card: 'a payment card number', iban: 'an IBAN' }
+
+/** where the schema's x-pii values sit in this payload: the detector does not look into them */
+function personalValues (map: PiiMap | null, data: unknown): SkipMap | undefined {
+  if (map === null) return undefined
+  let skip: Map<object, Set<string | number>> | undefined
+  visitPersonalData(map, data, function recordPersonal (container, key) {
+    skip ??= new Map()
+    let keys = skip.get(container)
+    if (!keys) skip.set(container, keys = new Set())
+    keys.add(key)
+  })
+  return skip
+}
+
+/** the key ring of the "encrypt" treatment, or null when no topic asks for it; refuses to start without keys */
+function encryptKeys (ctx: PluginContext, catalogue: SchemaCatalogue): PiiKeyringHolder | null {
+  const encrypting = catalogue.mappings.find((m) => m.piiTreatment === 'encrypt')
+  if (encrypting === undefined) return null
+  const dir = ctx.config.piiKeysDir
+  if (dir === undefined) throw new JitpError('InvalidConfig', `PII_KEYS_DIR: topic '${encrypting.filter}' asks for "pii": "encrypt" and no key directory is set`)
+  try {
+    return watchPiiKeyring(dir, ctx.log)
+  } catch (err) {
+    throw new JitpError('InvalidConfig', (err as Error).message)
+  }
+}
 
 export const validationPlugin: Plugin<ValidationOptions> = {
   name: 'validation',
@@ -86,10 +126,11 @@ export const validationPlugin: Plugin<ValidationOptions> = {
     const personalData = options.personalData ??
       createPersonalData(catalogue, createPiiCipher(piiKeyFrom(ctx.config.piiKey, ctx.trust.deviceCaKeyPem)))
     const cipher = personalData.cipher
+    const keys = encryptKeys(ctx, catalogue)
     const max = ctx.config.maxPayloadBytes
     // one copy per routed packet and view, shared by every subscriber with that view
     const opened = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
-    const removed = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
+    const treated = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
 
     const openValue: PiiVisitor = function openValue (container, key, value) {
       // a value in clear (a path nothing sealed) stays; an envelope of another key stays sealed
@@ -101,30 +142,100 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       if (Array.isArray(container)) container[key as number] = null
       else delete container[key as string]
     }
+    /** the clear value behind an x-pii value: opened, or as it is when nothing sealed it; undefined for a foreign envelope */
+    function clearOf (value: unknown): { value: unknown } | undefined {
+      const clear = cipher.open(value)
+      if (clear !== undefined) return clear
+      return isEnvelope(value) ? undefined : { value }
+    }
+    const pseudonymizeValue: PiiVisitor = function pseudonymizeValue (container, key, value) {
+      const clear = clearOf(value)
+      let token: string | undefined
+      try {
+        if (clear !== undefined) token = cipher.pseudonym(clear.value)
+      } catch {
+        // too deep to serialize: nothing to derive a token from, so nothing is shown
+      }
+      if (token === undefined) removeValue(container, key, value)
+      else (container as Record<string | number, unknown>)[key] = token
+    }
+    const encryptValue: PiiVisitor = function encryptValue (container, key, value) {
+      const clear = clearOf(value)
+      if (clear === undefined || keys === null) removeValue(container, key, value)
+      else (container as Record<string | number, unknown>)[key] = keys.current().seal(clear.value)
+    }
+    const treatments: Readonly<Record<PiiTreatment, PiiVisitor>> = { remove: removeValue, pseudonymize: pseudonymizeValue, encrypt: encryptValue }
+
+    /** flag and redact: one audit line per finding (never the value), and the count per topic filter and kind */
+    function reportFindings (ev: PublishEvent, mapping: TopicMapping, findings: readonly JsonFinding[], action: 'flagged' | 'redacted'): void {
+      const fields = auditFields(ev.client, ev.state)
+      for (const f of findings) {
+        ctx.metrics.piiDetections.inc({ topic: mapping.filter, kind: f.kind })
+        ctx.audit.write('pii.detected', { ...fields, topic: ev.packet.topic, path: f.path, kind: f.kind, reason: action }, 'warn')
+      }
+    }
+
+    /**
+     * Inline detection over the parsed, valid payload (the schema's x-pii values
+     * excepted): an invalid answer for reject (or a redaction that no longer fits
+     * the schema), else whether `data` was changed in place.
+     */
+    function detect (ev: PublishEvent, mapping: TopicMapping, data: unknown): ValidationAnswer | { changed: unknown } | null {
+      const mode = mapping.detect
+      const format = mapping.format
+      if (mode === 'off' || format.kind !== 'json') return null
+      const result = scanJson(data, {
+        skip: personalValues(format.pii, data),
+        redact: mode === 'redact',
+        limit: mode === 'reject' ? 1 : MAX_FINDINGS
+      })
+      if (result.findings.length === 0) return null
+      if (mode === 'reject') {
+        const f = result.findings[0]!
+        // counted here; the drop path audits payload.rejected and reports to the device
+        if (!ev.isWill) ctx.metrics.piiDetections.inc({ topic: mapping.filter, kind: f.kind })
+        return invalid('PiiDetected', format.schema, [{ path: f.path, message: `${KIND_NAMES[f.kind]} in a field not marked x-pii` }])
+      }
+      // a will is vetted at CONNECT and again when it is published: reported once, then
+      if (!ev.isWill) reportFindings(ev, mapping, result.findings, mode === 'redact' ? 'redacted' : 'flagged')
+      if (mode === 'flag') return null
+      // what is routed must still be what the schema promises subscribers
+      if (!format.validate(result.value)) {
+        return invalid('PiiDetected', format.schema, [{ path: result.findings[0]!.path, message: 'the redacted payload no longer fits its schema' }])
+      }
+      return { changed: result.value }
+    }
 
     return {
       name: 'validation',
-      validatePublish ({ packet }) {
-        const { answer, data } = check(catalogue, max, packet.topic, packet.payload)
-        if (answer.verdict !== 'valid' || data === undefined) return answer
-        const sealed = personalData.sealParsed(packet.topic, data)
-        return sealed === null ? answer : { ...answer, payload: sealed }
+      validatePublish (ev) {
+        const { packet } = ev
+        const { answer, data, mapping } = check(catalogue, max, packet.topic, packet.payload)
+        if (answer.verdict !== 'valid' || data === undefined || mapping === undefined) return answer
+        const detected = detect(ev, mapping, data)
+        if (detected !== null && 'verdict' in detected) return detected
+        const value = detected === null ? data : detected.changed
+        const sealed = personalData.sealParsed(packet.topic, value)
+        if (sealed !== null) return { ...answer, payload: sealed }
+        // redacted, with nothing to seal: the one serialization of what is routed
+        return detected === null ? answer : { ...answer, payload: Buffer.from(JSON.stringify(value)) }
       },
       transformForward ({ identity, packet }) {
-        const format = catalogue.lookup(packet.topic)?.format
-        if (format?.kind !== 'json' || format.pii === null) return packet
+        const mapping = catalogue.lookup(packet.topic)
+        const format = mapping?.format
+        if (mapping === null || mapping === undefined || format?.kind !== 'json' || format.pii === null) return packet
         // every x-pii value in flight was sealed when its publish was accepted (or by the
         // store wrapper): a payload with no envelope carries none, and then every view of
         // it is the packet itself. One byte search instead of a parse per message
         if (typeof packet.payload !== 'string' && !packet.payload.includes(ENVELOPE_MARK)) return packet
         const holder = identity.permissions.has('pii')
-        const views = holder ? opened : removed
+        const views = holder ? opened : treated
         const cached = views.get(packet)
         if (cached) return cached
         let out = packet
         try {
           const data: unknown = JSON.parse(packet.payload.toString())
-          if (visitPersonalData(format.pii, data, holder ? openValue : removeValue) > 0) {
+          if (visitPersonalData(format.pii, data, holder ? openValue : treatments[mapping.piiTreatment]) > 0) {
             const payload = Buffer.from(JSON.stringify(data))
             // the store keeps the sealed original, never this view (broker/store/personal-data.ts)
             personalData.noteForwarded(payload, packet.payload)
@@ -135,6 +246,9 @@ export const validationPlugin: Plugin<ValidationOptions> = {
         }
         views.set(packet, out)
         return out
+      },
+      async close () {
+        keys?.close()
       }
     }
   }

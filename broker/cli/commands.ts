@@ -12,6 +12,7 @@ const USAGE = [
   '  audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]',
   '  config get|set|history|rollback <deviceId> | config get|set --template NAME',
   '  rollout start|status [--watch]|list|pause|resume|abort',
+  '  pii decrypt --key-dir DIR   (opens the x-pii envelopes of a JSON document on stdin; offline)',
   '  clients create --name N --scopes a,b | list | show <id> | delete <id>   (OAuth2 clients of POST /oauth/token)',
   'fleet commands (devices, certificates, config, rollout, clients, audit without FILE) talk to the admin API: --admin-url URL (default https://127.0.0.1:$ADMIN_PORT),',
   '  --cert/--key/--ca (default: the dev admin certificate in $CERTS_DIR), --json for scripts'
@@ -27,6 +28,7 @@ export async function runCommand (argv: string[]): Promise<number | null> {
     case 'audit': return (await import('./audit.js')).auditCommand(rest)
     case 'config': return (await import('./config.js')).configCommand(rest)
     case 'rollout': return (await import('./rollout.js')).rolloutCommand(rest)
+    case 'pii': return (await import('./pii.js')).piiCommand(rest)
     case 'clients': return (await import('./clients.js')).clientsCommand(rest)
     case '--help':
     case 'help':

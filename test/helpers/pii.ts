@@ -103,6 +103,34 @@ export async function redisDump (url: string): Promise<string> {
   }
 }
 
+/**
+ * `DUMP` of every key (whatever its type: streams and sorted sets too), as one
+ * latin1 string. RDB compression is turned off first: DUMP would otherwise
+ * LZF-compress longer strings, and a value in clear could hide from a search.
+ */
+export async function redisDumpEveryKey (url: string): Promise<{ keys: number, text: string }> {
+  const conn = new Redis(url, { maxRetriesPerRequest: 1 })
+  try {
+    await conn.config('SET', 'rdbcompression', 'no')
+    const parts: string[] = []
+    let keys = 0
+    let cursor = '0'
+    do {
+      const [next, batch] = await conn.scan(cursor, 'COUNT', 500)
+      cursor = next
+      for (const key of batch) {
+        const dumped = await conn.dumpBuffer(key)
+        if (dumped === null) continue
+        keys++
+        parts.push(key, dumped.toString('latin1'))
+      }
+    } while (cursor !== '0')
+    return { keys, text: parts.join('\n') }
+  } finally {
+    conn.disconnect()
+  }
+}
+
 interface Readablish { [Symbol.asyncIterator] (): AsyncIterator<unknown> }
 
 /** the retained messages and the offline queues of these clients, from a broker's (memory) persistence */

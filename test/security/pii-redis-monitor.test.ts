@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
 import { startBrokerProcess } from '../helpers/broker-process.js'
-import { PII_VALUES, clearValuesIn, piiSchemasDir, statePayload, telemetryPayload } from '../helpers/pii.js'
+import { PII_VALUES, clearValuesIn, piiSchemasDir, redisDumpEveryKey, statePayload, telemetryPayload } from '../helpers/pii.js'
 import { claimConnect, newCsr, request } from '../helpers/provisioning.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
@@ -55,6 +55,10 @@ t.test('MONITOR shows no x-pii value, no ownership token and no CSR', async (t) 
   const offline = await connect(a, svc, { clientId: 'mon-offline', clean: false })
   await subscribe(offline, [stateTopic, teleTopic], 1)
   await endClient(offline)
+  // and one that stays away: its queued copies are still in Redis when every key is dumped
+  const away = await connect(onB, svc, { clientId: 'mon-away', clean: false })
+  await subscribe(away, [stateTopic, teleTopic], 1)
+  await endClient(away)
   const liveB = await connect(onB, svc, { clientId: 'mon-live-b' })
   await subscribe(liveB, [stateTopic, teleTopic], 1)
   const gotB = collect(liveB)
@@ -100,6 +104,13 @@ t.test('MONITOR shows no x-pii value, no ownership token and no CSR', async (t) 
   t.ok(traffic.includes(`token:${createHash('sha256').update(token).digest('hex')}`), 'the token is stored under its SHA-256')
   const csrBody = csr.split('\n').filter((l) => l && !l.startsWith('-----'))
   t.notOk(traffic.includes('CERTIFICATE REQUEST') || csrBody.some((line) => traffic.includes(line)), 'no CSR')
+
+  // afterwards, DUMP of every key: the retained state and the queued copies of the subscriber still away
+  const dumped = await redisDumpEveryKey(redis.url)
+  t.ok(dumped.keys > 10, `DUMP of every key (${dumped.keys})`)
+  t.ok(dumped.text.includes('mon-away') && dumped.text.includes(stateTopic), 'the dump holds the queue and the retained state')
+  t.ok(dumped.text.includes('"enc":') && dumped.text.includes('"kid":'), 'their x-pii values are envelopes')
+  t.same(clearValuesIn(dumped.text), [], `no x-pii value in clear in any key (looked for ${PII_VALUES.length})`)
 
   await endClient(device)
   await endClient(back)
