@@ -262,7 +262,9 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
 
   function auditRefusal (r: TokenRequest, refusal: TokenRefusal, status: number): void {
     if (AUTHENTICATION_CODES.has(refusal.code)) {
-      audit.write('token.refused', { oauthClientId: r.clientId, remoteAddress: r.remoteAddress, errorCode: refusal.code, reason: refusal.reason, statusCode: status }, 'warn')
+      // a client id that cannot exist is the attacker's free text: not worth a field
+      const oauthClientId = CLIENT_ID.test(r.clientId) ? r.clientId : undefined
+      audit.write('token.refused', { oauthClientId, remoteAddress: r.remoteAddress, errorCode: refusal.code, reason: refusal.reason, statusCode: status }, 'warn')
       return
     }
     const key = `${refusal.code}\u0000${r.remoteAddress}`

@@ -14,6 +14,7 @@ const USAGE = [
   '  rollout start|status [--watch]|list|pause|resume|abort',
   '  pii decrypt --key-dir DIR   (opens the x-pii envelopes of a JSON document on stdin; offline)',
   '  clients create --name N --scopes a,b | list | show <id> | delete <id>   (OAuth2 clients of POST /oauth/token)',
+  '  keys derive --group-key <base64 | -> --registration-id <id>   (a device key for symmetric-key enrollment; offline)',
   'fleet commands (devices, certificates, config, rollout, clients, audit without FILE) talk to the admin API: --admin-url URL (default https://127.0.0.1:$ADMIN_PORT),',
   '  --cert/--key/--ca (default: the dev admin certificate in $CERTS_DIR), --json for scripts'
 ].join('\n')
@@ -30,6 +31,7 @@ export async function runCommand (argv: string[]): Promise<number | null> {
     case 'rollout': return (await import('./rollout.js')).rolloutCommand(rest)
     case 'pii': return (await import('./pii.js')).piiCommand(rest)
     case 'clients': return (await import('./clients.js')).clientsCommand(rest)
+    case 'keys': return (await import('./keys.js')).keysCommand(rest)
     case '--help':
     case 'help':
       process.stdout.write(USAGE + '\n')
