@@ -28,6 +28,8 @@ export interface Target {
   exitStatus (): string | null
   stderrTail (): string
   usage (): ProcUsage | null
+  /** the broker's private redis-server, when it has one: its CPU is the store's cost of the broker's work */
+  storeUsage? (): ProcUsage | null
   /** a full GC in a Node child before a memory reading; no-op for Mosquitto */
   gc (): Promise<void>
   stop (): Promise<void>
@@ -106,6 +108,8 @@ export interface ChildLaunch {
   script?: string
   /** node flags; --expose-gc is always added */
   execArgv?: string[]
+  /** the pid of the broker's private redis-server, read alongside the broker's CPU */
+  storePid?: number
 }
 
 /** A broker child (this broker or bare Aedes); resolves once it listens. */
@@ -141,6 +145,7 @@ export async function startBrokerChild (key: string, opts: BrokerChildOptions, l
     exitStatus: () => exitStatusOf(child),
     stderrTail,
     usage: () => procUsage(pid),
+    ...(launch.storePid !== undefined ? { storeUsage: () => procUsage(launch.storePid!) } : {}),
     gc () {
       if (exited(child) || !child.connected) return Promise.resolve()
       return new Promise<void>((resolve) => {
@@ -220,7 +225,7 @@ export async function startMosquitto (certsDir: string): Promise<Target | null> 
   }
 }
 
-export interface RedisServer { readonly url: string, stop (): Promise<void> }
+export interface RedisServer { readonly url: string, readonly pid: number, stop (): Promise<void> }
 
 /** A throwaway redis-server on a free loopback port, no persistence. */
 export async function startRedis (): Promise<RedisServer> {
@@ -240,6 +245,7 @@ export async function startRedis (): Promise<RedisServer> {
   }
   return {
     url: `redis://127.0.0.1:${port}`,
+    pid: child.pid!,
     async stop () {
       await terminate(child)
       rmSync(dir, { recursive: true, force: true })

@@ -22,8 +22,8 @@ export interface BenchResults {
   /** a configuration rollout to a fleet on Redis (bench/rollout.ts) */
   rollout: RolloutBenchResult | null
   overload: Partial<Record<TargetKey, OverloadResult>>
-  /** every fan-in round, keyed `<target> qos0|qos1`: delivered msg/s and broker CPU % */
-  fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null }>>
+  /** every connect and fan-in round, keyed `<target> connects|qos0|qos1`: connects/s or delivered msg/s, broker and Redis CPU % */
+  fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null, redisCpu?: number | null }>>
   provisioningBuilt: boolean
   durationSeconds: number
   /** inline personal-data detection: flag against off, and µs per payload (bench/pii-detect.ts) */
@@ -44,6 +44,9 @@ const ROWS: readonly Row[] = [
   { scenario: 'connects', label: 'connects per broker CPU-second', pick: perCpuSecond },
   { scenario: 'qos0', label: 'QoS 0 msg per broker CPU-second', pick: perCpuSecond },
   { scenario: 'qos1', label: 'QoS 1 msg per broker CPU-second', pick: perCpuSecond },
+  { scenario: 'connects', label: 'Redis CPU per connect, µs ↓', pick: (r) => redisCpuPer(r, 1e6) },
+  { scenario: 'qos0', label: 'Redis CPU per message, QoS 0, µs ↓', pick: (r) => redisCpuPer(r, 1e6) },
+  { scenario: 'qos1', label: 'Redis CPU per message, QoS 1, µs ↓', pick: (r) => redisCpuPer(r, 1e6) },
   { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p50 ms ↓', pick: (r) => num(r.detail.p50Ms) },
   { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p99 ms ↓', pick: (r) => r.value },
   { scenario: 'idle', label: 'RSS per idle mTLS connection (2,000), KB ↓', pick: (r) => r.value },
@@ -63,6 +66,12 @@ const COLUMNS: ReadonlyArray<{ key: TargetKey, title: string }> = [
 function perCpuSecond (r: ScenarioResult): number | null {
   const cpu = r.cpu?.broker
   return r.value === null || !cpu ? null : (r.value * 100) / cpu
+}
+
+/** the broker's redis-server CPU per unit of throughput (`unit` 1e6: µs), over the same window */
+function redisCpuPer (r: ScenarioResult, unit: number): number | null {
+  const cpu = r.cpu?.redis
+  return r.value === null || !r.value || cpu === undefined || cpu === null ? null : (cpu / 100) * unit / r.value
 }
 
 function num (v: unknown): number | null {
@@ -114,14 +123,14 @@ export function renderReport (results: BenchResults): string {
   }
   out.push('', '↓ lower is better. Ratios are aedes-jitp ÷ the other broker.', '')
 
-  out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads) / stolen by the hypervisor (% of the whole machine).', '')
+  out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads) / stolen by the hypervisor (% of the whole machine); (Redis: the broker\'s private redis-server).', '')
   out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} |`)
   out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|`)
   const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning']]
   for (const [scenario, label] of cpuRows) {
     const cells = COLUMNS.map((c) => {
       const cpu = results.targets[c.key]?.scenarios[scenario]?.cpu
-      return cpu ? `${cpu.broker ?? '?'} / ${cpu.generator} / ${cpu.steal ?? '?'}` : 'n/a'
+      return cpu ? `${cpu.broker ?? '?'} / ${cpu.generator} / ${cpu.steal ?? '?'}${cpu.redis !== undefined && cpu.redis !== null ? ` (Redis ${cpu.redis})` : ''}` : 'n/a'
     })
     out.push(`| ${label} | ${cells.join(' | ')} |`)
   }
@@ -154,7 +163,7 @@ export function renderReport (results: BenchResults): string {
 
   const roundRows: string[] = []
   for (const [store, a, j] of [['memory', 'aedes-memory', 'jitp-memory'], ['Redis', 'aedes-redis', 'jitp-redis']] as const) {
-    for (const qos of ['qos0', 'qos1']) {
+    for (const qos of ['connects', 'qos0', 'qos1']) {
       const ra = results.fanInRounds[`${a} ${qos}`] ?? []
       const rj = results.fanInRounds[`${j} ${qos}`] ?? []
       if (ra.length === 0 || rj.length === 0) continue
@@ -162,14 +171,16 @@ export function renderReport (results: BenchResults): string {
       const pairs = ra.flatMap((x, i): Array<readonly [Round, Round]> => (rj[i] === undefined ? [] : [[x, rj[i]]]))
       const ratios = pairs.map(([x, y]) => (x.value && y.value !== null ? y.value / x.value : null)).filter((v): v is number => v !== null)
       const perCpu = pairs.map(([x, y]) => (x.value && y.value !== null && x.brokerCpu && y.brokerCpu ? (y.value / y.brokerCpu) / (x.value / x.brokerCpu) : null)).filter((v): v is number => v !== null)
+      // Redis CPU per delivered message, jitp ÷ Aedes, per round
+      const perRedis = pairs.map(([x, y]) => (x.value && y.value && x.redisCpu && y.redisCpu ? (y.redisCpu / y.value) / (x.redisCpu / x.value) : null)).filter((v): v is number => v !== null)
       const list = (r: typeof ra): string => r.map((x) => fmt(x.value)).join(', ')
-      roundRows.push(`| ${store} | ${qos === 'qos0' ? 'QoS 0' : 'QoS 1'} | ${list(ra)} | ${list(rj)} | ${ratios.map((v) => v.toFixed(2)).join(', ')} | **${fmt(median(ratios))}×** | ${fmt(median(perCpu))}× |`)
+      roundRows.push(`| ${store} | ${qos === 'connects' ? 'connects' : qos === 'qos0' ? 'QoS 0' : 'QoS 1'} | ${list(ra)} | ${list(rj)} | ${ratios.map((v) => v.toFixed(2)).join(', ')} | **${fmt(median(ratios))}×** | ${fmt(median(perCpu))}× | ${perRedis.length > 0 ? `${fmt(median(perRedis))}×` : 'n/a'} |`)
     }
   }
   if (roundRows.length > 0) {
-    out.push('Fan-in rounds (msg/s delivered; the brokers of one store take turns, and the tables above show each one\'s median round):', '')
-    out.push('| store | QoS | bare Aedes, each round | aedes-jitp, each round | jitp ÷ Aedes, each round | median ratio | median ratio per broker CPU-second |')
-    out.push('|---|---|---|---|---|---:|---:|')
+    out.push('Connect and fan-in rounds (connects/s, msg/s delivered; the brokers of one store take turns, and the tables above show each one\'s median round):', '')
+    out.push('| store | scenario | bare Aedes, each round | aedes-jitp, each round | jitp ÷ Aedes, each round | median ratio | median ratio per broker CPU-second | median Redis CPU per connect or message, jitp ÷ Aedes ↓ |')
+    out.push('|---|---|---|---|---|---:|---:|---:|')
     out.push(...roundRows, '')
   }
 

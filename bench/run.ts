@@ -42,7 +42,7 @@ const SCENARIO_TIMEOUT_MS = 150_000
 const DEVICE_COUNT = 2000
 /** at most this many devices are provisioned per target (the scenario also stops after 5 s) */
 const PROVISIONING_DEVICES = 2000
-/** fan-in windows per broker and QoS, alternating between bare Aedes and this broker */
+/** connect and fan-in windows per broker and scenario, alternating between bare Aedes and this broker */
 const FAN_IN_ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 /** retained configs (one per provisioned device) in the retained-lookup micro-benchmark */
 const RETAINED_CONFIGS = 50_000
@@ -175,8 +175,8 @@ async function main (): Promise<void> {
   const starters: Record<TargetKey, (redis: RedisServer | null) => Promise<Target | null>> = {
     'aedes-memory': () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),
     'jitp-memory': () => child('jitp-memory', { kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, 'audit-memory.log'), overrides: jitpOverrides }),
-    'aedes-redis': (r) => child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }),
-    'jitp-redis': (r) => child('jitp-redis', { kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-redis.log'), overrides: jitpOverrides }),
+    'aedes-redis': (r) => child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }, r!.pid),
+    'jitp-redis': (r) => child('jitp-redis', { kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-redis.log'), overrides: jitpOverrides }, r!.pid),
     mosquitto: () => startMosquitto(certsDir)
   }
   // bare Aedes and this broker side by side, both alive, so that their fan-in rounds alternate
@@ -186,8 +186,11 @@ async function main (): Promise<void> {
     { keys: ['mosquitto'], redis: false }
   ]
 
-  function child (key: string, opts: BrokerChildOptions): Promise<Target> {
-    return startBrokerChild(key, opts, { execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${key}-${Date.now()}.cpuprofile`] : [] })
+  function child (key: string, opts: BrokerChildOptions, storePid?: number): Promise<Target> {
+    return startBrokerChild(key, opts, {
+      execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${key}-${Date.now()}.cpuprofile`] : [],
+      ...(storePid !== undefined ? { storePid } : {})
+    })
   }
 
   async function runScenario (key: TargetKey, target: Target, name: string, fn: () => Promise<ScenarioResult>): Promise<ScenarioResult | null> {
@@ -235,17 +238,14 @@ async function main (): Promise<void> {
       }
       // memory first, on a fresh process: after the floods the heap would already be grown and the reading flattered
       for (const [key, target] of live) await record(key, 'idle', () => idleMemory(target, env))
-      for (const [key, target] of live) await record(key, 'connects', () => connectRate(target, env))
-      for (const [key, target] of live) await record(key, 'connectLatency', () => connectLatency(target, env))
       // throughput moves by ±20 % from one window to the next on this machine: the
       // brokers take turns, round after round, and each one's median counts
-      for (const qos of [0, 1] as const) {
-        const name = `qos${qos}`
+      const alternate = async (name: string, fn: (target: Target) => Promise<ScenarioResult>): Promise<void> => {
         const rounds = new Map<TargetKey, ScenarioResult[]>([...live.keys()].map((k) => [k, []]))
         for (let round = 0; round < FAN_IN_ROUNDS; round++) {
           const order = round % 2 === 0 ? [...live] : [...live].reverse()
           for (const [key, target] of order) {
-            const r = await runScenario(key, target, `${name} round ${round + 1}`, () => fanInThroughput(target, env, qos))
+            const r = await runScenario(key, target, `${name} round ${round + 1}`, () => fn(target))
             if (r !== null) rounds.get(key)!.push(r)
           }
         }
@@ -253,9 +253,13 @@ async function main (): Promise<void> {
           const median = medianResult(list)
           if (median === null) continue
           results.targets[key]!.scenarios[name] = median
-          results.fanInRounds[`${key} ${name}`] = list.map((r) => ({ value: r.value, brokerCpu: r.cpu?.broker ?? null }))
+          results.fanInRounds[`${key} ${name}`] = list.map((r) => ({ value: r.value, brokerCpu: r.cpu?.broker ?? null, redisCpu: r.cpu?.redis ?? null }))
         }
       }
+      // connects too: the first window of a fresh process runs before the JIT has warmed up
+      await alternate('connects', (target) => connectRate(target, env))
+      for (const [key, target] of live) await record(key, 'connectLatency', () => connectLatency(target, env))
+      for (const qos of [0, 1] as const) await alternate(`qos${qos}`, (target) => fanInThroughput(target, env, qos))
       for (const [key, target] of live) await record(key, 'paced', () => pacedLatency(target, env))
       for (const [key, target] of live) {
         if (withProvisioning && key.startsWith('jitp')) await record(key, 'provisioning', () => provisioningRate(target, env, `B${Date.now().toString(36)}`))

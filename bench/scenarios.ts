@@ -26,6 +26,8 @@ export interface BenchEnv {
 export interface Cpu {
   /** percent of one core over the measured window */
   readonly broker: number | null
+  /** the broker's private redis-server, percent of one core (absent without Redis) */
+  readonly redis?: number | null
   readonly generator: number
   /** percent of the whole machine's CPU time taken by the hypervisor (noisy neighbours) */
   readonly steal: number
@@ -102,16 +104,17 @@ class LoadWorker {
   }
 }
 
-interface Snapshot { t: number, broker: ProcUsage | null, gen: ProcUsage, machine: { steal: number, total: number } }
+interface Snapshot { t: number, broker: ProcUsage | null, store: ProcUsage | null, gen: ProcUsage, machine: { steal: number, total: number } }
 
 function snapshot (target: Target): Snapshot {
-  return { t: performance.now(), broker: target.usage(), gen: selfUsage(), machine: machineTicks() }
+  return { t: performance.now(), broker: target.usage(), store: target.storeUsage?.() ?? null, gen: selfUsage(), machine: machineTicks() }
 }
 
 function cpuBetween (a: Snapshot, b: Snapshot): Cpu {
   const wallMs = b.t - a.t
   return {
     broker: a.broker && b.broker ? round(cpuPercent(a.broker, b.broker, wallMs)) : null,
+    ...(a.store && b.store ? { redis: round(cpuPercent(a.store, b.store, wallMs), 1) } : {}),
     generator: round(cpuPercent(a.gen, b.gen, wallMs)),
     steal: round(stealPercent(a.machine, b.machine)),
     wallMs: Math.round(wallMs)
