@@ -333,6 +333,9 @@ function redisSource (conn: Redis, key: string, owned: boolean): AuditSource {
           }
         }
       }
+      // the stream is in XADD order: each process's lines leave in batches (and after an outage, late), so
+      // two processes' lines can be a little out of time order there; within a page they are put back in it
+      items.sort((a, b) => a.time - b.time)
       const cursor = encodeCursor('r', start)
       return { items, nextCursor: more ? cursor : null, followCursor: cursor }
     },

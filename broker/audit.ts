@@ -1,16 +1,28 @@
 /**
- * The audit log: one pino JSON line per decision, on its own destination.
- * Only allow-listed fields are ever written; secrets cannot reach it because
- * nothing that is not on the list is copied (redaction is the second fence).
+ * The audit log: one JSON line per decision (pino's format: level label, time
+ * in ms), on its own destination. Only allow-listed fields are ever written;
+ * secrets cannot reach it because nothing that is not on the list is copied,
+ * and a value carrying a key header is redacted (the second fence).
  *
- * Each serialized line also goes, unchanged, to where the admin API reads it
- * back (broker/audit-query.ts): an in-process ring when the destination is not
- * a file, and with REDIS_URL a capped Redis stream every broker process shares.
+ * Every line carries this process's `brokerId`, a `seq` and a `hash` chaining it
+ * to the line before (broker/audit-chain.ts; `aedes-jitp audit verify`). With a
+ * file, a restart goes on with the file's chain and sequence, and a rotation
+ * (renamed, removed, or truncated in place) is noticed within a second, or at
+ * once on SIGHUP (checkRotation), and starts the new file with an
+ * `audit.chain.started` line naming the last hash of the old one. With stdout or
+ * a stream, each process starts a new chain at seq 1.
+ *
+ * Each line also goes, unchanged, to where the admin API reads it back
+ * (broker/audit-query.ts): an in-process ring when the destination is not a
+ * file, and with REDIS_URL a capped Redis stream every broker process shares.
  */
-import { mkdirSync } from 'node:fs'
+import { createHash, randomUUID } from 'node:crypto'
+import { closeSync, fstat, fstatSync, mkdirSync, open, openSync, readSync, type Stats } from 'node:fs'
+import { stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { ReplyError, type Redis } from 'ioredis'
 import pino from 'pino'
+import { CHAIN_STARTED, GENESIS_HASH } from './audit-chain.js'
 import { AUDIT_STREAM_KEY, createAuditRing, createAuditSource, type AuditPage, type AuditQuery, type AuditRing, type AuditSource } from './audit-query.js'
 import { connectRedis, quitGracefully, within } from './store/redis.js'
 
@@ -27,7 +39,7 @@ export type AuditEvent =
   | 'certificate.rotated' | 'certificate.rotation.requested' | 'config.reloaded' | 'config.reload.failed'
   | 'device.activated' | 'device.provisioned' | 'pii.detected'
   | 'token.issued' | 'token.refused' | 'client.created' | 'client.deleted'
-  | 'enrollment.accepted' | 'enrollment.refused' | 'audit.chain.started' | 'worker.started' | 'worker.exited'
+  | 'enrollment.accepted' | 'enrollment.refused' | 'audit.chain.started' | 'audit.stream.gap' | 'worker.started' | 'worker.exited'
 
 export interface AuditFields {
   clientId?: string | undefined
@@ -88,6 +100,8 @@ function clean (value: string): string {
 }
 
 export interface Audit {
+  /** this process's id on every line (and the Aedes broker id): one hash chain per brokerId */
+  readonly brokerId: string
   write (event: AuditEvent, fields?: AuditFields, level?: 'info' | 'warn' | 'error'): void
   /** the file written out, and the Redis batch sent (bounded: a Redis that is away does not hold it) */
   flush (): Promise<void>
@@ -99,11 +113,15 @@ export interface Audit {
   query (q: AuditQuery): Promise<AuditPage>
   /** the Redis stream's backlog while Redis is away, and the lines dropped from it, for metrics */
   stats (): { backlog: number, dropped: number }
+  /** a file destination: looks for a rotation now (SIGHUP) instead of at the next periodic check */
+  checkRotation (): Promise<void>
   /** flushes what it can within about a second (Redis away: not waited for), then releases file and connection */
   close (): Promise<void>
 }
 
 export interface AuditOptions {
+  /** stamped on every line; default a random UUID */
+  brokerId?: string | undefined
   /** also append every line to the capped stream `streamKey` on this Redis */
   redisUrl?: string | undefined
   streamKey?: string | undefined
@@ -117,7 +135,7 @@ export interface AuditOptions {
   log?: { warn (obj: object, msg: string): void } | undefined
 }
 
-const DEFAULT_STREAM_MAXLEN = 100_000
+const DEFAULT_STREAM_MAXLEN = 1_000_000
 const DEFAULT_MEMORY_LINES = 10_000
 const DEFAULT_BACKLOG_LINES = 10_000
 /** lines gather this long before one pipeline takes them to Redis: never a round trip per line */
@@ -196,9 +214,11 @@ interface StreamWriter {
  * holding another type) would be refused again and are dropped. Nothing here
  * throws into write().
  */
-function createStreamWriter (url: string, key: string, maxLen: number, backlogLines: number, warn: (details: object, message: string) => void): StreamWriter {
+function createStreamWriter (url: string, key: string, maxLen: number, backlogLines: number, warn: (details: object, message: string) => void, onGap: (count: number) => void): StreamWriter {
   const backlog = new Backlog(Math.max(1, backlogLines))
   let dropped = 0
+  /** dropped lines the stream has not been told about yet: once it takes lines again, one audit.stream.gap line says how many */
+  let unreported = 0
   let outage = false
   let dropWarned = false
   const conn = connectRedis(url, 'registry', (err) => {
@@ -213,6 +233,7 @@ function createStreamWriter (url: string, key: string, maxLen: number, backlogLi
   const drop = (n: number, why: string): void => {
     if (n <= 0) return
     dropped += n
+    unreported += n
     if (dropWarned) return
     dropWarned = true
     warn({ dropped, capacity: backlog.capacity }, `audit stream: ${why}; lines dropped from the stream (the audit file or stdout still has them)`)
@@ -247,6 +268,11 @@ function createStreamWriter (url: string, key: string, maxLen: number, backlogLi
       })
       drop(refused, `Redis refused XADD on ${key}`)
       requeue(undelivered)
+      if (unreported > 0 && refused + undelivered.length < batch.length) {
+        const count = unreported
+        unreported = 0
+        onGap(count)
+      }
     }, () => requeue(batch)).finally(() => {
       inFlight = undefined
       schedule()
@@ -302,24 +328,139 @@ function createStreamWriter (url: string, key: string, maxLen: number, backlogLi
   }
 }
 
+/** how often a file destination looks for a rotation (renamed or removed: reopen; shrunk: truncated in place) */
+const ROTATION_CHECK_MS = 1000
+/** at start, the end of an existing file is read back this far at most to find the last line */
+const TAIL_MAX = 1024 * 1024
+
+/** the keys after level/time/event, in the canonical order (broker/audit-chain.ts), each with its JSON prefix */
+const ORDERED: ReadonlyArray<readonly [key: string, prefix: string]> = [...new Set<string>([...ALLOWED, 'brokerId', 'prevHash'])]
+  .sort()
+  .map((key) => [key, `,${JSON.stringify(key)}:`] as const)
+
+function jsonValue (v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'boolean') return JSON.stringify(v)
+  // a lone surrogate would reach the file as U+FFFD but be hashed as itself: made well-formed first, so the bytes and the hash agree
+  return JSON.stringify((clean(String(v)) as unknown as { toWellFormed (): string }).toWellFormed())
+}
+
+/** sonic-boom sets it once ended or failed (not in its types) */
+const isDestroyed = (sonic: ReturnType<typeof pino.destination>): boolean => (sonic as unknown as { destroyed: boolean }).destroyed
+
+/** where an existing audit file's chain stands: its last whole line's seq and hash, and whether a cut line follows it */
+interface Tail { seq: number, hash: string, cut: boolean, chained: boolean }
+
+/** Read once at start (synchronously: before the first line is written, never on the hot path). */
+function readTail (file: string, size: number): Tail {
+  const fd = openSync(file, 'r')
+  try {
+    for (let len = Math.min(size, 64 * 1024); ; len = Math.min(size, len * 4)) {
+      const buf = Buffer.allocUnsafe(len)
+      const n = readSync(fd, buf, 0, len, size - len)
+      const parts = buf.subarray(0, n).toString('utf8').split('\n')
+      const cut = parts.at(-1) !== ''
+      // the first part is a whole line only when the read began at the start of the file
+      const wholeFrom = len === size ? 0 : 1
+      // the last whole line that is not empty (two processes' appends on a shared file can leave an empty one)
+      let i = parts.length - 2
+      while (i >= wholeFrom && parts[i] === '') i--
+      if (i >= wholeFrom) {
+        const last = parts[i] ?? ''
+        let rec: { seq?: unknown, hash?: unknown } = {}
+        try { rec = JSON.parse(last) as typeof rec } catch { /* not a chained line */ }
+        if (Number.isSafeInteger(rec.seq) && typeof rec.hash === 'string' && /^[0-9a-f]{64}$/.test(rec.hash)) {
+          return { seq: rec.seq as number, hash: rec.hash, cut, chained: true }
+        }
+        return { seq: 0, hash: GENESIS_HASH, cut, chained: false }
+      }
+      if (len === size || len >= TAIL_MAX) return { seq: 0, hash: GENESIS_HASH, cut, chained: false }
+    }
+  } finally {
+    closeSync(fd)
+  }
+}
+
+const fstatAsync = (fd: number): Promise<Stats> => new Promise((resolve, reject) => {
+  fstat(fd, (err, st) => { if (err) reject(err); else resolve(st) })
+})
+const openAsync = (path: string): Promise<number> => new Promise((resolve, reject) => {
+  open(path, 'a', (err, fd) => { if (err) reject(err); else resolve(fd) })
+})
+
+/** the file destination: its descriptor (opened here, so its inode can be compared with the path's) and its writer */
+interface FileTarget {
+  readonly path: string
+  readonly fd: number
+  readonly sonic: ReturnType<typeof pino.destination>
+  readonly ino: number
+  readonly dev: number
+  /** the size last seen: smaller later means truncated in place (copytruncate) */
+  size: number
+}
+
+/**
+ * Asynchronous writes, each line handed over at once. minLength 1, not 0: with
+ * 0, sonic-boom's flush(cb) calls back at once instead of after the writes in
+ * progress, and flush() must mean "on disk" (a query reads the file back, close
+ * releases it). Every write is a whole line (> 1 byte), so nothing waits for more.
+ */
+const sonicTo = (dest: number): ReturnType<typeof pino.destination> => pino.destination({ dest, sync: false, minLength: 1 })
+
+function fileTarget (path: string, fd: number, st: Stats): FileTarget {
+  return { path, fd, sonic: sonicTo(fd), ino: st.ino, dev: st.dev, size: st.size }
+}
+
 export function createAudit (destination: string | NodeJS.WritableStream, opts: AuditOptions = {}): Audit {
   const toFile = typeof destination === 'string' && destination !== 'stdout'
-  let stream: pino.DestinationStream
-  let sonic: ReturnType<typeof pino.destination> | undefined
-  if (typeof destination === 'string') {
-    if (toFile) mkdirSync(dirname(destination), { recursive: true })
-    sonic = pino.destination({ dest: toFile ? destination : 1, sync: false, minLength: 0 })
-    stream = sonic
-  } else {
-    stream = destination
-  }
+  const brokerId = opts.brokerId ?? randomUUID()
   const warn = opts.log !== undefined
     ? (details: object, message: string): void => opts.log?.warn(details, message)
     : (details: object, message: string): void => { process.emitWarning(`${message} ${JSON.stringify(details)}`) }
+
+  // the chain (broker/audit-chain.ts): this process's seq and the last line's hash
+  let seq = 0
+  let prev = GENESIS_HASH
+  /** why the first line starts a chain that continues another (undefined: a new chain, seq 1 over the genesis hash) */
+  let continues: string | undefined
+  let startLevel: 'info' | 'warn' = 'info'
+  let separator = ''
+
+  let file: FileTarget | undefined
+  let regular = false
+  let out: { write (text: string): unknown }
+  let stdoutSonic: ReturnType<typeof pino.destination> | undefined
+  if (typeof destination !== 'string') {
+    out = destination
+  } else if (!toFile) {
+    stdoutSonic = sonicTo(1)
+    out = stdoutSonic
+  } else {
+    mkdirSync(dirname(destination), { recursive: true })
+    const fd = openSync(destination, 'a')
+    const st = fstatSync(fd)
+    file = fileTarget(destination, fd, st)
+    out = file.sonic
+    regular = st.isFile()
+    if (regular && st.size > 0) {
+      // a restart on the same file: the chain and the sequence go on from its last line
+      const tail = readTail(destination, st.size)
+      seq = tail.seq
+      prev = tail.hash
+      continues = tail.chained ? 'restarted on the same file' : 'the file holds no chained line to continue (written before chaining?)'
+      if (tail.cut) {
+        // the cut line gets its newline, so it stays one (broken) line and the chain resumes on the next
+        separator = '\n'
+        continues = 'restarted after a line cut short (a crash while it was being written?)'
+        startLevel = 'warn'
+      }
+    }
+  }
+
   const ring: AuditRing | undefined = toFile ? undefined : createAuditRing(opts.memoryLines ?? DEFAULT_MEMORY_LINES)
   const streamKey = opts.streamKey ?? AUDIT_STREAM_KEY
   const writer = opts.redisUrl !== undefined && opts.redisUrl !== ''
-    ? createStreamWriter(opts.redisUrl, streamKey, opts.streamMaxLen ?? DEFAULT_STREAM_MAXLEN, opts.backlogLines ?? DEFAULT_BACKLOG_LINES, warn)
+    ? createStreamWriter(opts.redisUrl, streamKey, opts.streamMaxLen ?? DEFAULT_STREAM_MAXLEN, opts.backlogLines ?? DEFAULT_BACKLOG_LINES, warn,
+      (count) => { emit('audit.stream.gap', { count, reason: 'lines dropped from the Redis stream while it was away; the audit file has them' }, 'warn') })
     : undefined
   const source: AuditSource = createAuditSource({
     redis: writer?.conn,
@@ -327,41 +468,86 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     file: toFile ? destination : undefined,
     ring
   })
-  // the line exactly as serialized, once: the destination gets it, and the ring and the stream get the same text
-  const tee: pino.DestinationStream = {
-    write (msg: string) {
-      stream.write(msg)
-      if (ring === undefined && writer === undefined) return
-      const line = msg.endsWith('\n') ? msg.slice(0, -1) : msg
-      ring?.push(line)
-      writer?.push(line)
+
+  let closed = false
+  let lateWarned = false
+  /**
+   * One line: serialized here in the canonical order (not by pino: the hash
+   * needs an order a verifier can rebuild), sealed with seq and hash, and the
+   * same text to the destination, the ring and the stream.
+   */
+  function emit (event: string, fields: Readonly<Record<string, unknown>>, level: string, prevHash?: string): void {
+    if (closed) {
+      if (!lateWarned) warn({ event }, 'audit line written after close: dropped')
+      lateWarned = true
+      return
     }
+    let body = `{"level":"${level}","time":${Date.now()},"event":${JSON.stringify(event)}`
+    for (const [key, prefix] of ORDERED) {
+      const v = key === 'brokerId' ? brokerId : key === 'prevHash' ? prevHash : fields[key]
+      if (v !== undefined) body += prefix + jsonValue(v)
+    }
+    body += `,"seq":${++seq}`
+    const hash = createHash('sha256').update(prev).update(body).update('}').digest('hex')
+    prev = hash
+    const line = `${body},"hash":"${hash}"}`
+    out.write(separator + line + '\n')
+    separator = ''
+    ring?.push(line)
+    writer?.push(line)
   }
-  const logger = pino({
-    base: null,
-    messageKey: 'message',
-    timestamp: pino.stdTimeFunctions.epochTime,
-    formatters: { level: (label) => ({ level: label }) },
-    redact: {
-      paths: ['privateKey', 'certificateOwnershipToken', 'password', 'certificateSigningRequest', 'certificatePem', '*.privateKey', '*.password'],
-      remove: true
+
+  /** the first line of a chain that continues another: names the hash it continues from */
+  function startChain (reason: string, level: 'info' | 'warn' = 'info'): void {
+    emit(CHAIN_STARTED, { reason }, level, prev)
+  }
+  if (continues !== undefined) startChain(continues, startLevel)
+
+  // rotation (docs/OPERATIONS.md): renamed or removed → a new file whose first line names the last hash of the old one;
+  // truncated in place (copytruncate) → a chain.started line where the writing goes on
+  let checking: Promise<void> | undefined
+  async function lookForRotation (): Promise<void> {
+    const f = file
+    if (f === undefined || closed) return
+    const [onDisk, ours] = await Promise.all([stat(f.path).catch(() => null), fstatAsync(f.fd).catch(() => null)])
+    if (ours === null || closed || file !== f || !ours.isFile()) return
+    if (onDisk !== null && onDisk.ino === f.ino && onDisk.dev === f.dev) {
+      if (ours.size < f.size) startChain('the file was truncated in place (copytruncate): the lines before this one are in the copy', 'warn')
+      f.size = ours.size
+      return
     }
-  }, tee)
+    const fd = await openAsync(f.path)
+    const st = await fstatAsync(fd).catch(() => null)
+    if (closed || file !== f || st === null) {
+      closeSync(fd)
+      return
+    }
+    const next = fileTarget(f.path, fd, st)
+    file = next
+    out = next.sonic
+    startChain(onDisk === null ? 'the file was moved away or removed: a new one' : 'the file was rotated (another file at its path): a new one')
+    // the old file gets what was written before the switch, then is closed
+    f.sonic.end()
+  }
+  const checkRotation = (): Promise<void> => {
+    checking ??= lookForRotation().catch((err: unknown) => {
+      warn({ err: (err as Error).message, file: file?.path }, 'audit: could not reopen the audit file after a rotation; still writing to the old one')
+    }).finally(() => { checking = undefined })
+    return checking
+  }
+  const rotationTimer = regular ? setInterval(() => { void checkRotation() }, ROTATION_CHECK_MS) : undefined
+  rotationTimer?.unref()
 
   const flushFile = (): Promise<void> => new Promise((resolve) => {
-    if (!sonic) return resolve()
+    const sonic = file?.sonic ?? stdoutSonic
+    if (sonic === undefined || isDestroyed(sonic)) return resolve()
     sonic.flush(() => resolve())
   })
 
   return {
+    brokerId,
     write (event, fields = {}, level = 'info') {
-      const line: Record<string, unknown> = { event }
-      for (const key of ALLOWED) {
-        const v = fields[key]
-        if (v === undefined) continue
-        line[key] = typeof v === 'string' ? clean(v) : v
-      }
-      logger[level](line)
+      emit(event, fields as Readonly<Record<string, unknown>>, level)
     },
     async flush () {
       await Promise.all([flushFile(), writer?.flush(FLUSH_STREAM_MS)])
@@ -372,16 +558,22 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
       return source.query(q)
     },
     stats: () => writer?.stats() ?? { backlog: 0, dropped: 0 },
+    checkRotation,
     async close () {
+      if (closed) return
+      clearInterval(rotationTimer)
+      await checking
       const closing = writer?.close()
-      if (sonic) {
-        const s = sonic
-        sonic = undefined
+      closed = true
+      const sonic = file?.sonic ?? stdoutSonic
+      file = undefined
+      stdoutSonic = undefined
+      if (sonic !== undefined && !isDestroyed(sonic)) {
         await new Promise<void>((resolve) => {
-          s.flush(() => {
-            if ((s as unknown as { fd: number }).fd === 1) return resolve()
-            s.once('close', () => resolve())
-            s.end()
+          sonic.flush(() => {
+            if ((sonic as unknown as { fd: number }).fd === 1) return resolve()
+            sonic.once('close', () => resolve())
+            sonic.end()
           })
         })
       }

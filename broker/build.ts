@@ -122,7 +122,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     memoryLines: config.auditMemoryLines,
     log
   })
-  const metrics = createMetrics()
+  const metrics = createMetrics({ auditStream: () => audit.stats() })
   const releases: Array<[step: string, release: () => Promise<void>, boundMs?: number]> = [['audit', () => audit.close()]]
   async function releaseAll (): Promise<void> {
     for (const [step, release, boundMs = RELEASE_STEP_MS] of releases.reverse()) {
@@ -190,6 +190,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       failPublishVisibly
     ])
     const broker = await Aedes.createBroker({
+      // one id for the broker and its audit chain (every audit line carries it)
+      id: audit.brokerId,
       ...sessionStore.aedesOptions,
       ...(sessionStore.aedesOptions.mq ? { mq: failEmitVisibly(sessionStore.aedesOptions.mq) } : {}),
       persistence,

@@ -61,8 +61,8 @@ const configSchema = {
     ROTATE_BEFORE_DAYS: { type: 'integer', minimum: 1, maximum: 3650, default: 30 },
     // device activity (first/last seen, counters) is written at most this often per device
     ACTIVITY_FLUSH_MS: { type: 'integer', minimum: 100, default: 5000 },
-    // the audit stream shared by every process (Redis store), capped at about this many entries
-    AUDIT_STREAM_MAXLEN: { type: 'integer', minimum: 100, default: 100000 },
+    // the audit stream shared by every process (Redis store), capped at about this many entries (CONTRACT: 1,000,000)
+    AUDIT_STREAM_MAXLEN: { type: 'integer', minimum: 100, default: 1000000 },
     // the in-process audit ring the admin API queries when AUDIT_LOG is not a file (memory store)
     AUDIT_MEMORY_LINES: { type: 'integer', minimum: 100, default: 10000 },
     // personal data in the session store (CONTRACT §5): base64 of 32 bytes

@@ -47,11 +47,20 @@ export interface Metrics {
   readonly tokenRequests: Counter<'outcome'>
   /** connect authentications by method (certificate, oauth2, broker-token, sas) and outcome (accepted, or the refusal's code) */
   readonly authentications: Counter<'method' | 'outcome'>
+  /** audit lines waiting for the Redis stream (Redis away), and lines dropped from it (the audit file has them) */
+  readonly auditStreamBacklog: Gauge
+  readonly auditStreamDropped: Counter
 }
 
-export function createMetrics (): Metrics {
+export interface MetricsSources {
+  /** the audit writer's stream figures (Audit.stats), read at each scrape */
+  auditStream?: () => { backlog: number, dropped: number }
+}
+
+export function createMetrics (sources: MetricsSources = {}): Metrics {
   const registry = new Registry()
   const p = 'jitp_'
+  let auditDroppedSeen = 0
   return {
     registry,
     connections: new Gauge({ name: p + 'connections', help: 'Live MQTT connections by role', labelNames: ['role'], registers: [registry] }),
@@ -79,6 +88,22 @@ export function createMetrics (): Metrics {
     rotations: new Counter({ name: p + 'certificate_rotations_total', help: 'Device certificate rotations by outcome (issued, rejected, completed, expired)', labelNames: ['outcome'], registers: [registry] }),
     rolloutDevices: new Gauge({ name: p + 'rollout_devices', help: 'Devices of running rollouts by state', labelNames: ['rollout', 'state'], registers: [registry], aggregator: 'max' }),
     tokenRequests: new Counter({ name: p + 'token_requests_total', help: 'POST /oauth/token answers by outcome (issued, invalid_client, invalid_request, invalid_scope, unsupported_grant_type, throttled, unavailable)', labelNames: ['outcome'], registers: [registry] }),
-    authentications: new Counter({ name: p + 'authentications_total', help: 'Connect authentications by method (certificate, oauth2, broker-token, sas) and outcome (accepted or the refusal code)', labelNames: ['method', 'outcome'], registers: [registry] })
+    authentications: new Counter({ name: p + 'authentications_total', help: 'Connect authentications by method (certificate, oauth2, broker-token, sas) and outcome (accepted or the refusal code)', labelNames: ['method', 'outcome'], registers: [registry] }),
+    auditStreamBacklog: new Gauge({
+      name: p + 'audit_stream_backlog',
+      help: 'Audit lines waiting for the Redis stream while it is away',
+      registers: [registry],
+      collect () { this.set(sources.auditStream?.().backlog ?? 0) }
+    }),
+    auditStreamDropped: new Counter({
+      name: p + 'audit_stream_dropped_total',
+      help: 'Audit lines dropped from the Redis stream (backlog full while Redis was away, or refused); the audit file has them',
+      registers: [registry],
+      collect () {
+        const dropped = sources.auditStream?.().dropped ?? 0
+        if (dropped > auditDroppedSeen) this.inc(dropped - auditDroppedSeen)
+        auditDroppedSeen = dropped
+      }
+    })
   }
 }

@@ -1,5 +1,6 @@
 /**
  * `aedes-jitp audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]`: the audit log for humans.
+ * `aedes-jitp audit verify [--merged] [--partial] FILE...`: checks the hash chain (broker/audit-chain.ts).
  * With FILE (or `-` for stdin) it reads that file here; without, it asks the admin API
  * (`GET /v1/audit`), which answers from the Redis stream every broker process writes
  * to, or from the embedded broker's file or ring: one query sees the whole cluster.
@@ -7,6 +8,7 @@
 import { createReadStream, existsSync, statSync, watch } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
+import { verifyFiles } from '../audit-chain.js'
 import { globToRegExp, parseSince } from '../audit-query.js'
 import { ADMIN_OPTIONS, adminCall, adminTarget, withQuery, type AdminTarget } from './admin-client.js'
 
@@ -75,7 +77,44 @@ async function fromApi (target: AdminTarget, query: { event?: string | undefined
   }
 }
 
+/**
+ * Exit 0 with a one-line summary on an intact chain; otherwise (thrown: a
+ * one-line reason on stderr, exit 1) the file, the 1-based line and the seq of
+ * the first line changed, removed, inserted or reordered. Several files are one
+ * chain in the order given (a rotated file, then its successor).
+ */
+async function verifyCommand (args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      merged: { type: 'boolean', default: false },
+      partial: { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false }
+    }
+  })
+  if (positionals.length === 0) throw new Error('audit verify: name the file(s) to verify (- for stdin)')
+  for (const file of positionals) {
+    if (file !== '-' && !existsSync(file)) throw new Error(`audit verify: no such file ${file}`)
+  }
+  const result = await verifyFiles(positionals, { merged: values.merged, partial: values.partial })
+  if (values.json) process.stdout.write(JSON.stringify(result) + '\n')
+  if (!result.ok) {
+    throw new Error(`audit verify: ${escapeControl(result.file)} line ${result.line} (seq ${result.seq ?? '?'}): ${result.message}`)
+  }
+  if (!values.json) {
+    const notes = result.notes.length > 0 ? `; ${result.notes.join('; ')}` : ''
+    // merged: several chains, so no one seq range or last hash to show
+    const chain = values.merged
+      ? `${result.chains} chains (one per brokerId)${values.partial ? ', each from its first line' : ''}`
+      : `${result.firstSeq === null ? 'no lines' : `seq ${result.firstSeq}..${result.lastSeq}`}, ${result.anchor}, last hash ${result.lastHash ?? '-'}`
+    process.stdout.write(`audit verify: intact: ${result.lines} lines, ${chain}${notes}\n`)
+  }
+  return 0
+}
+
 export async function auditCommand (args: string[]): Promise<number | null> {
+  if (args[0] === 'verify') return verifyCommand(args.slice(1))
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,

@@ -9,7 +9,7 @@ const USAGE = [
   '  certs dev [--rsa] [--out DIR]',
   '  devices list [--status S] [--template T] | show <id> | revoke <id> | quarantine <id> | reinstate <id> | rotate <id>',
   '  certificates list [--device ID] [--status S] [--expiring-within-days N] | expiring --days N | revoke <id> | revoke --issuer <fp> --serial <hex> | revoke --ca <fp>',
-  '  audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE]',
+  '  audit [--follow] [--event GLOB] [--device ID] [--since T] [FILE] | audit verify [--merged] [--partial] FILE...',
   '  config get|set|history|rollback <deviceId> | config get|set --template NAME',
   '  rollout start|status [--watch]|list|pause|resume|abort',
   '  pii decrypt --key-dir DIR   (opens the x-pii envelopes of a JSON document on stdin; offline)',

@@ -82,6 +82,8 @@ function serveUntilSignalled (handle: BrokerHandle, exit: (code: number) => void
     if (stopping) return
     handle.ctx.log.info({ signal: 'SIGHUP' }, 'reloading CERTS_DIR')
     handle.reloadCerts()
+    // and reopens the audit file if logrotate moved it (noticed within a second anyway)
+    void handle.audit.checkRotation()
     // and the token-signing keys (docs/AUTH.md, key rotation): a key dropped in signs from now on
     handle.tokenKeys.reload().catch((err: unknown) => handle.ctx.log.warn({ err: (err as Error).message }, 'token keys: reload failed; the keys in use stay'))
   })

@@ -102,8 +102,8 @@ t.test('createAudit keeps the same lines in its ring when it writes to stdout or
   t.equal(page.items.length, 100, 'memoryLines kept')
   t.equal(page.items[0]!.clientId, 'c50')
   const last = page.items[99]!
-  t.same(Object.keys(last).sort(), ['clientId', 'event', 'level', 'method', 'time', 'url'])
-  t.match(last, { event: 'admin.request', level: 'info', method: 'GET', url: '/v1/audit?limit=1' })
+  t.same(Object.keys(last).sort(), ['brokerId', 'clientId', 'event', 'hash', 'level', 'method', 'seq', 'time', 'url'])
+  t.match(last, { event: 'admin.request', level: 'info', method: 'GET', url: '/v1/audit?limit=1', brokerId: audit.brokerId, seq: 150 })
   t.same(audit.stats(), { backlog: 0, dropped: 0 }, 'no stream without REDIS_URL')
 })
 

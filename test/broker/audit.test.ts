@@ -19,7 +19,7 @@ t.test('only allow-listed fields are written; key material never', async (t) => 
   await audit.flush()
   t.equal(capture.lines.length, 2)
   const [a, b] = capture.lines
-  t.same(Object.keys(a!).sort(), ['clientId', 'deviceId', 'event', 'level', 'time'])
+  t.same(Object.keys(a!).sort(), ['brokerId', 'clientId', 'deviceId', 'event', 'hash', 'level', 'seq', 'time'], 'the fields, and the writer\'s brokerId, seq and hash')
   t.equal(a!.level, 'info')
   t.type(a!.time, 'number')
   t.equal(b!.clientId, '[redacted]', 'a client-chosen string carrying a key header is redacted')

@@ -8,6 +8,8 @@ import t from 'tap'
 import { Writable } from 'node:stream'
 import { Redis } from 'ioredis'
 import { createAudit, type Audit } from '../../broker/audit.js'
+import { ChainVerifier } from '../../broker/audit-chain.js'
+import { createMetrics } from '../../broker/metrics.js'
 import type { AuditQuery, AuditRecord } from '../../broker/audit-query.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
@@ -90,7 +92,9 @@ t.test('audit stream on one Redis', async (t) => {
     const warnings: string[] = []
     const steady = writer({ streamKey: 't:outage', log: { warn: (_obj: object, msg: string) => { steadyWarnings.push(msg) } } })
     const small = writer({ streamKey: 't:outage', backlogLines: 100, log: { warn: (_obj: object, msg: string) => { warnings.push(msg) } } })
-    steady.write('broker.started', { brokerId: 'before' })
+    // like small, but still running when Redis returns: the stream is told what it missed
+    const gappy = writer({ streamKey: 't:outage', backlogLines: 100 })
+    steady.write('broker.started', { reason: 'before' })
     await steady.flush()
 
     await redis.kill()
@@ -98,6 +102,7 @@ t.test('audit stream on one Redis', async (t) => {
     t.equal(steadyWarnings.length, 1, 'one warning for the outage, not one per reconnect attempt')
     for (let i = 0; i < 500; i++) steady.write('publish.denied', { clientId: `during${i}` })
     for (let i = 0; i < 300; i++) small.write('publish.denied', { clientId: `small${i}` })
+    for (let i = 0; i < 300; i++) gappy.write('payload.rejected', { clientId: `gappy${i}` })
     await until(() => small.stats().dropped >= 200, 'the small backlog dropping its oldest lines')
     t.ok(small.stats().backlog <= 100, 'the backlog stays bounded')
     t.equal(warnings.filter((w) => w.includes('dropped')).length, 1, 'one warning for the drops, not one per line')
@@ -110,7 +115,7 @@ t.test('audit stream on one Redis', async (t) => {
 
     // no AOF: the restarted server is empty, and what steady kept arrives now
     await redis.restart()
-    steady.write('broker.started', { brokerId: 'after' })
+    steady.write('broker.started', { reason: 'after' })
     let during: AuditRecord[] = []
     await until(async () => {
       during = await everything(steady, { event: 'publish.denied' }).catch(() => [])
@@ -118,7 +123,30 @@ t.test('audit stream on one Redis', async (t) => {
     }, 'the backlog delivered after the restart')
     t.equal(during.length, 500, 'every line written during the outage, once')
     t.equal(during[0]!.clientId, 'during0')
-    await until(async () => (await steady.query({ event: 'broker.started', limit: 10 })).items.some((r) => r.brokerId === 'after'), 'a new line')
+    await until(async () => (await steady.query({ event: 'broker.started', limit: 10 })).items.some((r) => r.reason === 'after'), 'a new line')
     t.equal(steady.stats().dropped, 0)
+
+    // the gap: gappy kept its newest 100 lines, and says in the stream that 200 are only in its file
+    let gaps: AuditRecord[] = []
+    await until(async () => {
+      gaps = await everything(steady, { event: 'audit.stream.gap' }).catch(() => [])
+      return gaps.length > 0
+    }, 'the gap reported in the stream')
+    t.match(gaps, [{ brokerId: gappy.brokerId, count: 200, level: 'warn', seq: 301 }], 'one audit.stream.gap line: how many lines, from which process')
+    const kept = await everything(steady, { event: 'payload.rejected' })
+    t.same([kept.length, kept[0]?.seq, kept.at(-1)?.seq], [100, 201, 300], 'the newest 100 arrived, in order')
+    const scrape = await createMetrics({ auditStream: () => gappy.stats() }).registry.metrics()
+    t.match(scrape, /jitp_audit_stream_dropped_total 200\n/, 'and a metric counts them')
+    t.match(scrape, /jitp_audit_stream_backlog 0\n/)
+
+    // the stream verifies per process: each chain from its first line kept (the restarted Redis lost the older ones)
+    const raw = await admin.xrange('t:outage', '-', '+')
+    const verifier = new ChainVerifier({ merged: true, partial: true })
+    raw.forEach(([, fields], i) => { verifier.push('stream', i + 1, fields[1] ?? '') })
+    t.match(verifier.finish(), { ok: true, chains: 2, lines: raw.length }, 'steady\'s and gappy\'s chains intact in the stream')
+    // and so does what a query returns (parsed, re-serialized: the canonical form does not depend on bytes or key order)
+    const viaQuery = new ChainVerifier({ merged: true, partial: true })
+    ;(await everything(steady, {})).forEach((r, i) => { viaQuery.push('query', i + 1, JSON.stringify({ hash: r.hash, ...r })) })
+    t.match(viaQuery.finish(), { ok: true, chains: 2 })
   })
 })

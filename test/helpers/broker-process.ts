@@ -26,6 +26,8 @@ export interface BrokerProcess {
   readonly httpPort: number
   readonly adminPort: number
   readonly pki: Pki
+  /** the child's audit file (AUDIT_LOG) */
+  readonly auditLog: string
   /** the audit lines written so far (a killed child loses what it had not flushed) */
   auditLines (): Array<Record<string, unknown>>
   /** SIGKILL; resolves once the process is gone */
@@ -115,6 +117,7 @@ export async function startBrokerProcess (opts: BrokerProcessOptions): Promise<B
     httpPort: target.httpPort ?? 0,
     adminPort: target.adminPort ?? 0,
     pki: opts.pki,
+    auditLog,
     auditLines () {
       let text = ''
       try {
