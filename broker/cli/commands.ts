@@ -15,6 +15,7 @@ const USAGE = [
   '  pii decrypt --key-dir DIR   (opens the x-pii envelopes of a JSON document on stdin; offline)',
   '  clients create --name N --scopes a,b | list | show <id> | delete <id>   (OAuth2 clients of POST /oauth/token)',
   '  keys derive --group-key <base64 | -> --registration-id <id>   (a device key for symmetric-key enrollment; offline)',
+  '  simulate --devices N [--concurrency C] [--template T] [--faults kind=rate,...] [--mqtt-url mqtts://host:port] [--json]   (virtual devices; simulate --help)',
   'fleet commands (devices, certificates, config, rollout, clients, audit without FILE) talk to the admin API: --admin-url URL (default https://127.0.0.1:$ADMIN_PORT),',
   '  --cert/--key/--ca (default: the dev admin certificate in $CERTS_DIR), --json for scripts'
 ].join('\n')
@@ -32,6 +33,7 @@ export async function runCommand (argv: string[]): Promise<number | null> {
     case 'pii': return (await import('./pii.js')).piiCommand(rest)
     case 'clients': return (await import('./clients.js')).clientsCommand(rest)
     case 'keys': return (await import('./keys.js')).keysCommand(rest)
+    case 'simulate': return (await import('./simulate.js')).simulateCommand(rest)
     case '--help':
     case 'help':
       process.stdout.write(USAGE + '\n')

@@ -1,0 +1,199 @@
+/**
+ * `aedes-jitp simulate` against real brokers (issue 13): virtual devices over real
+ * mutual TLS (MQTT.js), the real admin API, both stores. A templates dir of its own
+ * gives `sensor` a 3 s health window, so the broker decides quickly.
+ *  - 50 devices, no faults: every one active; the summary agrees with the registry
+ *    device by device; the devices react like firmware to a new config version
+ *    and to the rotate-certificate command sent meanwhile.
+ *  - silent 20 %, config-fail 10 %, bad-payload 10 %: the silent ones quarantined
+ *    for `state`, the config failures quarantined for `config` (the audit says why
+ *    nothing was rolled back: they never applied a version), the bad payloads
+ *    reported and counted and those devices active.
+ *  - the CLI: `simulate --devices 200 --faults disconnect-storm=1` against
+ *    `aedes-jitp start` in a child process: every device active, and without a
+ *    TTY no control character in its output.
+ */
+import t, { type Test } from 'tap'
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { AdminTarget } from '../../broker/cli/admin-client.js'
+import { runSimulation, type SimulationSummary } from '../../broker/simulate/run.js'
+import { STEPS } from '../../broker/simulate/stats.js'
+import { adminRequest } from '../helpers/admin.js'
+import { credentials, devPki, STORES, startBroker, type Pki, type TestBroker } from '../helpers/broker.js'
+import { cli, startChildBroker } from '../helpers/cli.js'
+import { freePort } from '../helpers/redis-server.js'
+
+const WINDOW_SECONDS = 3
+
+/** the project's templates, `sensor` with a short health window */
+function templatesDir (): string {
+  const dir = mkdtempSync(join(tmpdir(), 'jitp-sim-templates-'))
+  cpSync('templates', dir, { recursive: true })
+  const file = join(dir, 'sensor.json')
+  const sensor = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
+  writeFileSync(file, JSON.stringify({ ...sensor, healthCheck: { withinSeconds: WINDOW_SECONDS } }))
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+function adminOf (pki: Pki, port: number): AdminTarget {
+  return { url: new URL(`https://127.0.0.1:${port}`), cert: pki.read('admin-chain.pem'), key: pki.read('admin.key'), ca: pki.read('root-ca.pem') }
+}
+
+/** what the registry says of each device, asked independently of the simulator */
+async function registryStatuses (tb: TestBroker, ids: string[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>()
+  for (let i = 0; i < ids.length; i += 10) {
+    await Promise.all(ids.slice(i, i + 10).map(async (id) => {
+      const r = await adminRequest(tb.adminPort!, tb.pki, 'GET', `/v1/devices/${id}`)
+      out.set(id, r.status === 200 ? String(r.body.status) : `HTTP ${r.status}`)
+    }))
+  }
+  return out
+}
+
+/** the summary's view of every device is the registry's */
+async function agreesWithRegistry (t: Test, tb: TestBroker, s: SimulationSummary): Promise<void> {
+  const ids = s.perDevice.map((d) => d.deviceId!)
+  const registry = await registryStatuses(tb, ids)
+  const mismatches = s.perDevice.filter((d) => registry.get(d.deviceId!) !== d.status).map((d) => `${d.deviceId}: summary ${d.status}, registry ${registry.get(d.deviceId!)}`)
+  t.same(mismatches, [], 'summary and registry agree device by device')
+  const count = (status: string): number => [...registry.values()].filter((v) => v === status).length
+  t.equal(s.active, count('active'), 'active counted as the registry has it')
+  t.equal(s.quarantined, count('quarantined'), 'quarantined counted as the registry has it')
+}
+
+t.test('simulate against a broker, both stores', async (t) => {
+  const pki = await devPki()
+  const templates = templatesDir()
+  const claim = credentials(pki, 'claim')
+  for (const store of STORES) {
+    await t.test(store, async (t) => {
+      const tb = await startBroker({ store, pki, overrides: { TEMPLATES_DIR: templates, CONFIG_ACK_TIMEOUT_SECONDS: 2 } })
+      t.teardown(() => tb.close())
+      const admin = adminOf(pki, tb.adminPort!)
+      const base = { claim, ca: pki.read('root-ca.pem'), mqttUrl: `mqtts://127.0.0.1:${tb.port}`, admin, concurrency: 8 }
+
+      await t.test('50 devices, no faults: all active; new config versions and rotation handled as firmware would', async (t) => {
+        const runId = `OK${store === 'memory' ? 'M' : 'R'}${Date.now().toString(36).toUpperCase()}`
+        const [configured, rotated] = [`sensor-${runId}-0000`, `sensor-${runId}-0001`]
+        const operator: Array<Promise<{ status: number }>> = []
+        const s = await runSimulation({
+          ...base,
+          devices: 50,
+          telemetryRate: 2,
+          durationSeconds: 2,
+          runId,
+          onPhase (phase) {
+            if (phase !== 'telemetry') return
+            // an operator acts while the fleet runs: a new configuration for one device, a rotation for another
+            operator.push(adminRequest(tb.adminPort!, pki, 'PUT', `/v1/devices/${configured}/config`, { body: { config: { telemetryIntervalSeconds: 30 } } }))
+            operator.push(adminRequest(tb.adminPort!, pki, 'POST', `/v1/devices/${rotated}/rotate`))
+          }
+        })
+        t.same((await Promise.all(operator)).map((r) => r.status), [200, 200], 'the operator\'s requests were taken during the run')
+        t.equal(s.devices, 50)
+        t.equal(s.provisioned, 50, 'every device provisioned')
+        t.equal(s.failed, 0, `no device failed: ${JSON.stringify(s.errors.slice(0, 3))}`)
+        t.equal(s.active, 50, 'every device active')
+        t.equal(s.quarantined, 0)
+        t.equal(s.undecided, 0)
+        t.same(s.boundsHit, [], 'the run ended by itself, within every bound')
+        t.equal(s.messages.rejected, 0, 'nothing rejected')
+        t.equal(s.messages.acknowledged, s.messages.sent, 'every message acknowledged')
+        t.ok(s.messages.telemetry > 0, `telemetry flowed (${s.messages.telemetry})`)
+        for (const step of STEPS) t.equal(s.latencyMs[step]?.count, 50, `${step}: 50 samples`)
+        await agreesWithRegistry(t, tb, s)
+        const activated = new Set(tb.events('device.activated').map((l) => l.deviceId))
+        t.ok(s.perDevice.every((d) => activated.has(d.deviceId)), 'device.activated audited for each')
+
+        const c = s.perDevice.find((d) => d.deviceId === configured)!
+        t.same(c.configVersions, [1, 2], 'the new version reached the device')
+        const cfg = await adminRequest(tb.adminPort!, pki, 'GET', `/v1/devices/${configured}/config`)
+        t.match(cfg.body, { version: 2, lastKnownGood: 2, status: 'current' }, 'and its ack made it the last known good')
+        const r = s.perDevice.find((d) => d.deviceId === rotated)!
+        t.same(r.rotations, { requested: 1, completed: 1, failed: 0 }, 'the rotate-certificate command: new certificate, reconnected with it')
+        const issued = tb.events('certificate.rotated').find((l) => l.deviceId === rotated)
+        const revoked = tb.events('certificate.revoked').find((l) => l.deviceId === rotated && /rotated/.test(String(l.reason)))
+        t.ok(issued && revoked, 'certificate.rotated, then the old certificate revoked at first use of the new one')
+        const certs = (await adminRequest(tb.adminPort!, pki, 'GET', `/v1/devices/${rotated}`)).body.certificates as Array<{ certificateId: string, status: string }>
+        t.equal(certs.find((c) => c.certificateId === issued?.certificateId)?.status, 'active', 'the registry: the new certificate active')
+        t.equal(certs.find((c) => c.certificateId === revoked?.certificateId)?.status, 'revoked', 'the old one revoked')
+      })
+
+      await t.test('silent 20 %, config-fail 10 %, bad-payload 10 %: the broker catches each as the contract says', async (t) => {
+        const runId = `FL${store === 'memory' ? 'M' : 'R'}${Date.now().toString(36).toUpperCase()}`
+        const s = await runSimulation({
+          ...base,
+          devices: 50,
+          telemetryRate: 2,
+          durationSeconds: 1,
+          runId,
+          faults: { silent: 0.2, 'config-fail': 0.1, 'bad-payload': 0.1 }
+        })
+        t.equal(s.provisioned, 50)
+        t.equal(s.failed, 0, `no device failed: ${JSON.stringify(s.errors.slice(0, 3))}`)
+        t.same(s.boundsHit, [])
+        const withFault = (kind: string): SimulationSummary['perDevice'] => s.perDevice.filter((d) => d.faults.includes(kind as never))
+        const silent = withFault('silent')
+        const configFail = withFault('config-fail')
+        const bad = withFault('bad-payload')
+        const clean = s.perDevice.filter((d) => d.faults.length === 0)
+        t.same([silent.length, configFail.length, bad.length, clean.length], [10, 5, 5, 30], 'the rates became device counts, on different devices')
+
+        t.ok(silent.every((d) => d.status === 'quarantined' && d.quarantineCheck === 'state'), `silent: quarantined for state (${JSON.stringify(silent.map((d) => [d.status, d.quarantineCheck]))})`)
+        t.ok(configFail.every((d) => d.status === 'quarantined' && d.quarantineCheck === 'config'), `config-fail: quarantined for config (${JSON.stringify(configFail.map((d) => [d.status, d.quarantineCheck]))})`)
+        for (const d of configFail) {
+          // the first version failed: there is no last known good to go back to, and the broker says so
+          const said = tb.events('config.acknowledged').find((l) => l.deviceId === d.deviceId)
+          t.match(said, { version: 1, reason: /device reported failed.*not rolled back: no version was ever applied/, errorCode: 'NoLastKnownGood' }, `${d.deviceId}: failure audited, rollback refused with its reason`)
+        }
+        const rolledBackLines = tb.events('config.rolledback').filter((l) => String(l.deviceId).startsWith(`sensor-${runId}-`)).length
+        t.equal(s.rolledBack, rolledBackLines, `rolledBack is the audit's count (${rolledBackLines})`)
+        t.ok(bad.every((d) => d.status === 'active'), 'bad payloads: those devices still activate')
+        t.ok(bad.every((d) => d.messages.badPayloads >= 1 && d.messages.rejected >= d.messages.badPayloads), 'every bad payload was reported on devices/<id>/errors')
+        const rejectedLines = tb.events('payload.rejected').filter((l) => bad.some((d) => d.deviceId === l.deviceId)).length
+        t.equal(rejectedLines, s.faults['bad-payload']!.injected, `each bad payload audited once (${rejectedLines})`)
+        t.equal(s.faults['bad-payload']!.audit['payload.rejected SchemaViolation']! + s.faults['bad-payload']!.audit['payload.rejected InvalidJson']!, rejectedLines, 'and the summary says so')
+        t.ok(clean.every((d) => d.status === 'active'), 'the devices without a fault are active')
+        t.same(s.quarantinedByReason, { state: 10, config: 5 }, 'quarantined by reason')
+        t.equal(s.faults.silent!.quarantinedByReason.state, 10)
+        t.equal(s.faults['config-fail']!.audit['device.quarantined check=config'], 5, 'the fault report quotes the audit')
+        await agreesWithRegistry(t, tb, s)
+      })
+    })
+  }
+})
+
+t.test('aedes-jitp simulate --devices 200 --faults disconnect-storm=1 against `aedes-jitp start`', async (t) => {
+  const pki = await devPki()
+  const [mqttsPort, httpPort, adminPort] = [await freePort(), await freePort(), await freePort()]
+  const env = {
+    CERTS_DIR: pki.dir, MQTTS_PORT: String(mqttsPort), HTTP_PORT: String(httpPort), ADMIN_PORT: String(adminPort), HOST: '127.0.0.1',
+    TEMPLATES_DIR: templatesDir(), REDIS_URL: '', AUDIT_LOG: 'stdout', LOG_LEVEL: 'warn'
+  }
+  const broker = await startChildBroker(env, httpPort)
+  t.teardown(() => { if (broker.exitCode === null) broker.kill('SIGKILL') })
+  const started = Date.now()
+  // spawned with pipes: not a TTY
+  const run = await cli(['simulate', '--devices', '200', '--concurrency', '16', '--faults', 'disconnect-storm=1', '--duration', '1',
+    '--mqtt-url', `mqtts://127.0.0.1:${mqttsPort}`], { CERTS_DIR: pki.dir, ADMIN_PORT: String(adminPort) })
+  t.comment(`200 devices with a disconnect storm: ${((Date.now() - started) / 1000).toFixed(1)} s`)
+  t.equal(run.code, 0, `exit 0${run.code === 0 ? '' : `: ${run.stderr.slice(-2000)}`}`)
+  t.match(run.stdout, /^provisioned\s+200 of 200,/m, 'summary: all provisioned')
+  t.match(run.stdout, /^active\s+200$/m, 'summary: all active')
+  t.match(run.stdout, /^storm\s+200 connections dropped at once, 200 back/m, 'summary: the storm and the recovery')
+  t.match(run.stdout, /^claim connect \(TLS \+ CONNACK\)\s+200\s/m, 'summary: latency of each step')
+  t.match(run.stderr, /^simulate [\d.]+s provisioning: /m, 'plain progress lines on stderr')
+  for (const [name, text] of [['stdout', run.stdout], ['stderr', run.stderr]] as const) {
+    const control = [...text].map((ch) => ch.charCodeAt(0)).filter((code) => code !== 10 && (code < 0x20 || (code >= 0x7f && code <= 0x9f)))
+    t.same(control, [], `no control characters on ${name} without a TTY`)
+  }
+  // the registry, asked apart from the simulator
+  const list = await adminRequest(adminPort, pki, 'GET', '/v1/devices?template=sensor&limit=1000')
+  const ours = (list.body.items as Array<{ deviceId: string, status: string }>).filter((d) => d.deviceId.startsWith('sensor-SIM'))
+  t.equal(ours.length, 200, 'the registry has the 200 devices')
+  t.ok(ours.every((d) => d.status === 'active'), 'every one active in the registry')
+})
