@@ -50,8 +50,11 @@ const ROWS: readonly Row[] = [
   { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p50 ms ↓', pick: (r) => num(r.detail.p50Ms) },
   { scenario: 'paced', label: 'paced 5,000 msg/s QoS 1: p99 ms ↓', pick: (r) => r.value },
   { scenario: 'idle', label: 'RSS per idle mTLS connection (2,000), KB ↓', pick: (r) => r.value },
-  { scenario: 'provisioning', label: 'JIT provisioning, devices/s end to end', pick: (r) => r.value },
-  { scenario: 'provisioning', label: 'certificates issued/s during provisioning', pick: (r) => num(r.detail.certificatesPerSecond) }
+  { scenario: 'provisioning', label: 'JIT provisioning, devices/s end to end (`aedes-jitp simulate`)', pick: (r) => r.value },
+  { scenario: 'provisioning lean', label: 'JIT provisioning, devices/s end to end (the bench\'s lean client, 2 threads)', pick: (r) => r.value },
+  { scenario: 'provisioning', label: 'certificates issued/s during provisioning', pick: (r) => num(r.detail.certificatesPerSecond) },
+  { scenario: 'provisioning', label: 'provisioned devices per broker CPU-second (`aedes-jitp simulate`)', pick: perCpuSecond },
+  { scenario: 'provisioning lean', label: 'provisioned devices per broker CPU-second (lean client)', pick: perCpuSecond }
 ]
 
 const COLUMNS: ReadonlyArray<{ key: TargetKey, title: string }> = [
@@ -105,8 +108,8 @@ function cell (results: BenchResults, key: TargetKey, row: Row): string {
   const target = results.targets[key]
   if (!target) return 'n/a'
   const r = target.scenarios[row.scenario]
-  if (row.scenario === 'provisioning' && !results.provisioningBuilt) return 'n/a (provisioning not built yet)'
-  if (!r) return key.startsWith('jitp') || row.scenario !== 'provisioning' ? 'n/a' : '—'
+  if (row.scenario.startsWith('provisioning') && !results.provisioningBuilt) return 'n/a (provisioning not built yet)'
+  if (!r) return key.startsWith('jitp') || !row.scenario.startsWith('provisioning') ? 'n/a' : '—'
   if (r.error) return `failed: ${r.error}`
   return fmt(row.pick(r))
 }
@@ -126,7 +129,7 @@ export function renderReport (results: BenchResults): string {
   out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads) / stolen by the hypervisor (% of the whole machine); (Redis: the broker\'s private redis-server).', '')
   out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} |`)
   out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|`)
-  const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning']]
+  const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning (simulate)'], ['provisioning lean', 'provisioning (lean client)']]
   for (const [scenario, label] of cpuRows) {
     const cells = COLUMNS.map((c) => {
       const cpu = results.targets[c.key]?.scenarios[scenario]?.cpu

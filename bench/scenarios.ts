@@ -104,13 +104,13 @@ class LoadWorker {
   }
 }
 
-interface Snapshot { t: number, broker: ProcUsage | null, store: ProcUsage | null, gen: ProcUsage, machine: { steal: number, total: number } }
+export interface Snapshot { t: number, broker: ProcUsage | null, store: ProcUsage | null, gen: ProcUsage, machine: { steal: number, total: number } }
 
-function snapshot (target: Target): Snapshot {
+export function snapshot (target: Target): Snapshot {
   return { t: performance.now(), broker: target.usage(), store: target.storeUsage?.() ?? null, gen: selfUsage(), machine: machineTicks() }
 }
 
-function cpuBetween (a: Snapshot, b: Snapshot): Cpu {
+export function cpuBetween (a: Snapshot, b: Snapshot): Cpu {
   const wallMs = b.t - a.t
   return {
     broker: a.broker && b.broker ? round(cpuPercent(a.broker, b.broker, wallMs)) : null,
