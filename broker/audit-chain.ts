@@ -231,6 +231,8 @@ export class ChainVerifier {
       this.#chains.set(key, chain)
       if (this.#anchor === '') this.#anchor = anchor
       if (prevHash === null && parsed.seq !== 1) {
+        // merged: a fault pending on another chain is on an earlier line, so it is the one named
+        if (this.#pending !== undefined) return this.#fail(this.#pending, null)
         this.#result = {
           ok: false,
           file,
@@ -249,6 +251,7 @@ export class ChainVerifier {
       this.#seen(parsed)
       return
     }
+    if (this.#pending !== undefined) return this.#fail(this.#pending, null)
     this.#pending = { file, line: lineNo, key, parsed, prev: chain.prev, expected: chain.next }
   }
 
