@@ -6,7 +6,7 @@
  * line that says what to do.
  */
 import { readFileSync } from 'node:fs'
-import { request } from 'node:https'
+import { request, type Agent } from 'node:https'
 import { join, resolve } from 'node:path'
 
 export interface AdminTarget {
@@ -14,6 +14,8 @@ export interface AdminTarget {
   readonly cert: string
   readonly key: string
   readonly ca: string
+  /** keep-alive connections for a client that makes many calls (aedes-jitp simulate); default: one connection per call */
+  readonly agent?: Agent
 }
 
 /** the options every fleet command takes */
@@ -95,7 +97,7 @@ export function adminCall<T = unknown> (target: AdminTarget, method: 'GET' | 'PO
       cert: target.cert,
       key: target.key,
       ca: target.ca,
-      agent: false,
+      agent: target.agent ?? false,
       timeout: TIMEOUT_MS,
       headers: { accept: 'application/json', ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) }
     }, (res) => {

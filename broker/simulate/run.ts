@@ -13,6 +13,7 @@
  *
  * Each phase is bounded; the run stops by itself.
  */
+import { Agent } from 'node:https'
 import { createSecureContext } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
@@ -188,6 +189,17 @@ export function parseMqttUrl (raw: string): { host: string, port: number } {
 }
 
 export async function runSimulation (opts: SimulationOptions): Promise<SimulationSummary> {
+  // keep-alive: a run reads the registry device by device, a fresh TLS handshake each would cost more than the read
+  const agent = opts.admin ? new Agent({ keepAlive: true, maxSockets: ADMIN_CONCURRENCY }) : null
+  try {
+    return await simulate(opts, opts.admin && agent ? { ...opts.admin, agent } : null)
+  } finally {
+    // its idle connections would keep the process alive
+    agent?.destroy()
+  }
+}
+
+async function simulate (opts: SimulationOptions, admin: AdminTarget | null): Promise<SimulationSummary> {
   const count = opts.devices
   if (!Number.isInteger(count) || count < 1) throw new Error('devices: a whole number, at least 1')
   const concurrency = opts.concurrency ?? 8
@@ -203,7 +215,6 @@ export async function runSimulation (opts: SimulationOptions): Promise<Simulatio
   const { host, port } = parseMqttUrl(mqttUrl)
   const lifecycle = opts.lifecycle ?? 'full'
   const runId = opts.runId ?? `SIM${Date.now().toString(36).toUpperCase()}`
-  const admin = opts.admin
   const signal = opts.signal
   const startedAt = Date.now()
   const hardDeadline = startedAt + (opts.timeoutSeconds ?? 900) * 1000
