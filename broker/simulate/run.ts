@@ -336,7 +336,7 @@ async function simulate (opts: SimulationOptions, admin: AdminTarget | null): Pr
       await waitForDecisions(admin, provisionedDevices, health, startedAt, decisions, over, signal, boundsHit)
     }
 
-    if (lifecycle === 'full' && durationSeconds > 0 && !over()) {
+    if (lifecycle === 'full' && durationSeconds > 0 && provisionedDevices.length > 0 && !over()) {
       enter('telemetry')
       await abortable(durationSeconds * 1000, signal)
     }
