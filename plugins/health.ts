@@ -49,6 +49,8 @@ export interface HealthHooks extends PluginHooks {
 }
 
 const DEFAULT_SWEEP_MS = 1000
+/** a `connect` or `config` check the store could not record is tried again this much later */
+const RETRY_MS = 1000
 /** windows handled per sweep; the rest wait for the next one */
 const SWEEP_BATCH = 200
 /** the checks that are not topics (templates.ts refuses them in `requires`) */
@@ -106,21 +108,28 @@ export const healthPlugin = {
       if (byDevice.get(w.deviceId) === w) byDevice.delete(w.deviceId)
     }
 
-    function meet (w: Watch, check: string): void {
+    /** `at`: when the check was met (a retry keeps it: a check met in time counts even if the store was away) */
+    function meet (w: Watch, check: string, at: number = ctx.now()): void {
       if (w.outstanding === null) {
         w.early.add(check)
         return
       }
       // at most one write per check and session
       if (!w.outstanding.delete(check)) return
-      registry.recordHealthCheck(w.deviceId, check, ctx.now()).then(function recorded (outcome) {
+      registry.recordHealthCheck(w.deviceId, check, at).then(function recorded (outcome) {
         if (outcome.result !== 'activated') return
         unwatch(w)
         audit.write('device.activated', { clientId: w.client.id, deviceId: w.deviceId, role: 'device', reason: `health check passed (last: ${check})` })
       }, function recordFailed (err: Error) {
-        // the store is away: the next message of that kind tries again
-        if (watches.get(w.client) === w) w.outstanding?.add(check)
         log.warn({ deviceId: w.deviceId, check, err: err.message }, 'health: could not record a check')
+        if (watches.get(w.client) !== w) return
+        w.outstanding?.add(check)
+        // the store is away: a topic check is met again by the next message of that kind, but
+        // `connect` and `config` come once a session (a second ack of a version is a duplicate)
+        if (check !== CONNECT && check !== CONFIG) return
+        setTimeout(function retryHealthCheck () {
+          if (!closed && watches.get(w.client) === w) meet(w, check, at)
+        }, RETRY_MS).unref()
       })
     }
 
@@ -144,6 +153,7 @@ export const healthPlugin = {
     }
 
     let sweeping = false
+    let closed = false
     async function sweep (): Promise<void> {
       const now = ctx.now()
       for (const deviceId of await registry.healthDue(now, SWEEP_BATCH)) {
@@ -192,6 +202,7 @@ export const healthPlugin = {
         if (w !== undefined) unwatch(w)
       },
       async close () {
+        closed = true
         clearInterval(timer)
       }
     }

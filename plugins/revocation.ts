@@ -7,7 +7,8 @@
  * looks it up. A live session goes as soon as this process hears the notice (Redis
  * pub/sub, at most once); because a notice can be lost (subscriber reconnecting,
  * partition), every live session is also checked against the durable list every
- * SESSION_REVALIDATE_SECONDS and at once when the subscriber comes back. A notice
+ * SESSION_REVALIDATE_SECONDS and at once when the subscriber comes back (its
+ * device's status too: a quarantine travels as a notice as well). A notice
  * that lands while a connect is in flight is caught by an epoch: the connect
  * remembers the epoch it started under and, once registered, looks again if it moved.
  *
@@ -18,8 +19,8 @@ import type { Client } from 'aedes'
 import { watchCrls } from '../broker/crl.js'
 import { Errors } from '../broker/errors.js'
 import { DEFER, deny, type Plugin, type PluginHooks } from '../broker/plugin.js'
-import { liveClients, stateOf, type ConnectionState, type PeerCertificate } from '../broker/session.js'
-import type { RevocationNotice, RevocationQuery } from '../broker/store/registry.js'
+import { liveClients, stateOf, type ConnectionState, type Identity, type PeerCertificate } from '../broker/session.js'
+import type { DeviceStatus, RevocationNotice, RevocationQuery } from '../broker/store/registry.js'
 
 /** sessions checked per registry round trip during a re-validation */
 const BATCH = 500
@@ -28,6 +29,14 @@ type CloseCode = 'CertificateRevoked' | 'DeviceRevoked' | 'SessionRevalidated'
 
 function queryOf (peer: PeerCertificate): RevocationQuery {
   return { certificateId: peer.certificateId, issuerFingerprint: peer.issuerFingerprint, serialNumber: peer.serialNumber }
+}
+
+/**
+ * CONTRACT §3.7: whether a device session was built under another fence than its
+ * status now says (quarantined, or not): it must reconnect under the right one.
+ */
+function fenceChanged (status: DeviceStatus, identity: Identity): boolean {
+  return (status === 'quarantined') !== (identity.quarantined === true)
 }
 
 /** which live sessions a notice concerns, and why */
@@ -91,10 +100,31 @@ export const revocationPlugin: Plugin<undefined> = {
           return false
         })
         const revoked = await registry.areRevoked(batch.map(([, , peer]) => queryOf(peer)))
+        const devices: Array<[Client, ConnectionState, string]> = []
         batch.forEach(([client, state], j) => {
           if (revoked[j] === true) closeSession(client, state, 'CertificateRevoked', reason)
+          else if (state.identity?.role === 'device' && state.identity.name !== null) devices.push([client, state, state.identity.name])
         })
+        await recheckStatuses(devices, reason)
       }
+    }
+
+    /**
+     * A quarantine or a reinstatement reaches live sessions as a status notice, as
+     * much at most once as a revocation notice: a session that missed it would keep
+     * the rights of its old status (a quarantined device its telemetry and commands)
+     * for as long as it stays connected. So the status is re-read too (one round
+     * trip per batch: the reads go out together).
+     */
+    async function recheckStatuses (devices: ReadonlyArray<[Client, ConnectionState, string]>, reason: string): Promise<void> {
+      if (devices.length === 0) return
+      const records = await Promise.all(devices.map(([, , deviceId]) => registry.getDevice(deviceId)))
+      records.forEach((device, j) => {
+        const [client, state] = devices[j]!
+        if (device !== null && state.identity && fenceChanged(device.status, state.identity)) {
+          closeSession(client, state, 'SessionRevalidated', `${reason}: device status changed to ${device.status}`)
+        }
+      })
     }
 
     /** one sweep at a time; a request during a sweep runs one more after it (its reads may predate the change) */
@@ -158,7 +188,7 @@ export const revocationPlugin: Plugin<undefined> = {
       const identity = state.identity
       if (identity?.role === 'device' && identity.name !== null) {
         const device = await registry.getDevice(identity.name)
-        if (device !== null && (device.status === 'quarantined') !== (identity.quarantined === true)) {
+        if (device !== null && fenceChanged(device.status, identity)) {
           closeSession(client, state, 'SessionRevalidated', 'device status changed while connecting')
         }
       }

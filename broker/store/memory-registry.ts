@@ -122,6 +122,8 @@ export class MemoryRegistry implements Registry {
     for (const cert of this.#certificates.values()) {
       if (cert.deviceId === deviceId) this.#certificates.set(cert.certificateId, { ...cert, status: 'revoked', updatedAt })
     }
+    // CONTRACT §3.7: a revoked device has no health window any more
+    this.#health.delete(deviceId)
     this.#emit({ deviceId, certificateId: null })
     return true
   }

@@ -224,6 +224,9 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     indexCert(P, id)
   end
 end
+-- CONTRACT §3.7: a revoked device has no health window any more (nothing would ever read or remove it)
+redis.call('DEL', P .. 'health:' .. ARGV[1])
+redis.call('ZREM', P .. 'health-due', ARGV[1])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1`)
 
