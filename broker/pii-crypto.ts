@@ -25,8 +25,9 @@ export interface PiiCipher {
   open (value: unknown): { value: unknown } | undefined
   /**
    * The "pseudonymize" treatment: `pii_` + base64url of the first 12 bytes of
-   * HMAC-SHA256 under this key over the value's canonical JSON. Stable: the
-   * same value gives the same token on every process that holds the key.
+   * HMAC-SHA256 over the value's canonical JSON, under a key derived from this
+   * one (pseudonymKeyFrom). Stable: the same value gives the same token on every
+   * process that holds the key.
    */
   pseudonym (value: unknown): string
 }
@@ -46,6 +47,17 @@ const TAG_BYTES = 16
 const MAX_NESTED = 4
 // binds ciphertexts to their purpose: the same key used elsewhere cannot be made to open them
 const AAD = Buffer.from('aedes-jitp x-pii v1')
+
+/**
+ * The HMAC key of the pseudonyms: HKDF-SHA256 of the envelope key (salt
+ * "aedes-jitp", info "x-pii pseudonym key", 32 bytes), not the envelope key
+ * itself: one key, one purpose (AES-GCM here, HMAC there), so nothing computed
+ * for one can ever be played against the other. docs/PRIVACY.md gives the
+ * formula, for whoever must compute a token outside the broker.
+ */
+export function pseudonymKeyFrom (key: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', key, Buffer.from('aedes-jitp'), Buffer.from('x-pii pseudonym key'), 32))
+}
 
 /** The 32-byte key: PII_KEY, or derived from the device CA private key. */
 export function piiKeyFrom (piiKey: string | undefined, deviceCaKeyPem: string): Buffer {
@@ -67,6 +79,7 @@ function isEnvelopeShape (value: unknown): value is Envelope {
 
 export function createPiiCipher (key: Buffer): PiiCipher {
   const kid = createHash('sha256').update(key).digest('hex').slice(0, 8)
+  const pseudonymKey = pseudonymKeyFrom(key)
 
   function openOnce (env: Envelope): { value: unknown } | undefined {
     if (env.kid !== kid) return undefined
@@ -105,7 +118,7 @@ export function createPiiCipher (key: Buffer): PiiCipher {
       return opened
     },
     pseudonym (value: unknown): string {
-      return 'pii_' + createHmac('sha256', key).update(canonicalJson(value)).digest().subarray(0, PSEUDONYM_BYTES).toString('base64url')
+      return 'pii_' + createHmac('sha256', pseudonymKey).update(canonicalJson(value)).digest().subarray(0, PSEUDONYM_BYTES).toString('base64url')
     }
   })
 }

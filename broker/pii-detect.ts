@@ -441,15 +441,40 @@ export interface ScanOptions {
   readonly limit: number
 }
 
-export interface ScanResult { readonly findings: JsonFinding[], readonly redacted: number }
+export interface ScanResult {
+  readonly findings: JsonFinding[]
+  /** strings (values and keys) changed by a redaction */
+  readonly redacted: number
+  /**
+   * Redacting only: the pointer of a key that holds personal data and cannot be
+   * renamed (its value is x-pii, or the new name is taken); the caller refuses
+   * the payload, the value having been left partly changed.
+   */
+  readonly unredactable?: string
+}
 
 interface PathLink { readonly parent: PathLink | null, readonly key: string | number }
 
-function escapeSegment (key: string | number): string {
-  const k = String(key)
-  // a key that itself looks like personal data is not written out
+/**
+ * A pointer goes into audit lines and into reports that services read on
+ * `devices/<id>/errors`: a payload nested thousands deep, or a 60 KiB key, must
+ * not make each of them as big as the payload. Kept: the last segments, each
+ * cut to a length; the rest is written '…'.
+ */
+const MAX_POINTER_SEGMENTS = 16
+const MAX_SEGMENT_CHARS = 64
+const ELIDED = '\u2026'
+
+/** one pointer segment (its key unescaped) as it may be written: '*' when it looks like personal data, cut when long */
+function safeSegment (k: string): string {
+  // a key that itself looks like personal data is not written out (checked whole, before any cut)
   if (findPii(k, 1).length > 0) return '*'
-  return k.replace(/~/g, '~0').replace(/\//g, '~1')
+  const escaped = k.replace(/~/g, '~0').replace(/\//g, '~1')
+  return escaped.length > MAX_SEGMENT_CHARS ? escaped.slice(0, MAX_SEGMENT_CHARS) + ELIDED : escaped
+}
+
+function escapeSegment (key: string | number): string {
+  return typeof key === 'number' ? String(key) : safeSegment(key)
 }
 
 /** the document itself: its children's pointers start here */
@@ -457,15 +482,45 @@ const DOC: PathLink = { parent: null, key: '' }
 
 function pointer (link: PathLink, key: string | number): string {
   const parts = [escapeSegment(key)]
-  for (let l = link; l !== DOC && l.parent !== null; l = l.parent) parts.push(escapeSegment(l.key))
+  let l = link
+  for (; l !== DOC && l.parent !== null && parts.length < MAX_POINTER_SEGMENTS; l = l.parent) parts.push(escapeSegment(l.key))
+  if (l !== DOC && l.parent !== null) parts.push(ELIDED)
   return '/' + parts.reverse().join('/')
 }
 
 /**
+ * A JSON pointer from elsewhere (a schema validator's instancePath, which names
+ * the payload's own keys) made fit for a log line or an error report, as the
+ * detector's own pointers are: a segment that looks like personal data is '*',
+ * long segments are cut, and only the last segments are kept.
+ */
+export function safePointer (path: string): string {
+  if (path === '' || path[0] !== '/') return path
+  const segments = path.slice(1).split('/')
+  const kept = segments.length > MAX_POINTER_SEGMENTS ? segments.slice(-MAX_POINTER_SEGMENTS) : segments
+  const out = kept.map((s) => safeSegment(s.replace(/~1/g, '/').replace(/~0/g, '~')))
+  return '/' + (kept.length < segments.length ? [ELIDED, ...out] : out).join('/')
+}
+
+/** `container` with some keys renamed, in place and in the same order (once per container, whatever the number of keys) */
+function renameKeys (container: Record<string, unknown>, renames: ReadonlyMap<string, string>): void {
+  const entries = Object.entries(container)
+  for (const [k] of entries) delete container[k]
+  // defineProperty: a key such as "__proto__" stays an own property, as JSON.parse made it
+  for (const [k, v] of entries) Object.defineProperty(container, renames.get(k) ?? k, { value: v, writable: true, enumerable: true, configurable: true })
+}
+
+/**
  * One walk over a parsed JSON value's string leaves (object values and array
- * items; keys are not scanned), with an explicit stack. Per string, one pass
- * of findPii; one finding recorded per leaf and kind. Returns the value (the
- * same one, modified in place when redacting; a new string for a bare string).
+ * items) and object keys, with an explicit stack. Per string, one pass of
+ * findPii; one finding recorded per leaf (or key) and kind. Keys are scanned
+ * because free-form maps (telemetry `values`, state `details`) are keyed by
+ * whatever the firmware chose, a user's e-mail address included; a key finding
+ * is written with the key as '*'. Redacting renames such a key (its kinds in
+ * brackets), unless its value is x-pii (the schema's mapping, which may match
+ * keys by pattern, decides that value's treatment: renaming could take it out)
+ * or the new name is taken: then `unredactable`. Returns the value (the same
+ * one, modified in place when redacting; a new string for a bare string).
  * Allocates nothing per leaf when nothing is found: this runs on every payload.
  */
 export function scanJson (data: unknown, opts: ScanOptions): ScanResult & { readonly value: unknown } {
@@ -489,15 +544,42 @@ export function scanJson (data: unknown, opts: ScanOptions): ScanResult & { read
     const isArray = Array.isArray(container)
     const keys: ReadonlyArray<string | number> | null = isArray ? null : Object.keys(container)
     const count = isArray ? (container as unknown as unknown[]).length : keys!.length
+    /** redacting: the keys of this container to rename once its walk is done (old → new) */
+    let renames: Map<string, string> | null = null
+    /** the new names: two keys must not become one */
+    let renamedTo: Set<string> | null = null
     for (let k = 0; k < count; k++) {
       const key = isArray ? k : keys![k]!
+      /** the key under which the value will be found once renamed (the pointers of what is below it) */
+      let name = key
+      if (typeof key === 'string' && key.length >= MIN_LENGTH) {
+        const keyFound = findPii(key, perString)
+        if (keyFound.length > 0) {
+          if (findings.length < opts.limit) {
+            const path = pointer(link, key)
+            for (const kind of kindsOf(keyFound)) if (findings.length < opts.limit) findings.push({ path, kind })
+          }
+          if (opts.redact) {
+            const renamed = redactText(key, keyFound)
+            if (skipped?.has(key) === true || Object.prototype.hasOwnProperty.call(container, renamed) || renamedTo?.has(renamed) === true) {
+              return { findings, redacted, value: data, unredactable: pointer(link, key) }
+            }
+            (renames ??= new Map()).set(key, renamed)
+            ;(renamedTo ??= new Set()).add(renamed)
+            name = renamed
+            redacted++
+          } else if (findings.length >= opts.limit) {
+            return { findings, redacted, value: data }
+          }
+        }
+      }
       const value = container[key]
       if (typeof value === 'string') {
         if (value.length < MIN_LENGTH || skipped?.has(key)) continue
         const found = findPii(value, perString)
         if (found.length === 0) continue
         if (findings.length < opts.limit) {
-          const path = pointer(link, key)
+          const path = pointer(link, name)
           for (const kind of kindsOf(found)) if (findings.length < opts.limit) findings.push({ path, kind })
         }
         if (opts.redact) {
@@ -508,9 +590,10 @@ export function scanJson (data: unknown, opts: ScanOptions): ScanResult & { read
         }
       } else if (value !== null && typeof value === 'object' && !skipped?.has(key)) {
         containers.push(value)
-        links.push({ parent: link, key })
+        links.push({ parent: link, key: name })
       }
     }
+    if (renames !== null) renameKeys(container as Record<string, unknown>, renames)
   }
   return { findings, redacted, value: data }
 }

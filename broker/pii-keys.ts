@@ -41,6 +41,8 @@ const TAG_BYTES = 16
 const AAD = Buffer.from('aedes-jitp x-pii encrypt v1')
 const KID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 const KEY_TEXT = /^[A-Za-z0-9+/]{43}=$/
+/** the base64 of 32 bytes, with room for line endings and blanks around it */
+const MAX_KEY_FILE_BYTES = 256
 
 export function isEnvelope (value: unknown): value is Envelope {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
@@ -60,7 +62,10 @@ export function loadPiiKeyring (dir: string): PiiKeyring {
   for (const name of names) {
     if (!KID.test(name)) continue
     const file = join(dir, name)
-    if (!statSync(file).isFile()) continue
+    const stat = statSync(file)
+    if (!stat.isFile()) continue
+    // a key file is 44 characters and a newline: anything much bigger is not a key, and is not read whole
+    if (stat.size > MAX_KEY_FILE_BYTES) throw new Error(`PII_KEYS_DIR: ${file} does not hold the base64 of 32 bytes (${stat.size} bytes)`)
     const text = readFileSync(file, 'utf8').trim()
     if (!KEY_TEXT.test(text)) throw new Error(`PII_KEYS_DIR: ${file} does not hold the base64 of 32 bytes`)
     keys.set(name, Buffer.from(text, 'base64'))

@@ -14,7 +14,7 @@
  * (live on this broker or another, offline queue, retained, will), one
  * transform per packet and view, shared by every subscriber with that view.
  *
- * Unannotated strings are scanned inline (broker/pii-detect.ts) as the topic's
+ * Unannotated strings (values and object keys) are scanned inline (broker/pii-detect.ts) as the topic's
  * `"detect"` says: flag (audited `pii.detected` and counted, delivered),
  * redact (the match replaced in what is routed and stored), reject (dropped
  * with PiiDetected like any bad payload), or off. Same parse, before sealing,
@@ -25,7 +25,8 @@ import { auditFields } from '../broker/chain/audit-fields.js'
 import { JitpError, type ErrorCode } from '../broker/errors.js'
 import type { PayloadProblem, Plugin, PluginContext, PluginHooks, PublishEvent, ValidationAnswer } from '../broker/plugin.js'
 import { createPiiCipher, piiKeyFrom } from '../broker/pii-crypto.js'
-import { scanJson, type JsonFinding, type PiiKind, type SkipMap } from '../broker/pii-detect.js'
+import { createPiiDetectionLog } from '../broker/pii-detection-log.js'
+import { safePointer, scanJson, type JsonFinding, type PiiKind, type SkipMap } from '../broker/pii-detect.js'
 import { isEnvelope, watchPiiKeyring, type PiiKeyringHolder } from '../broker/pii-keys.js'
 import { createPersonalData, type PersonalData } from '../broker/store/personal-data.js'
 import { visitPersonalData, type PiiMap, type PiiVisitor } from './pii-map.js'
@@ -78,7 +79,9 @@ function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: stri
   // allErrors is off: one error, capped, so a hostile payload cannot make a big report
   const e = format.validate.errors?.[0]
   const path = e ? e.instancePath + (e.keyword === 'required' ? `/${String(e.params.missingProperty)}` : e.keyword === 'additionalProperties' ? `/${String(e.params.additionalProperty)}` : '') : ''
-  return no(invalid('SchemaViolation', format.schema, [{ path, message: (e?.message ?? 'invalid').slice(0, MAX_MESSAGE) }]))
+  // the path names the payload's own keys, and the report goes to `devices/<id>/errors`, which services read:
+  // a key that looks like personal data is written '*', and a deep or long path is cut (broker/pii-detect.ts)
+  return no(invalid('SchemaViolation', format.schema, [{ path: safePointer(path), message: (e?.message ?? 'invalid').slice(0, MAX_MESSAGE) }]))
 }
 
 export interface ValidationOptions {
@@ -128,6 +131,8 @@ export const validationPlugin: Plugin<ValidationOptions> = {
     const cipher = personalData.cipher
     const keys = encryptKeys(ctx, catalogue)
     const max = ctx.config.maxPayloadBytes
+    // pii.detected lines bounded per client and interval, like refusals before authentication
+    const detections = createPiiDetectionLog(ctx.audit, ctx.config.auditAggregateSeconds * 1000)
     // one copy per routed packet and view, shared by every subscriber with that view
     const opened = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
     const treated = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
@@ -171,7 +176,7 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       const fields = auditFields(ev.client, ev.state)
       for (const f of findings) {
         ctx.metrics.piiDetections.inc({ topic: mapping.filter, kind: f.kind })
-        ctx.audit.write('pii.detected', { ...fields, topic: ev.packet.topic, path: f.path, kind: f.kind, reason: action }, 'warn')
+        detections.write(fields, { topic: ev.packet.topic, path: f.path, kind: f.kind, action })
       }
     }
 
@@ -189,6 +194,12 @@ export const validationPlugin: Plugin<ValidationOptions> = {
         redact: mode === 'redact',
         limit: mode === 'reject' ? 1 : MAX_FINDINGS
       })
+      if (result.unredactable !== undefined) {
+        // a key holding personal data that cannot be renamed: nothing redacted can be routed, so nothing is
+        const kind = result.findings[0]?.kind
+        if (kind !== undefined && !ev.isWill) ctx.metrics.piiDetections.inc({ topic: mapping.filter, kind })
+        return invalid('PiiDetected', format.schema, [{ path: result.unredactable, message: 'a key holds personal data and cannot be redacted' }])
+      }
       if (result.findings.length === 0) return null
       if (mode === 'reject') {
         const f = result.findings[0]!
@@ -249,6 +260,7 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       },
       async close () {
         keys?.close()
+        detections.close()
       }
     }
   }

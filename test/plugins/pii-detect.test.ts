@@ -143,7 +143,7 @@ t.test('spans and redaction: the match is replaced by its kind, the rest kept', 
   t.equal(redactText(glued, findPii(glued)), '[email]')
 })
 
-t.test('JSON: string leaves only, x-pii values skipped, pointers, redaction in place', async (t) => {
+t.test('JSON: string leaves and keys, x-pii values skipped, pointers, redaction in place', async (t) => {
   const data = {
     ts: 1763769600000,
     owner: 'jane.doe@example.com', // x-pii: skipped
@@ -156,10 +156,11 @@ t.test('JSON: string leaves only, x-pii values skipped, pointers, redaction in p
   const flagged = scanJson(data, { skip, redact: false, limit: 8 })
   t.same(flagged.findings.map((f) => `${f.path} ${f.kind}`).sort(), [
     '/* card',
+    '/* email',
     '/list/1/card card',
     '/values/a~1b~0c phone',
     '/values/note email'
-  ], 'one finding per leaf and kind; a key that is itself personal data is written *')
+  ], 'one finding per leaf (and key) and kind; a key that is itself personal data is written *')
   t.equal(flagged.redacted, 0)
   t.equal(data.values.note, 'mail jane.doe@example.com', 'flag changes nothing')
 
@@ -167,7 +168,9 @@ t.test('JSON: string leaves only, x-pii values skipped, pointers, redaction in p
   t.equal(limited.findings.length, 1, 'the limit bounds the findings (reject needs one)')
 
   const redacted = scanJson(data, { skip, redact: true, limit: 8 })
-  t.equal(redacted.redacted, 4)
+  t.equal(redacted.redacted, 5, 'four values and one key')
+  t.same(Object.keys(data), ['ts', 'owner', 'contact', 'values', 'list', '[email]'], 'the key renamed in place, in its place')
+  t.equal((data as Record<string, unknown>)['[email]'], 'key is personal: [card]')
   t.equal(redacted.value, data, 'the same value, changed in place')
   t.same(data.values, { note: 'mail [email]', 'a/b~c': 'call [phone]', serial: '0123456789', n: 4111111111111111 })
   t.same(data.list, ['fine', { card: '[card]' }])
