@@ -100,18 +100,29 @@ for (const store of STORES) {
       await endClient(device)
     })
 
-    t.test('a quarantined device reporting state and acking config stays quarantined', async (t) => {
+    t.test('a quarantined device: QoS 2 telemetry and a telemetry will go nowhere; state and acks activate nothing', async (t) => {
       const id = `hf-q-${store}`
       const { creds } = await provisionedDevice(tb, id, ['connect', 'config', 'state'])
       await tb.handle.registry.setDeviceStatus(id, 'quarantined')
-      const device = await connect(tb, creds, { clientId: id })
+      const will = { topic: `devices/${id}/telemetry`, payload: Buffer.from(telemetry(99)), qos: 1 as const, retain: false }
+      const device = await connect(tb, creds, { clientId: id, will })
+      t.ok(tb.events('publish.denied').some((l) => l.deviceId === id && l.topic === will.topic && l.reason === 'quarantine'), 'the will refused at CONNECT')
+      await new Promise<void>((resolve, reject) => device.publish(`devices/${id}/telemetry`, telemetry(2), { qos: 2 }, (err) => err ? reject(err) : resolve()))
       await publish(device, `devices/${id}/config/ack`, JSON.stringify({ version: 1, status: 'applied' }))
       await publish(device, `devices/${id}/state`, state())
       await waitFor(() => seen.some((m) => m.topic === `devices/${id}/state`), 5000, 'its state (allowed by the fence)')
       t.equal((await tb.handle.registry.getDevice(id))?.status, 'quarantined', 'still quarantined')
       t.strictSame(await metOf(tb, id), [], 'nothing recorded: not even its connect')
       t.notOk(tb.events('device.activated').some((l) => l.deviceId === id), 'no activation line')
-      await endClient(device)
+
+      // the connection dies without DISCONNECT: a will would go out now
+      device.stream.destroy()
+      await waitFor(() => tb.events('disconnect').some((l) => l.clientId === id), 5000, 'the disconnect')
+      const again = await connect(tb, creds, { clientId: id })
+      await publish(again, `devices/${id}/state`, state({ status: 'back' }))
+      await waitFor(() => seen.some((m) => m.topic === `devices/${id}/state` && m.payload.includes('back')), 5000, 'the state sent after it')
+      t.same(seen.filter((m) => m.topic.startsWith(`devices/${id}/telemetry`)), [], 'no telemetry routed: not the QoS 2 one, not the will')
+      await endClient(again)
     })
 
     t.test('a device revoked inside its window leaves no window behind', async (t) => {
