@@ -22,6 +22,7 @@ export type WorkerTask = Common & (
   | { task: 'subscriber', identity: Identity, clean: boolean, topic: string, qos: 0 | 1, maxLatencies: number, progress?: SharedArrayBuffer }
   | { task: 'idle', identities: Identity[], concurrency: number }
   | { task: 'provision', claim: Identity, prefix: string, concurrency: number, warmupMs: number, durationMs: number, devices: Array<{ key: string, csr: string }> }
+  | { task: 'storm', identities: Identity[], concurrency: number, retryMs: number, deadlineMs: number }
 )
 
 /**
@@ -221,6 +222,8 @@ async function publishers (task: Extract<WorkerTask, { task: 'publishers' }>): P
   })
   parentPort?.on('message', (msg: { cmd: string }) => {
     if (msg.cmd === 'mark') post({ type: 'mark', sent, acked, at: now() })
+    // ends the run before its duration (the storm scenario's steady publishers)
+    else if (msg.cmd === 'stop') stopped = true
   })
   post({ type: 'ready', connected: conns.length, errors, firstError })
   await nextCommand('go')
@@ -351,7 +354,11 @@ async function subscriber (task: Extract<WorkerTask, { task: 'subscriber' }>): P
   for (;;) {
     const { cmd } = await nextCommand()
     if (cmd === 'mark') post({ type: 'mark', received, at: now() })
-    else if (cmd === 'record') recording = true
+    else if (cmd === 'record') {
+      // a new window: the latencies of the one before were taken with 'latencies'
+      latencyCount = 0
+      recording = true
+    }
     else if (cmd === 'latencies') {
       recording = false
       const out = latencies.slice(0, latencyCount)
@@ -468,8 +475,53 @@ export function deviceRequests (count: number): Array<{ key: string, csr: string
   })
 }
 
+/**
+ * A reconnect storm: every device connected, then on 'drop' all connections
+ * destroyed at once (the site's link came back, the broker restarted) and every
+ * device reconnecting at once, retrying after a failure (refused, timed out)
+ * after `retryMs` to twice that, as device firmware does. Posts 'back' when all
+ * are connected again (or the deadline passed).
+ */
+async function storm (task: Extract<WorkerTask, { task: 'storm' }>): Promise<void> {
+  const opened = await openAll(task, task.identities, task.concurrency)
+  let conns = opened.conns
+  for (const c of conns) c.socket.on('error', () => {})
+  post({ type: 'ready', connected: conns.length, errors: opened.errors, firstError: opened.firstError })
+  await nextCommand('drop')
+  const t0 = performance.now()
+  for (const c of conns) c.socket.destroy()
+  const deadline = Date.now() + task.deadlineMs
+  let attempts = 0
+  let failures = 0
+  let firstError: string | null = null
+  const backAfter: number[] = []
+  const back: Conn[] = []
+  await Promise.all(task.identities.map(async (id) => {
+    const context = contextFor(task.ca, id)
+    while (Date.now() < deadline) {
+      attempts++
+      try {
+        const conn = await Conn.open(task.port, context, id.clientId)
+        conn.socket.on('error', () => {})
+        back.push(conn)
+        backAfter.push(performance.now() - t0)
+        return
+      } catch (err) {
+        failures++
+        firstError ??= (err as Error).message
+        await new Promise((resolve) => setTimeout(resolve, task.retryMs * (1 + Math.random())))
+      }
+    }
+  }))
+  conns = back
+  post({ type: 'back', back: back.length, ms: backAfter.length > 0 ? Math.max(...backAfter) : null, attempts, failures, firstError, backAfter })
+  await nextCommand('close')
+  for (const c of conns) c.socket.destroy()
+  post({ type: 'closed' })
+}
+
 if (!isMainThread) {
   const task = workerData as WorkerTask
-  const run = { connects, publishers, subscriber, idle, provision }[task.task] as (t: WorkerTask) => Promise<void>
+  const run = { connects, publishers, subscriber, idle, provision, storm }[task.task] as (t: WorkerTask) => Promise<void>
   run(task).catch((err: unknown) => post({ type: 'error', message: (err as Error).stack ?? String(err) }))
 }

@@ -2,7 +2,7 @@
  * What a process costs, read from /proc (Linux): CPU time and resident memory.
  * Works for any child, Node or not (Mosquitto), so every broker is measured alike.
  */
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 
 /** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on Linux x86/arm) */
 const TICKS_PER_SECOND = 100
@@ -55,4 +55,37 @@ export function machineTicks (): { steal: number, total: number } {
 export function stealPercent (a: { steal: number, total: number }, b: { steal: number, total: number }): number {
   const total = b.total - a.total
   return total > 0 ? (100 * (b.steal - a.steal)) / total : 0
+}
+
+/**
+ * A process and its children together (a cluster's primary and its workers):
+ * each live one's CPU time and RSS, plus the CPU time of children it has already
+ * reaped (cutime/cstime), so a worker that died and was restarted still counts.
+ */
+export function treeUsage (pid: number): ProcUsage | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // utime, stime, cutime, cstime (fields 14-17 of proc(5))
+    const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i]), 0)
+    let cpuMs = (ticks * 1000) / TICKS_PER_SECOND
+    let rssBytes = procUsage(pid)?.rssBytes ?? 0
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      let children = ''
+      try {
+        children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
+      } catch {
+        continue
+      }
+      for (const child of children.trim().split(/\s+/).filter(Boolean)) {
+        const u = procUsage(Number(child))
+        if (u === null) continue
+        cpuMs += u.cpuMs
+        rssBytes += u.rssBytes
+      }
+    }
+    return { cpuMs, rssBytes }
+  } catch {
+    return null
+  }
 }

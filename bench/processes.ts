@@ -11,7 +11,7 @@ import { delimiter, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { BrokerChildOptions, ChildMessage } from './broker-child.js'
-import { procUsage, type ProcUsage } from './proc.js'
+import { procUsage, treeUsage, type ProcUsage } from './proc.js'
 
 const START_TIMEOUT_MS = 60_000
 const STOP_TIMEOUT_MS = 5_000
@@ -249,6 +249,82 @@ export async function startRedis (): Promise<RedisServer> {
     async stop () {
       await terminate(child)
       rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+export interface CliTarget extends Target {
+  /** WORKERS */
+  readonly workers: number
+  /** the primary alone (a cluster's round-robin accept is its work); `usage` is the primary and every worker */
+  primaryUsage (): ProcUsage | null
+}
+
+/**
+ * `aedes-jitp start` as operators run it (dist/bin), with WORKERS=N: resolves
+ * once every worker listens (/metrics counts N workers answering; /readyz for a
+ * single process). `usage()` sums the primary and its workers.
+ */
+export async function startCliBroker (key: string, env: Record<string, string>, launch: { workers: number, storePid?: number }): Promise<CliTarget> {
+  const script = fileURLToPath(new URL('../bin/aedes-jitp.js', import.meta.url))
+  const projectDir = fileURLToPath(new URL('../../', import.meta.url))
+  const [port, httpPort, adminPort] = [await freePort(), await freePort(), await freePort()]
+  const child = spawn(process.execPath, [script, 'start'], {
+    cwd: projectDir,
+    env: {
+      ...process.env,
+      NODE_OPTIONS: '',
+      HOST: '127.0.0.1',
+      GENERATE_DEV_CERTS: 'false',
+      LOG_LEVEL: 'error',
+      ...env,
+      WORKERS: String(launch.workers),
+      MQTTS_PORT: String(port),
+      HTTP_PORT: String(httpPort),
+      ADMIN_PORT: String(adminPort)
+    },
+    stdio: ['ignore', 'ignore', 'pipe']
+  })
+  const stderrTail = keepTail(child)
+  const listening = async (): Promise<boolean> => {
+    try {
+      if (launch.workers === 1) return (await fetch(`http://127.0.0.1:${httpPort}/readyz`, { signal: AbortSignal.timeout(2000) })).status === 200
+      const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`, { signal: AbortSignal.timeout(5000) })).text()
+      return new RegExp(`^jitp_workers\\{state="scraped"\\} ${launch.workers}$`, 'm').test(text)
+    } catch {
+      return false
+    }
+  }
+  const deadline = Date.now() + START_TIMEOUT_MS
+  while (!(await listening())) {
+    if (exited(child) || Date.now() > deadline) {
+      await terminate(child)
+      throw new Error(`${key}: not ready (${exitStatusOf(child) ?? 'timed out'})\n${stderrTail()}`)
+    }
+    await sleep(100)
+  }
+  const pid = child.pid!
+  return {
+    key,
+    pid,
+    workers: launch.workers,
+    port,
+    httpPort,
+    adminPort,
+    exitStatus: () => exitStatusOf(child),
+    stderrTail,
+    usage: () => treeUsage(pid),
+    primaryUsage: () => procUsage(pid),
+    ...(launch.storePid !== undefined ? { storeUsage: () => procUsage(launch.storePid!) } : {}),
+    gc: () => Promise.resolve(),
+    async stop () {
+      if (exited(child)) return
+      const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+      child.kill('SIGTERM')
+      // the primary waits up to 15 s for its workers
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+      await gone
+      clearTimeout(timer)
     }
   }
 }

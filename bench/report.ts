@@ -6,6 +6,7 @@ import type { AdminApiPagesResult } from './admin-pages.js'
 import { renderPiiDetect, type PiiDetectBenchResult } from './pii-detect.js'
 import type { RolloutBenchResult } from './rollout.js'
 import type { RetainedLookupResult } from './retained-lookup.js'
+import type { WorkersResult } from './workers.js'
 import type { OverloadResult, ScenarioResult } from './scenarios.js'
 
 export type TargetKey = 'aedes-memory' | 'jitp-memory' | 'aedes-redis' | 'jitp-redis' | 'mosquitto'
@@ -25,6 +26,8 @@ export interface BenchResults {
   /** every connect and fan-in round, keyed `<target> connects|qos0|qos1`: connects/s or delivered msg/s, broker and Redis CPU % */
   fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null, redisCpu?: number | null }>>
   provisioningBuilt: boolean
+  /** WORKERS=1 against WORKERS=2 on Redis through the real CLI (bench/workers.ts) */
+  workers?: WorkersResult | null
   durationSeconds: number
   /** inline personal-data detection: flag against off, and µs per payload (bench/pii-detect.ts) */
   piiDetect?: PiiDetectBenchResult | null
@@ -53,8 +56,15 @@ const ROWS: readonly Row[] = [
   { scenario: 'provisioning', label: 'JIT provisioning, devices/s end to end (`aedes-jitp simulate`)', pick: (r) => r.value },
   { scenario: 'provisioning lean', label: 'JIT provisioning, devices/s end to end (the bench\'s lean client, 2 threads)', pick: (r) => r.value },
   { scenario: 'provisioning', label: 'certificates issued/s during provisioning', pick: (r) => num(r.detail.certificatesPerSecond) },
+  // what one broker CPU-second buys in every scenario (issue 16)
+  { scenario: 'paced', label: 'paced: msg per broker CPU-second', pick: (r) => perCpu(num(r.detail.deliveredPerSecond), r) },
+  { scenario: 'idle', label: 'opening 2,000 connections: connects per broker CPU-second', pick: (r) => perCpu(num(r.detail.connectsPerSecond), r) },
   { scenario: 'provisioning', label: 'provisioned devices per broker CPU-second (`aedes-jitp simulate`)', pick: perCpuSecond },
-  { scenario: 'provisioning lean', label: 'provisioned devices per broker CPU-second (lean client)', pick: perCpuSecond }
+  { scenario: 'provisioning lean', label: 'provisioned devices per broker CPU-second (lean client)', pick: perCpuSecond },
+  { scenario: 'storm', label: 'reconnect storm of 2,000: all back after, ms ↓', pick: (r) => r.value },
+  { scenario: 'storm', label: 'storm: steady publishers p99 before, ms ↓', pick: (r) => num(r.detail.beforeP99Ms) },
+  { scenario: 'storm', label: 'storm: steady publishers p99 during, ms ↓', pick: (r) => num(r.detail.duringP99Ms) },
+  { scenario: 'storm', label: 'storm: reconnects per broker CPU-second', pick: (r) => num(r.detail.reconnectsPerCpuSecond) }
 ]
 
 const COLUMNS: ReadonlyArray<{ key: TargetKey, title: string }> = [
@@ -64,6 +74,12 @@ const COLUMNS: ReadonlyArray<{ key: TargetKey, title: string }> = [
   { key: 'jitp-redis', title: 'aedes-jitp, Redis' },
   { key: 'mosquitto', title: 'Mosquitto' }
 ]
+
+/** a rate (per second) divided by the broker's CPU use over the same window */
+function perCpu (perSecond: number | null, r: ScenarioResult): number | null {
+  const cpu = r.cpu?.broker
+  return perSecond === null || !cpu ? null : (perSecond * 100) / cpu
+}
 
 /** throughput divided by the broker's CPU use: what one core of broker buys, whatever the hypervisor took */
 function perCpuSecond (r: ScenarioResult): number | null {
@@ -129,7 +145,7 @@ export function renderReport (results: BenchResults): string {
   out.push('CPU over each measured window, % of one core: broker process / load generator (all its threads) / stolen by the hypervisor (% of the whole machine); (Redis: the broker\'s private redis-server).', '')
   out.push(`| scenario | ${COLUMNS.map((c) => c.title).join(' | ')} |`)
   out.push(`|---|${COLUMNS.map(() => '---:').join('|')}|`)
-  const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning (simulate)'], ['provisioning lean', 'provisioning (lean client)']]
+  const cpuRows: Array<[string, string]> = [['connects', 'connects'], ['qos0', 'QoS 0 fan-in'], ['qos1', 'QoS 1 fan-in'], ['paced', 'paced 5,000 msg/s'], ['idle', 'opening 2,000 connections'], ['provisioning', 'provisioning (simulate)'], ['provisioning lean', 'provisioning (lean client)'], ['storm', 'reconnect storm (drop to all back)']]
   for (const [scenario, label] of cpuRows) {
     const cells = COLUMNS.map((c) => {
       const cpu = results.targets[c.key]?.scenarios[scenario]?.cpu
@@ -199,6 +215,7 @@ export function renderReport (results: BenchResults): string {
     const perDevice = msEach(provisioned)
     out.push(`JIT provisioning against its floor: a device costs two full mutual-TLS connects (claim certificate, then its own). Bare Aedes, memory, spends **${fmt(bareCpuPerConnect)} ms** of broker CPU per connect (connect, CONNACK, disconnect), so one broker core tops out at **${fmt(1000 / (2 * bareCpuPerConnect))} devices/s** with no provisioning work at all. aedes-jitp, memory, spends ${perDevice === null ? 'n/a' : `**${fmt(perDevice)} ms** per provisioned device (two connects, CSR check, two certificates, registration, retained config, replies, audit)`}.`, '')
   }
+  out.push(...renderFloorShare(results), ...renderStorm(results), ...renderWorkers(results))
 
   const overloadKeys = Object.keys(results.overload) as TargetKey[]
   if (overloadKeys.length > 0) {
@@ -213,4 +230,75 @@ export function renderReport (results: BenchResults): string {
   }
   if (results.piiDetect) out.push(...renderPiiDetect(results.piiDetect))
   return out.join('\n')
+}
+
+/**
+ * Provisioning as a share of its floor (issue 16): devices per broker CPU-second
+ * ÷ half of bare Aedes' connects per broker CPU-second, same persistence.
+ */
+function renderFloorShare (results: BenchResults): string[] {
+  const cells: string[] = []
+  for (const [store, bare, jitp] of [['memory', 'aedes-memory', 'jitp-memory'], ['Redis', 'aedes-redis', 'jitp-redis']] as const) {
+    const connects = results.targets[bare]?.scenarios.connects
+    const provisioned = results.targets[jitp]?.scenarios.provisioning
+    const floor = connects ? perCpuSecond(connects) : null
+    const devices = provisioned ? perCpuSecond(provisioned) : null
+    if (floor === null || devices === null) continue
+    cells.push(`${store} **${(devices / (floor / 2)).toFixed(2)}** (${fmt(devices)} devices per broker CPU-second against ${fmt(floor / 2)})`)
+  }
+  return cells.length === 0 ? [] : [`Provisioning as a share of its floor (devices per broker CPU-second ÷ half of bare Aedes' connects per broker CPU-second, same store; goal ≥ 0.8): ${cells.join('; ')}.`, '']
+}
+
+function renderStorm (results: BenchResults): string[] {
+  const rows: string[] = []
+  for (const c of COLUMNS) {
+    const r = results.targets[c.key]?.scenarios.storm
+    if (!r) continue
+    const d = r.detail
+    rows.push(`| ${c.title} | ${r.error ? `failed: ${r.error}` : fmt(r.value)} | ${fmt(num(d.halfBackMs))} | ${num(d.attempts) ?? 'n/a'} / ${num(d.failures) ?? 'n/a'} | ${fmt(num(d.beforeP99Ms))} | ${fmt(num(d.duringP99Ms))} | ${fmt(num(d.duringMaxMs))} | ${fmt(num(d.p99Ratio))}× | ${r.cpu ? `${r.cpu.broker ?? '?'} / ${r.cpu.generator} / ${num(d.stormClientsCpu) ?? '?'}` : 'n/a'} | ${fmt(num(d.reconnectsPerCpuSecond))} |`)
+  }
+  if (rows.length === 0) return []
+  const time = (k: TargetKey): number | null => results.targets[k]?.scenarios.storm?.value ?? null
+  const ratios = [['memory', 'aedes-memory', 'jitp-memory'], ['Redis', 'aedes-redis', 'jitp-redis']] as const
+  return [
+    'Reconnect storm: 2,000 connected devices drop at once and reconnect at once (failed attempts retried after 0.5–1 s) while 50 others publish QoS 1 telemetry, 1,000 msg/s in all, to one service. The storm\'s clients run in two processes of their own at `nice 19` (bench/niced-worker.ts), so that their handshakes take only the CPU the broker and the measuring clients leave; latency is the steady publishers\' send-to-receive time.',
+    '',
+    '| broker | all 2,000 back after, ms ↓ | half back after, ms | connect attempts / failed | steady p99 before, ms | steady p99 during, ms | max during, ms | p99 during ÷ before ↓ | CPU: broker / measuring clients / storm clients, % | reconnects per broker CPU-second |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows,
+    '',
+    `Time until all are back, aedes-jitp ÷ bare Aedes (goal ≤ 2×): ${ratios.map(([store, a, j]) => `${store} ${ratio(time(j), time(a))}`).join(', ')}.`,
+    ''
+  ]
+}
+
+function renderWorkers (results: BenchResults): string[] {
+  const w = results.workers
+  if (!w || w.targets.length === 0) return []
+  const one = w.targets.find((t) => t.workers === 1)
+  const two = w.targets.find((t) => t.workers === 2)
+  type Pick = (t: NonNullable<typeof one>) => number | null
+  const rows: Array<[string, Pick]> = [
+    ['mTLS connects/s, 64 concurrent (median round)', (t) => t.connects?.value ?? null],
+    ['connects per broker CPU-second (all processes)', (t) => (t.connects ? perCpuSecond(t.connects) : null)],
+    ['broker CPU during connects, % of one core (all processes)', (t) => t.connects?.cpu?.broker ?? null],
+    ['load generator CPU during connects, %', (t) => t.connects?.cpu?.generator ?? null],
+    ['JIT provisioning, devices/s end to end', (t) => t.provisioning?.value ?? null],
+    ['provisioned devices per broker CPU-second', (t) => (t.provisioning ? perCpuSecond(t.provisioning) : null)],
+    ['broker CPU during provisioning, %', (t) => t.provisioning?.cpu?.broker ?? null],
+    ['load generator CPU during provisioning, %', (t) => t.provisioning?.cpu?.generator ?? null],
+    ['Redis CPU during connects, %', (t) => t.connects?.cpu?.redis ?? null],
+    ['the primary\'s share of the CPU, %', (t) => t.primaryShare]
+  ]
+  const cell = (t: typeof one, pick: Pick): string => (t ? (t.error && pick(t) === null ? `failed: ${t.error}` : fmt(pick(t))) : 'n/a')
+  return [
+    `WORKERS (aedes-jitp on Redis through the real \`aedes-jitp start\`, each with its own redis-server; ${w.rounds} alternating connect rounds, one provisioning window; CPU summed over the primary and its workers):`,
+    '',
+    '| | WORKERS=1 | WORKERS=2 | 2 ÷ 1 |',
+    '|---|---:|---:|---:|',
+    ...rows.map(([label, pick]) => `| ${label} | ${cell(one, pick)} | ${cell(two, pick)} | ${one && two ? ratio(pick(two), pick(one)) : 'n/a'} |`),
+    '',
+    `Connect rounds (connects/s): WORKERS=1 ${one?.connectRounds.map(fmt).join(', ') ?? 'n/a'}; WORKERS=2 ${two?.connectRounds.map(fmt).join(', ') ?? 'n/a'}.`,
+    ''
+  ]
 }

@@ -6,8 +6,9 @@
  * writes every figure to bench/results-<timestamp>.json.
  *
  *   npm run bench                       the whole run (about 5 minutes)
- *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, rollout, overload)
- *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning)
+ *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, rollout, overload, workers)
+ *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning, storm)
+ *   BENCH_HANDSHAKES=32 npm run bench   MAX_CONCURRENT_HANDSHAKES for the aedes-jitp brokers (default: the broker's)
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
  */
@@ -31,16 +32,19 @@ import { cpuPercent } from './proc.js'
 import { startBrokerChild, startMosquitto, startRedis, type RedisServer, type Target } from './processes.js'
 import { renderReport, type BenchResults, type TargetKey } from './report.js'
 import {
-  connectLatency, connectRate, fanInThroughput, idleMemory, overload, pacedLatency, provisioningRate, type BenchEnv, type ScenarioResult
+  connectLatency, connectRate, fanInThroughput, idleMemory, overload, pacedLatency, provisioningRate, reconnectStorm, STORM_DEVICES, type BenchEnv, type ScenarioResult
 } from './scenarios.js'
 import { benchAdminApiPages } from './admin-pages.js'
 import { benchRollout } from './rollout.js'
 import { provisioningSimulated } from './simulate-provisioning.js'
+import { benchWorkers } from './workers.js'
 import { benchPiiDetect } from './pii-detect.js'
 
-const TOTAL_BUDGET_MS = 10 * 60 * 1000
+/** the storm and WORKERS scenarios (issue 16) take about 4 minutes of it */
+const TOTAL_BUDGET_MS = 15 * 60 * 1000
 const SCENARIO_TIMEOUT_MS = 150_000
-const DEVICE_COUNT = 2000
+/** the storm scenario's 2,000 plus its 50 steady publishers; the other scenarios use the first 2,000 at most */
+const DEVICE_COUNT = STORM_DEVICES + 50
 /** at most this many devices are provisioned per target (the scenario also stops after 5 s) */
 const PROVISIONING_DEVICES = 2000
 /** connect and fan-in windows per broker and scenario, alternating between bare Aedes and this broker */
@@ -154,6 +158,7 @@ async function main (): Promise<void> {
     adminPages: null,
     rollout: null,
     overload: {},
+    workers: null,
     fanInRounds: {},
     provisioningBuilt: withProvisioning,
     durationSeconds: 0
@@ -171,7 +176,8 @@ async function main (): Promise<void> {
     // every load generator connects from 127.0.0.1: the per-address limits of the listener
     // (CONTRACT §11) would measure the limit, not the broker
     CONNECT_RATE_PER_ADDRESS: 100_000_000,
-    MAX_PENDING_CONNECTIONS_PER_ADDRESS: 100_000
+    MAX_PENDING_CONNECTIONS_PER_ADDRESS: 100_000,
+    ...(process.env.BENCH_HANDSHAKES ? { MAX_CONCURRENT_HANDSHAKES: Number(process.env.BENCH_HANDSHAKES) } : {})
   }
   const starters: Record<TargetKey, (redis: RedisServer | null) => Promise<Target | null>> = {
     'aedes-memory': () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),
@@ -268,6 +274,8 @@ async function main (): Promise<void> {
         await record(key, 'provisioning', () => provisioningSimulated(target, env, `S${Date.now().toString(36)}`))
         await record(key, 'provisioning lean', () => provisioningRate(target, env, `B${Date.now().toString(36)}`))
       }
+      // last: it drops and reconnects 2,000 devices (issue 16)
+      for (const [key, target] of live) await record(key, 'storm', () => reconnectStorm(target, env))
     } catch (err) {
       log(`${keys.join(', ')}: ${(err as Error).message}`)
       for (const key of keys) results.targets[key] ??= { scenarios: {}, exit: (err as Error).message.split('\n')[0] ?? 'failed' }
@@ -337,6 +345,19 @@ async function main (): Promise<void> {
       })
     } catch (err) {
       log(`pii-detect bench failed: ${(err as Error).message}`)
+    }
+  }
+
+  // WORKERS=1 against WORKERS=2 on Redis, the real CLI (issue 16, bench/workers.ts)
+  if ((!only || only.includes('workers')) && !overBudget()) {
+    try {
+      results.workers = await benchWorkers({
+        env, certsDir, devices: registry, rounds: FAN_IN_ROUNDS, withProvisioning, log, overBudget,
+        config: Object.fromEntries(Object.entries(jitpOverrides).map(([k, v]) => [k, String(v)])),
+        auditLog: (workers) => join(work, `audit-workers-${workers}.log`)
+      })
+    } catch (err) {
+      log(`workers bench failed: ${(err as Error).message}`)
     }
   }
 

@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Identity, WorkerTask } from './load-worker.js'
 import { cpuPercent, machineTicks, selfUsage, stealPercent, type ProcUsage } from './proc.js'
+import { NicedLoadWorker } from './niced-worker.js'
 import type { Target } from './processes.js'
 
 export interface BenchEnv {
@@ -421,5 +422,126 @@ export async function overload (target: Target, env: BenchEnv, durationMs: numbe
     peakRssMB: round(peak / 1048576),
     published,
     redelivered
+  }
+}
+
+/** the storm scenario's shape (issue 16) */
+export const STORM_DEVICES = 2000
+const STORM_STEADY_DEVICES = 50
+/** the steady publishers' telemetry, QoS 1, all 50 together */
+const STORM_STEADY_RATE = 1000
+const STORM_BEFORE_MS = 3000
+const STORM_DEADLINE_MS = 60_000
+/** a device whose connect failed tries again after 0.5–1 s */
+const STORM_RETRY_MS = 500
+
+export interface StormWindow { p50Ms: number | null, p99Ms: number | null, maxMs: number | null, samples: number }
+
+function window (latencies: Float64Array): StormWindow {
+  return {
+    p50Ms: latencies.length ? round(percentile(latencies, 50)!, 2) : null,
+    p99Ms: latencies.length ? round(percentile(latencies, 99)!, 2) : null,
+    maxMs: latencies.length ? round(Math.max(...latencies), 1) : null,
+    samples: latencies.length
+  }
+}
+
+/**
+ * A reconnect storm: 2,000 connected devices drop and reconnect at once while 50
+ * others publish telemetry (QoS 1, 1,000 msg/s in all) to a service. Value: ms
+ * until all 2,000 are connected again; detail: the steady publishers' latency
+ * before and during the storm, reconnect attempts, failures. The broker CPU
+ * window is the storm's (drop to all back). The storm's clients run niced in
+ * processes of their own (bench/niced-worker.ts).
+ */
+export async function reconnectStorm (target: Target, env: BenchEnv): Promise<ScenarioResult> {
+  const stormDevices = env.devices.slice(STORM_STEADY_DEVICES, STORM_STEADY_DEVICES + STORM_DEVICES)
+  if (stormDevices.length < STORM_DEVICES) return failed(new Error(`the storm needs ${STORM_STEADY_DEVICES + STORM_DEVICES} device identities, the bench has ${env.devices.length}`))
+  const subscriber = new LoadWorker({
+    task: 'subscriber', port: target.port, ca: env.ca, identity: env.service, clean: true, topic: 'devices/+/telemetry', qos: 1,
+    maxLatencies: Math.ceil((STORM_STEADY_RATE * (STORM_BEFORE_MS + STORM_DEADLINE_MS)) / 1000)
+  })
+  // the storm's clients in niced processes of their own (bench/niced-worker.ts): their handshakes must not starve the measuring clients
+  const stormers = split(stormDevices, GENERATOR_THREADS).map((identities) => new NicedLoadWorker({
+    task: 'storm', port: target.port, ca: env.ca, identities, concurrency: 32, retryMs: STORM_RETRY_MS, deadlineMs: STORM_DEADLINE_MS
+  }))
+  const stormersUsage = (): number => stormers.reduce((sum, w) => sum + (w.usage()?.cpuMs ?? 0), 0)
+  const publishers = split(env.devices.slice(0, STORM_STEADY_DEVICES), GENERATOR_THREADS).map((identities) => new LoadWorker({
+    task: 'publishers', port: target.port, ca: env.ca, identities, qos: 1, window: 32,
+    ratePerSecond: STORM_STEADY_RATE / GENERATOR_THREADS, durationMs: WARMUP_MS + STORM_BEFORE_MS + STORM_DEADLINE_MS + 10_000, maxCount: 10_000_000
+  }))
+  try {
+    return await withWorkers([subscriber, ...publishers], () => storm(target, subscriber, stormers, publishers, stormersUsage))
+  } finally {
+    await Promise.all(stormers.map((w) => w.stop()))
+  }
+}
+
+async function storm (target: Target, subscriber: LoadWorker, stormers: NicedLoadWorker[], publishers: LoadWorker[], stormersUsage: () => number): Promise<ScenarioResult> {
+  try {
+    await subscriber.next('ready')
+    const ready = await Promise.all(stormers.map((w) => w.next<{ connected: number, firstError: string | null }>('ready', 120_000)))
+    const connected = ready.reduce((s, r) => s + r.connected, 0)
+    if (connected < STORM_DEVICES) throw new Error(`only ${connected} of ${STORM_DEVICES} storm devices connected: ${ready.find((r) => r.firstError)?.firstError ?? ''}`)
+    const steady = await Promise.all(publishers.map((w) => w.next<{ connected: number, firstError: string | null }>('ready')))
+    if (steady.reduce((s, r) => s + r.connected, 0) < STORM_STEADY_DEVICES) throw new Error(`steady publishers did not all connect: ${steady.find((r) => r.firstError)?.firstError ?? ''}`)
+    for (const w of publishers) w.send('go')
+    await sleep(WARMUP_MS)
+    subscriber.send('record')
+    const a = snapshot(target)
+    await sleep(STORM_BEFORE_MS)
+    subscriber.send('latencies')
+    const before = (await subscriber.next<{ values: Float64Array }>('latencies')).values
+    subscriber.send('record')
+    const b = snapshot(target)
+    const stormersBefore = stormersUsage()
+    for (const w of stormers) w.send('drop')
+    const results = await Promise.all(stormers.map((w) => w.next<{ back: number, ms: number | null, attempts: number, failures: number, firstError: string | null, backAfter: number[] }>('back', STORM_DEADLINE_MS + 30_000)))
+    const c = snapshot(target)
+    const stormersCpu = round(cpuPercent({ cpuMs: stormersBefore }, { cpuMs: stormersUsage() }, c.t - b.t))
+    subscriber.send('latencies')
+    const during = (await subscriber.next<{ values: Float64Array }>('latencies')).values
+    for (const w of publishers) w.send('stop')
+    await Promise.all(publishers.map((w) => w.next('done', 15_000)))
+    for (const w of [...publishers, ...stormers]) w.send('close')
+    await Promise.all([...publishers, ...stormers].map((w) => w.next('closed', 15_000)))
+    subscriber.send('close')
+    await subscriber.next('closed', 15_000)
+    const back = results.reduce((s, r) => s + r.back, 0)
+    const backAfter = results.flatMap((r) => r.backAfter)
+    const allBackMs = back === STORM_DEVICES ? Math.max(...results.map((r) => r.ms ?? 0)) : null
+    const w0 = window(before)
+    const w1 = window(during)
+    const cpuBefore = cpuBetween(a, b)
+    const cpuStorm = cpuBetween(b, c)
+    return {
+      value: allBackMs === null ? null : round(allBackMs),
+      detail: {
+        back,
+        attempts: results.reduce((s, r) => s + r.attempts, 0),
+        failures: results.reduce((s, r) => s + r.failures, 0),
+        firstError: results.find((r) => r.firstError)?.firstError ?? null,
+        halfBackMs: backAfter.length ? round(percentile(backAfter, 50)!) : null,
+        beforeP50Ms: w0.p50Ms,
+        beforeP99Ms: w0.p99Ms,
+        beforeSamples: w0.samples,
+        duringP50Ms: w1.p50Ms,
+        duringP99Ms: w1.p99Ms,
+        duringMaxMs: w1.maxMs,
+        duringSamples: w1.samples,
+        // the worst latency of each 500 messages in arrival order (about half a second each): where in the storm it hurts
+        duringProfileMs: Array.from({ length: Math.ceil(during.length / 500) }, (_, i) => Math.round(Math.max(...during.subarray(i * 500, (i + 1) * 500)))).join(' '),
+        p99Ratio: w0.p99Ms && w1.p99Ms !== null ? round(w1.p99Ms / w0.p99Ms, 1) : null,
+        brokerCpuBefore: cpuBefore.broker,
+        // the niced storm clients' CPU over the storm, % of one core (the generator's figure is the measuring clients')
+        stormClientsCpu: stormersCpu,
+        // reconnects per broker CPU-second over the storm
+        reconnectsPerCpuSecond: cpuStorm.broker ? round((back * 100) / ((cpuStorm.broker * cpuStorm.wallMs) / 1000)) : null
+      },
+      cpu: cpuStorm,
+      ...(allBackMs === null ? { error: `${back} of ${STORM_DEVICES} back within ${STORM_DEADLINE_MS / 1000} s` } : {})
+    }
+  } catch (err) {
+    return failed(err)
   }
 }
