@@ -71,7 +71,8 @@ const configSchema = {
     PII_KEYS_DIR: { type: 'string', minLength: 1 },
     // the token listener (CONTRACT §10): off when unset
     MQTTS_TOKEN_PORT: { type: 'integer', minimum: 0, maximum: 65535 },
-    OAUTH_JWKS_URL: { type: 'string', pattern: '^https?://' },
+    // HTTPS only (CONTRACT §10): whoever can rewrite the key set in transit mints any token
+    OAUTH_JWKS_URL: { type: 'string', pattern: '^https://' },
     OAUTH_JWKS_FILE: { type: 'string', minLength: 1 },
     OAUTH_JWKS_CA: { type: 'string', minLength: 1 },
     OAUTH_ISSUER: { type: 'string', minLength: 1 },

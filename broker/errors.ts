@@ -91,6 +91,7 @@ export const Errors = Object.freeze({
   TokenMalformed: entry('TokenMalformed', 'token is not a well-formed JWT', { connack: 5 }),
   TokenExpired: entry('TokenExpired', 'token is expired', { connack: 5 }),
   TokenNotYetValid: entry('TokenNotYetValid', 'token is not yet valid', { connack: 5 }),
+  TokenLifetimeTooLong: entry('TokenLifetimeTooLong', 'token expires further ahead than the broker accepts', { connack: 5 }),
   TokenBadSignature: entry('TokenBadSignature', 'token signature does not verify', { connack: 5 }),
   TokenUnknownKey: entry('TokenUnknownKey', 'token key id is not in the key set', { connack: 5 }),
   TokenAlgorithmNotAllowed: entry('TokenAlgorithmNotAllowed', 'token algorithm is not allowed', { connack: 5 }),

@@ -17,7 +17,16 @@
  * is set): every attempt from an address is counted before its secret is
  * checked and given back when the secret was right, so at most
  * TOKEN_FAILURES_PER_ADDRESS wrong secrets per address reach scrypt, even
- * when they arrive at once; each client id gets TOKEN_RATE_PER_CLIENT requests.
+ * when they arrive at once; each client id gets TOKEN_RATE_PER_CLIENT requests
+ * with its right secret. A client's request is counted before its secret is
+ * checked too (a burst cannot outrun the budget) but given back when the secret
+ * was wrong: client ids are no secret (a token's `sub`, the audit), and wrong
+ * guesses from anyone must not lock the real client out of its tokens.
+ * The remote address is the socket's: X-Forwarded-For and the like are never
+ * read, so a header cannot pick the budget a request is counted against.
+ * Credentials are read from the header or the body only; a `client_secret` in
+ * the query string (RFC 6749 §2.3.1: MUST NOT) is refused, not ignored, so a
+ * client that leaks its secret into URLs and proxy logs learns it at once.
  *
  * Answers: RFC 6749 §5.1 JSON with `Cache-Control: no-store`, or a §5.2 error.
  * Audit: `token.issued` (client id, scope, address), `token.refused` (reason,
@@ -95,6 +104,10 @@ interface TokenRequest {
   requested: string[] | undefined
   /** this address's attempt is counted (given back when the secret is right) */
   addressCounted: boolean
+  /** this client's request is counted (given back unless the secret was right) */
+  clientCounted: boolean
+  /** the secret was checked and is right */
+  authenticated: boolean
   granted: string[]
 }
 
@@ -139,6 +152,10 @@ function single (form: URLSearchParams, name: string): string | undefined {
 }
 
 async function readForm (r: TokenRequest): Promise<void> {
+  const query = (r.req.url ?? '').indexOf('?')
+  if (query >= 0 && new URLSearchParams(r.req.url!.slice(query + 1)).has('client_secret')) {
+    throw new TokenRefusal('InvalidRequest', 'credentials in the query string')
+  }
   if (!FORM.test(r.req.headers['content-type'] ?? '')) throw new TokenRefusal('InvalidRequest', 'content type must be application/x-www-form-urlencoded')
   r.form = new URLSearchParams(await readBody(r.req))
 }
@@ -201,6 +218,7 @@ async function throttleClient (r: TokenRequest, s: Steps): Promise<void> {
     r.addressCounted = false
     throw new TokenRefusal('Throttled', 'too many requests for this client')
   }
+  r.clientCounted = true
 }
 
 /** a store call (Redis may be away): its failure is 503 temporarily_unavailable, never a guess counted against anyone */
@@ -219,6 +237,7 @@ async function authenticateClient (r: TokenRequest, s: Steps): Promise<void> {
   const outcome = await fromStore(() => s.clients.verify(r.clientId, r.secret))
   if (outcome === 'unknown') throw new TokenRefusal('UnknownClient', 'unknown client')
   if (outcome === 'bad-secret') throw new TokenRefusal('BadClientSecret', 'bad secret')
+  r.authenticated = true
   await s.failuresPerAddress.refund(r.remoteAddress)
   r.addressCounted = false
 }
@@ -316,6 +335,8 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
       secret: '',
       requested: undefined,
       addressCounted: false,
+      clientCounted: false,
+      authenticated: false,
       granted: []
     }
     try {
@@ -330,6 +351,8 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
       if (!(err instanceof TokenRefusal)) log.error({ err: (err as Error).message }, 'token endpoint: internal error')
       // only a wrong guess keeps the address's attempt counted (a store outage, a throttled client are none)
       if (r.addressCounted && !AUTHENTICATION_CODES.has(refusal.code)) await steps.failuresPerAddress.refund(r.remoteAddress)
+      // only the client's own (right-secret) requests use its budget: someone else's wrong guess is given back
+      if (r.clientCounted && !r.authenticated) await steps.requestsPerClient.refund(r.clientId)
       refuse(r, res, refusal)
     }
   }

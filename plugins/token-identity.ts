@@ -13,9 +13,15 @@
  * Each refusal is CONNACK 5 (3 when the key set cannot be fetched) and audited
  * `token.refused` with its code and a fixed reason; a token, SAS or key is never
  * written anywhere. The connection is closed when its token expires: one timer
- * per connection, cleared when the connection closes. Sessions belong to
- * identities as on the mutual-TLS listener (plugins/session-owners.ts), a token
- * identity in its own namespace.
+ * per connection, cleared when the connection closes. A broker-issued token is
+ * also re-validated: every SESSION_REVALIDATE_SECONDS (CONTRACT §11) the live
+ * sessions of broker tokens are checked against the OAuth2 clients store, and
+ * those whose client was deleted are closed (SessionRevalidated, no will), on
+ * every process, without waiting for `exp`. Enrollment groups are read once at
+ * start and cannot change under a live session; an external issuer's token has
+ * nothing to look up (its lifetime is bounded instead, plugins/token/jwt.ts).
+ * Sessions belong to identities as on the mutual-TLS listener
+ * (plugins/session-owners.ts), a token identity in its own namespace.
  *
  * After `identity` in the chain: a certificate connection is answered there and
  * never reaches this plugin, so the mutual-TLS path pays nothing for it.
@@ -23,7 +29,7 @@
 import type { Client } from 'aedes'
 import { JitpError, refusalFields, type ErrorCode } from '../broker/errors.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Deny, type Plugin, type PluginHooks } from '../broker/plugin.js'
-import type { AuthMethod, ConnectionState, Identity } from '../broker/session.js'
+import { liveClients, stateOf, type AuthMethod, type ConnectionState, type Identity } from '../broker/session.js'
 import type { OAuthClients } from '../broker/store/oauth-clients.js'
 import type { TokenKeys } from '../broker/token-keys.js'
 import { permissionsFor, tokenGrant, type Policy } from './policy.js'
@@ -36,6 +42,8 @@ import { parseSas, verifySas } from './token/sas.js'
 export const ENROLL_PREFIX = 'enroll/'
 /** setTimeout's ceiling (~24.8 days): a longer-lived token re-arms when it fires */
 const MAX_TIMER_MS = 2 ** 31 - 1
+/** OAuth2 clients looked up per round of a re-validation (the lookups of a round go out together) */
+const REVALIDATE_BATCH = 200
 
 export interface TokenIdentityOptions {
   readonly policy: Policy
@@ -169,6 +177,52 @@ export const tokenIdentityPlugin: Plugin<TokenIdentityOptions> = {
       expiryTimers.set(client, timer)
     }
 
+    let closing = false
+    let revalidating = false
+    /**
+     * Deleting an OAuth2 client must end what its tokens opened, not only refuse
+     * their next connect: a live session of a deleted client is closed at the next
+     * round. SessionRevalidated, as a revoked certificate's, so its will is not
+     * published (broker/chain/publish.ts). A store that does not answer closes
+     * nothing: the next round looks again.
+     */
+    async function revalidateBrokerTokens (): Promise<void> {
+      const clients = options.brokerTokens!.clients
+      const byClient = new Map<string, Array<[Client, ConnectionState]>>()
+      for (const client of Object.values(liveClients(ctx.broker))) {
+        const state = stateOf(client)
+        const auth = state?.identity?.auth
+        if (!client || !state || state.closeReason || auth?.method !== 'broker-token' || auth.oauthClientId === undefined) continue
+        const sessions = byClient.get(auth.oauthClientId)
+        if (sessions) sessions.push([client, state])
+        else byClient.set(auth.oauthClientId, [[client, state]])
+      }
+      const ids = [...byClient.keys()]
+      for (let i = 0; i < ids.length && !closing; i += REVALIDATE_BATCH) {
+        const batch = ids.slice(i, i + REVALIDATE_BATCH)
+        const records = await Promise.all(batch.map((id) => clients.get(id)))
+        records.forEach((record, j) => {
+          if (record !== null) return
+          for (const [client, state] of byClient.get(batch[j]!)!) {
+            if (state.closeReason || client.closed) continue
+            state.closeReason = refusalFields('SessionRevalidated', 'the OAuth2 client of its token was deleted')
+            client.close()
+          }
+        })
+      }
+    }
+
+    const revalidateTimer = verifier === null || options.brokerTokens === null
+      ? null
+      : setInterval(function periodicTokenRevalidation () {
+        if (revalidating || closing) return
+        revalidating = true
+        revalidateBrokerTokens().catch((err: unknown) => {
+          log.warn({ err: (err as Error).message }, 'token session re-validation failed; sessions stay until the next round')
+        }).finally(() => { revalidating = false })
+      }, config.sessionRevalidateSeconds * 1000)
+    revalidateTimer?.unref()
+
     return {
       name: 'token-identity',
       async authenticate (ev) {
@@ -193,6 +247,8 @@ export const tokenIdentityPlugin: Plugin<TokenIdentityOptions> = {
         disarm(client)
       },
       async close () {
+        closing = true
+        if (revalidateTimer) clearInterval(revalidateTimer)
         verifier?.close()
       }
     }

@@ -30,10 +30,15 @@ export function claimThrottleKeyOf (identity: Identity): string {
 /** The parameters a registration goes on with; throws when an enrollment asks for another template or registration id. */
 export function boundParameters (identity: Identity, templateName: string, parameters: Record<string, string>): Record<string, string> {
   const auth = identity.auth
-  // not an object: the template's parameter schema refuses it
-  if (auth?.method !== 'sas' || typeof parameters !== 'object' || parameters === null || Array.isArray(parameters)) return parameters
+  if (auth?.method !== 'sas') return parameters
+  // the template first, whatever the parameters look like: a template whose parameter
+  // schema takes a non-object must not become reachable by sending one
   if (templateName !== auth.template) {
     throw new JitpError('ProvisioningDenied', `enrollment group '${auth.group}' registers with template '${auth.template}' only`)
+  }
+  // the registration id goes into them: they must be an object
+  if (typeof parameters !== 'object' || parameters === null || Array.isArray(parameters)) {
+    throw new JitpError('InvalidParameters', 'parameters must be an object')
   }
   const asked = parameters.registrationId
   if (asked !== undefined && asked !== auth.registrationId) {

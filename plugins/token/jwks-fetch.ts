@@ -9,7 +9,7 @@
  * abort signal carrying jose's timeout, and a body cap so a hostile or broken
  * endpoint cannot make the broker buffer without bound.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http'
+import type { IncomingMessage } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import type { FetchImplementation } from 'jose'
 
@@ -20,12 +20,11 @@ export function jwksFetch (opts: { readonly ca?: string | undefined }): FetchImp
   return function fetchJwks (url, init) {
     return new Promise<Response>((resolve, reject) => {
       const target = new URL(url)
+      // OAUTH_JWKS_URL is https:// (broker/config.ts): a key set read in clear could be rewritten on the way
+      if (target.protocol !== 'https:') return reject(new Error('a JWKS is fetched over HTTPS only'))
       const headers: Record<string, string> = {}
       init.headers.forEach((value, name) => { headers[name] = value })
-      const options = { method: 'GET', headers, signal: init.signal }
-      const req = target.protocol === 'https:'
-        ? httpsRequest(target, { ...options, ...(opts.ca !== undefined ? { ca: opts.ca } : {}) }, answered)
-        : httpRequest(target, options, answered)
+      const req = httpsRequest(target, { method: 'GET', headers, signal: init.signal, ...(opts.ca !== undefined ? { ca: opts.ca } : {}) }, answered)
       req.on('error', reject)
       req.end()
 

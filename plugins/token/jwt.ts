@@ -8,8 +8,16 @@
  * - the broker itself (POST /oauth/token, broker/token-keys.ts): its own ES256
  *   keys, and the OAuth2 client must still exist, so a deleted client is refused
  *   on its next connect. Its scopes are also cut to what the client holds now.
- * Both: `exp` required, `exp`/`nbf` with CLOCK_TOLERANCE_SECONDS. Every refusal
- * is a catalogue code with a fixed reason; the token itself is never echoed.
+ * Both: `exp` required, `exp`/`nbf`/`iat` with CLOCK_TOLERANCE_SECONDS, and `exp`
+ * at most MAX_TOKEN_LIFETIME_SECONDS (24 h, the ceiling of TOKEN_LIFETIME_SECONDS
+ * too) ahead: a token is meant to be short-lived, and one an issuer minted for
+ * years (by mistake, or by a leaked signing key) would otherwise open a session
+ * that no expiry ever closes. Keys come from the configured key sets only: a
+ * header's `jwk`, `jku`, `x5u` or `x5c` is never looked at (jose reads `alg` and
+ * `kid` only, and `kid` is matched in memory, never used as a path), and a
+ * `crit` header is refused, since this verifier understands no extension.
+ * Every refusal is a catalogue code with a fixed reason; the token itself is
+ * never echoed.
  */
 import { readFileSync } from 'node:fs'
 import {
@@ -26,6 +34,8 @@ import { jwksFetch } from './jwks-fetch.js'
 export const ALLOWED_ALGORITHMS = Object.freeze(['RS256', 'ES256', 'EdDSA'])
 const BROKER_ALGORITHMS = ['ES256']
 export const CLOCK_TOLERANCE_SECONDS = 5
+/** the furthest ahead a token's `exp` may be (docs/AUTH.md): TOKEN_LIFETIME_SECONDS' own maximum */
+export const MAX_TOKEN_LIFETIME_SECONDS = 86_400
 /** how long a JWKS fetch may take; a connect waits on it only while no key is cached */
 const JWKS_TIMEOUT_MS = 5000
 /** an unknown `kid` may fetch the set again at most this often (a key rotated in at the issuer) */
@@ -221,6 +231,15 @@ export function createTokenVerifier (opts: TokenVerifierOptions): TokenVerifier 
 
   function accepted (method: TokenMethod, issuer: string, payload: JWTPayload, scopes: string[]): TokenVerdict {
     const oauthClientId = typeof payload.client_id === 'string' && SUBJECT.test(payload.client_id) ? payload.client_id : undefined
+    // jose checked that exp is a number in the future, and iat a number when present
+    const nowSeconds = now() / 1000
+    if (payload.exp! - nowSeconds > MAX_TOKEN_LIFETIME_SECONDS + CLOCK_TOLERANCE_SECONDS) {
+      return refusal(method, 'TokenLifetimeTooLong', 'exp is more than 24 h ahead', oauthClientId)
+    }
+    // jose looks at iat only with maxTokenAge: a token issued in the future is not valid yet either
+    if (payload.iat !== undefined && payload.iat - nowSeconds > CLOCK_TOLERANCE_SECONDS) {
+      return refusal(method, 'TokenNotYetValid', 'iat is in the future', oauthClientId)
+    }
     const subject = typeof payload.sub === 'string' ? payload.sub : oauthClientId
     if (subject === undefined || !SUBJECT.test(subject)) return refusal(method, 'TokenMalformed', 'no usable sub or client_id', oauthClientId)
     return { ok: true, token: { method, issuer, subject, oauthClientId, scopes, expiresAt: payload.exp! * 1000 } }
@@ -231,13 +250,17 @@ export function createTokenVerifier (opts: TokenVerifierOptions): TokenVerifier 
       // read unverified only to pick the issuer's keys; everything is verified after
       let iss: unknown
       let alg = ''
+      let crit: unknown
       try {
         iss = decodeJwt(token).iss
         const header = decodeProtectedHeader(token)
         alg = typeof header.alg === 'string' ? header.alg : ''
+        crit = header.crit
       } catch {
         return refusal('oauth2', 'TokenMalformed', 'not a well-formed JWT')
       }
+      // RFC 7515 §4.1.11: an extension the recipient does not understand makes the token invalid; this one understands none
+      if (crit !== undefined) return refusal('oauth2', 'TokenMalformed', 'a crit header names an extension this broker does not support')
       if (broker !== null && iss === broker.keys.issuer) return verifyBrokerToken(token, alg)
       return verifyExternalToken(token, alg)
     },

@@ -4,9 +4,9 @@
  * is in the creation answer and nowhere else: the store keeps a salted scrypt
  * hash, no route returns it again, and the audit names the client id only.
  * Deleting a client makes its secret useless at once on every broker process
- * (the store is shared through Redis); tokens it already holds expire on their
- * own within TOKEN_LIFETIME_SECONDS, and the token listener refuses a broker
- * token whose client is gone.
+ * (the store is shared through Redis); the token listener refuses a broker
+ * token whose client is gone, and closes the sessions its tokens opened within
+ * SESSION_REVALIDATE_SECONDS (plugins/token-identity.ts).
  */
 import type { FastifyPluginAsync } from 'fastify'
 import { JitpError } from '../../errors.js'
