@@ -59,6 +59,8 @@ export interface BuildOptions {
   now?: () => number
   /** logger override */
   log?: AppLogger
+  /** what /metrics answers instead of this broker's registry (a cluster worker: every worker's, broker/cluster.ts) */
+  metricsText?: () => Promise<string>
 }
 
 export interface BrokerHandle {
@@ -269,7 +271,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // POST /oauth/token on HTTP_PORT (broker/token-endpoint.ts): client credentials → a token signed by tokenKeys
     const tokenEndpoint = createTokenEndpoint({ config, clients: oauthClients, keys: tokenKeys, audit, metrics, log, now, onStoreError })
     releases.push(['token endpoint', () => tokenEndpoint.close()])
-    const httpServer = createHttpServer({ metrics, ready, tokenEndpoint })
+    const httpServer = createHttpServer({ metrics, ready, tokenEndpoint, metricsText: opts.metricsText })
     const httpPort = await listen(httpServer, config.httpPort, config.host)
     releases.push(['http', () => closeServer(httpServer)])
     httpServer.unref()
