@@ -236,8 +236,10 @@ export class MemoryRegistry implements Registry {
     const entry = reg.token === null ? null : this.#tokens.get(reg.token)
     if (entry === undefined || (entry !== null && now >= entry.expiresAt)) return { result: 'token-used' }
     const deviceId = reg.device.deviceId
-    const exists = this.#devices.has(deviceId)
-    if (exists && !reg.replace) return { result: 'device-exists' }
+    const existing = this.#devices.get(deviceId)
+    const exists = existing !== undefined
+    // replace stays within the device's own template (plugins/provisioning/register.ts says why)
+    if (exists && (!reg.replace || existing.template !== reg.device.template)) return { result: 'device-exists' }
     const revoked: string[] = []
     if (exists) {
       for (const cert of this.#certificates.values()) {

@@ -378,7 +378,8 @@ local plan = cjson.decode(ARGV[1])
 local P = plan.prefix
 if plan.token and redis.call('EXISTS', KEYS[1]) == 0 then return {'token-used'} end
 local exists = redis.call('EXISTS', KEYS[2]) == 1
-if exists and not plan.replace then return {'device-exists'} end
+-- replace stays within the device's own template (plugins/provisioning/register.ts says why)
+if exists and (not plan.replace or redis.call('HGET', KEYS[2], 'template') ~= plan.template) then return {'device-exists'} end
 local reply = {'registered'}
 if exists then
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
@@ -733,6 +734,7 @@ export class RedisRegistry implements Registry {
       deviceId,
       token: reg.token !== null,
       replace: reg.replace,
+      template: reg.device.template,
       now: String(this.#now()),
       prefix: this.#prefix,
       device: Object.entries(deviceFields(reg.device)).flat(),

@@ -187,7 +187,7 @@ export interface Registration {
   /** the ownership token presented, used up only if the device is registered; null for a manufacturer certificate's first connect */
   readonly token: string | null
   readonly device: DeviceRecord
-  /** the template's reprovision policy: an existing device is replaced (its certificates revoked) or refused */
+  /** the template's reprovision policy: an existing device of the same template is replaced (its certificates revoked) or refused */
   readonly replace: boolean
   /** certificates bound active to the device (a pending one stops expiring) */
   readonly certificates: readonly CertificateRecord[]

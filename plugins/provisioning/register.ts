@@ -110,9 +110,11 @@ type CommitStep = (deps: RegistrationDeps, c: Commit) => Promise<void>
  * over an existing device's.
  */
 async function checkReprovision (deps: RegistrationDeps, c: Commit): Promise<void> {
-  const exists = await deps.registry.getDevice(c.device.deviceId) !== null
-  if (!exists) return
-  if (c.device.template.reprovision !== 'replace') throw deviceExists(c.device.deviceId)
+  const existing = await deps.registry.getDevice(c.device.deviceId)
+  if (existing === null) return
+  // `replace` re-provisions a device of its own template only: a template (or an enrollment group) whose
+  // device-id space overlaps another's must not take over, and revoke, that other fleet's devices
+  if (c.device.template.reprovision !== 'replace' || existing.template !== c.device.template.name) throw deviceExists(c.device.deviceId)
   c.replacing = true
 }
 

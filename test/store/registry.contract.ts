@@ -357,6 +357,18 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.equal((await registry.getCertificate(certId('new-4')))?.status, 'active')
   })
 
+  t.test(`${name}: replace never crosses templates (another fleet's device is not taken over)`, async (t) => {
+    const { registry } = await setup(t)
+    await registry.putDevice(device('d6', { template: 'fleet-a' }))
+    await registry.putCertificate(certificate('old-6', 'd6'))
+    await registry.putToken('tok-6', withKey('f'), 60_000)
+    const foreign = { token: 'tok-6', device: device('d6', { template: 'fleet-b' }), replace: true, certificates: [certificate('new-6', 'd6')] }
+    t.same(await registry.registerDevice(foreign), { result: 'device-exists' }, 'refused')
+    t.equal((await registry.getCertificate(certId('old-6')))?.status, 'active', 'the existing device keeps its certificate')
+    t.equal((await registry.getDevice('d6'))?.template, 'fleet-a', 'and its record')
+    t.same(await registry.peekToken('tok-6'), withKey('f'), 'the token is not used up')
+  })
+
   t.test(`${name}: one registration wins a token raced by two`, async (t) => {
     const { registry } = await setup(t)
     await registry.putToken('tok-5', withKey('e'), 60_000)
@@ -439,8 +451,9 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.strictSame(await statusOf('quarantined'), ['w3'], 'setDeviceStatus')
     t.strictSame(await statusOf('active'), ['w1'])
     await registry.putToken('tok-w', withKey('w'), 60_000)
-    await registry.registerDevice({ token: 'tok-w', device: device('w3', { template: 'fresh' }), replace: true, certificates: [certificate('cw3', 'w3')] })
-    t.strictSame(await statusOf('active', 'fresh'), ['w3'], 'registerDevice (replace)')
+    // replace stays within the device's template: the replacement's status is what moves
+    await registry.registerDevice({ token: 'tok-w', device: device('w3', { attributes: { model: 'fresh' } }), replace: true, certificates: [certificate('cw3', 'w3')] })
+    t.strictSame(await statusOf('active', 'thermostat'), ['w3'], 'registerDevice (replace)')
     t.strictSame(await statusOf('quarantined'), [], 'the replaced record left its status')
     await registry.registerDevice({ token: null, device: device('w4'), replace: false, certificates: [] })
     t.strictSame(await statusOf('active'), ['w1', 'w3', 'w4'], 'registerDevice (new)')
