@@ -17,7 +17,9 @@ const USAGE = [
   'usage: aedes-jitp simulate --devices N [--concurrency C] [--template NAME] [--param name=value ...]',
   '  [--claim-cert F --claim-key F] [--mqtt-url mqtts://host:port] [--admin-url URL] [--cert F --key F --ca F] [--no-admin]',
   '  [--telemetry-rate MSG_PER_S] [--duration S] [--faults kind=rate,...] [--seed N] [--provision-only] [--json]',
-  '  faults: bad-payload, config-fail, config-silent, silent, disconnect-storm, slow-subscriber (rate 0..1 of the devices)'
+  '  [--config-update | --no-config-update] [--config-override JSON]',
+  '  faults: bad-payload, config-fail, config-silent, silent, disconnect-storm, slow-subscriber (rate 0..1 of the devices)',
+  '  --config-update: one configuration update per device once it applied its first (default: on with config-fail)'
 ].join('\n')
 
 function number (flag: string, raw: string | undefined, fallback: number, opts: { integer?: boolean, min?: number, max?: number } = {}): number {
@@ -55,6 +57,9 @@ export async function simulateCommand (args: string[]): Promise<number> {
       duration: { type: 'string' },
       faults: { type: 'string' },
       seed: { type: 'string' },
+      'config-update': { type: 'boolean' },
+      'no-config-update': { type: 'boolean', default: false },
+      'config-override': { type: 'string' },
       'provision-only': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false }
     }
@@ -70,6 +75,20 @@ export async function simulateCommand (args: string[]): Promise<number> {
     if (at < 1) throw new Error(`--param: '${p}' is not name=value ({run} and {n} are filled in per device)`)
     parameters[p.slice(0, at)] = p.slice(at + 1)
   }
+  if (values['config-update'] === true && values['no-config-update']) throw new Error('--config-update and --no-config-update: one or the other')
+  let configOverride: Record<string, unknown> | undefined
+  if (values['config-override'] !== undefined) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(values['config-override'])
+    } catch {
+      parsed = null
+    }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error(`--config-override: '${values['config-override']}' is not a JSON object (e.g. '{"telemetryIntervalSeconds": 30}')`)
+    if (values['no-config-update']) throw new Error('--config-override with --no-config-update: the override is what the update sends')
+    configOverride = parsed as Record<string, unknown>
+  }
+  const configUpdate = values['no-config-update'] ? false : values['config-update'] === true || configOverride !== undefined ? true : undefined
   const certsDir = resolve(process.env.CERTS_DIR || 'certs-dev')
   const admin = values['no-admin'] ? null : adminTarget(values)
   const ca = admin?.ca ?? readPem(values.ca ?? join(certsDir, 'root-ca.pem'), '--ca')
@@ -90,6 +109,8 @@ export async function simulateCommand (args: string[]): Promise<number> {
     durationSeconds: number('duration', values.duration, 5, { min: 0, max: 86_400 }),
     faults: values.faults === undefined ? {} : parseFaults(values.faults),
     seed: number('seed', values.seed, 1, { integer: true }),
+    ...(configUpdate !== undefined ? { configUpdate } : {}),
+    ...(configOverride !== undefined ? { configOverride } : {}),
     lifecycle: values['provision-only'] ? 'provision' as const : 'full' as const
   }
   // loaded here: the other commands do not pay for MQTT.js

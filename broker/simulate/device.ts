@@ -17,7 +17,7 @@ import type { SecureContext } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
-import type { FaultKind } from './faults.js'
+import type { ConfigFailMode, FaultKind } from './faults.js'
 import type { Step } from './stats.js'
 
 export const CSR_TOPIC = '$provision/certificates/create-from-csr/json'
@@ -54,6 +54,8 @@ export interface FleetContext {
   readonly stopping: () => boolean
   /** a device's connection state changed (progress) */
   readonly changed: () => void
+  /** the broker acknowledged (PUBACK) the device's `applied` ack of its first configuration version */
+  readonly firstConfigApplied?: (device: VirtualDevice, version: number) => void
 }
 
 export interface DeviceRequest { readonly keyPem: string, readonly csr: string }
@@ -163,6 +165,16 @@ function subscribe (client: MqttClient, topics: string[]): Promise<number> {
   })
 }
 
+/** the same string for the same JSON content whatever its keys' order: what "content applied before" compares */
+export function canonicalJson (value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    const o = value as Record<string, unknown>
+    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(',')}}`
+  }
+  return JSON.stringify(value) ?? 'null'
+}
+
 /** DISCONNECT after the in-flight messages are acknowledged, bounded */
 function endClient (client: MqttClient, timeoutMs = END_TIMEOUT_MS): Promise<void> {
   return new Promise((resolve) => {
@@ -195,6 +207,10 @@ export class VirtualDevice {
   error: { step: string, message: string } | null = null
   /** config versions received, in order (a version delivered again is not repeated) */
   readonly configVersions: number[] = []
+  /** the newest version this device acknowledged `applied` (0: none) */
+  lastApplied = 0
+  /** the versions it acknowledged `failed` */
+  readonly failedVersions: number[] = []
   /** ms offline for each connection loss the device recovered from, and when (performance.now()) it happened */
   readonly outages: Array<{ at: number, ms: number }> = []
   configMissing = false
@@ -225,6 +241,8 @@ export class VirtualDevice {
   private firstOnlineAt: number | null = null
   private lostAt: number | null = null
   private handledVersion = 0
+  /** canonical content of every configuration this device applied */
+  private readonly appliedContents = new Set<string>()
   private stateSent = false
   private telemetryTimer: NodeJS.Timeout | null = null
   private configTimer: NodeJS.Timeout | null = null
@@ -242,7 +260,9 @@ export class VirtualDevice {
     readonly parameters: Readonly<Record<string, string>>,
     readonly faults: ReadonlySet<FaultKind>,
     private readonly request: DeviceRequest,
-    private readonly ctx: FleetContext
+    private readonly ctx: FleetContext,
+    /** how it fails its configurations when it has the config-fail fault (faults.ts configFailModes; default: every version) */
+    readonly configFail: ConfigFailMode | null = faults.has('config-fail') ? 'never-applies' : null
   ) {
     this.keyPem = request.keyPem
   }
@@ -472,16 +492,35 @@ export class VirtualDevice {
     if (this.faults.has('config-silent')) {
       this.counters.configsIgnored++
     } else {
-      const failed = this.faults.has('config-fail')
+      const content = canonicalJson(doc.config ?? null)
+      const failed = this.failsConfig(content)
       const ack = failed ? { version, status: 'failed', error: 'simulated: the firmware could not apply this configuration' } : { version, status: 'applied' }
       const sentAt = performance.now()
+      if (failed) {
+        this.failedVersions.push(version)
+      } else {
+        this.appliedContents.add(content)
+        this.lastApplied = version
+      }
       this.must('ack', this.topic('config/ack'), JSON.stringify(ack), () => {
         if (this.steps.ack === undefined) this.steps.ack = performance.now() - sentAt
+        if (first && !failed) this.ctx.firstConfigApplied?.(this, version)
       })
       if (failed) this.counters.configAcks.failed++
       else this.counters.configAcks.applied++
     }
     if (first) this.afterFirstConfig()
+  }
+
+  /**
+   * config-fail (faults.ts): `never-applies` fails everything; `fails-updates` applies its
+   * first configuration and any content it applied before (what a rollback to its last
+   * known good delivers), and fails content it never applied
+   */
+  private failsConfig (content: string): boolean {
+    if (this.configFail === 'never-applies') return true
+    if (this.configFail === 'fails-updates') return this.appliedContents.size > 0 && !this.appliedContents.has(content)
+    return false
   }
 
   /** state (unless silent), then telemetry */

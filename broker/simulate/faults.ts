@@ -7,6 +7,12 @@
  * config-silent, bad-payload) never fall on the same device: a quarantined device
  * then has one cause, and the summary can say which fault the broker caught. The
  * connection kinds (disconnect-storm, slow-subscriber) come on top of any other.
+ *
+ * `config-fail` devices are of two kinds, alternately in device order
+ * (configFailModes): the first, third, ... fail updates (a firmware that applies
+ * the configuration it got first and fails any later content it has not applied
+ * before, so the broker's rollback to its last known good applies), the second,
+ * fourth, ... never apply any version (nothing to roll back to: quarantined).
  */
 
 export const FAULT_KINDS = ['bad-payload', 'config-fail', 'config-silent', 'silent', 'disconnect-storm', 'slow-subscriber'] as const
@@ -19,11 +25,31 @@ const CONNECTION_KINDS: readonly FaultKind[] = ['disconnect-storm', 'slow-subscr
 
 export const FAULT_HELP: Readonly<Record<FaultKind, string>> = {
   'bad-payload': 'also sends telemetry that breaks schemas/telemetry.json (and some that is not JSON)',
-  'config-fail': 'acknowledges every configuration version "failed"',
+  'config-fail': 'acks "failed": every other such device for the updates after its first configuration, the others for every version',
   'config-silent': 'never acknowledges its configuration',
   silent: 'never publishes its state',
   'disconnect-storm': 'loses its connection together with every other such device, and all reconnect at once',
   'slow-subscriber': 'reads what the broker sends it slowly (each incoming message holds the connection for 500 ms)'
+}
+
+/**
+ * How a config-fail device fails:
+ *   `fails-updates`  applies the first configuration it receives and any version whose content it has applied
+ *                    before (a rollback to its last known good), acks `failed` for any other content
+ *   `never-applies`  acks `failed` for every version
+ */
+export const CONFIG_FAIL_MODES = ['fails-updates', 'never-applies'] as const
+export type ConfigFailMode = typeof CONFIG_FAIL_MODES[number]
+
+export const CONFIG_FAIL_HELP: Readonly<Record<ConfigFailMode, string>> = {
+  'fails-updates': 'applies its first configuration, fails any later content it never applied, applies a rollback to content it applied',
+  'never-applies': 'fails every version, its first included'
+}
+
+/** the config-fail devices alternate, in device order: fails-updates, never-applies, fails-updates, ... (null: no config-fail) */
+export function configFailModes (faults: ReadonlyArray<ReadonlySet<FaultKind>>): Array<ConfigFailMode | null> {
+  let n = 0
+  return faults.map((f) => f.has('config-fail') ? CONFIG_FAIL_MODES[n++ % 2]! : null)
 }
 
 function isFaultKind (s: string): s is FaultKind {

@@ -5,7 +5,7 @@
  */
 import { escapeControl } from '../cli/audit.js'
 import { table } from '../cli/admin-client.js'
-import { FAULT_HELP, type FaultKind } from './faults.js'
+import { CONFIG_FAIL_HELP, CONFIG_FAIL_MODES, FAULT_HELP, type FaultKind } from './faults.js'
 import type { SimulationPhase, SimulationProgress, SimulationSummary } from './run.js'
 import { STEPS, STEP_LABELS } from './stats.js'
 
@@ -85,7 +85,13 @@ export function renderSummary (s: SimulationSummary): string {
     rows.push(['active', String(s.active)])
     rows.push(['quarantined', `${s.quarantined ?? 0}${Object.keys(s.quarantinedByReason).length > 0 ? ` (check failed: ${counts(s.quarantinedByReason)})` : ''}`])
     if (s.undecided) rows.push(['undecided', `${s.undecided} still provisioned when the wait ended`])
-    rows.push(['rolled back', `${s.rolledBack ?? 0} (config.rolledback)`])
+    rows.push(['rolled back', `${s.rolledBack ?? 0} device(s) (config.rolledback)`])
+  }
+  const u = s.configUpdate
+  if (u) {
+    rows.push(['config update', `${escapeControl(JSON.stringify(u.override))} to ${u.sent} device(s) once they applied their first version: ${u.applied} applied it, ${u.failed} failed it${u.failed > 0 ? ` (${u.failedThenRolledBack} then applied the broker's rollback)` : ''}${u.unsettled > 0 ? `, ${u.unsettled} applied nothing from it on` : ''}`])
+    if (u.refused) rows.push(['', escapeControl(u.refused)])
+    for (const e of u.errors) rows.push(['', `not sent${e.index >= 0 ? ` to #${e.index}` : ''}: ${escapeControl(e.message)}`])
   }
   const m = s.messages
   rows.push(['messages', `${m.sent} sent, ${m.acknowledged} acknowledged, ${m.rejected} rejected${m.rejected > 0 ? ` (${counts(m.rejectedByCode)})` : ''}`])
@@ -111,6 +117,11 @@ export function renderSummary (s: SimulationSummary): string {
       const f = s.faults[kind]!
       out.push(`  ${kind} (${percent(f.rate)}: ${FAULT_HELP[kind]})`)
       out.push(`    ${f.devices} devices, ${f.injected} ${INJECTED[kind]}, ${f.reportedOnErrors} reports on devices/<id>/errors; registry: ${counts(f.outcome) || '-'}${Object.keys(f.quarantinedByReason).length > 0 ? ` (quarantined for: ${counts(f.quarantinedByReason)})` : ''}`)
+      for (const mode of CONFIG_FAIL_MODES) {
+        const m = f.modes?.[mode]
+        if (!m || m.devices === 0) continue
+        out.push(`    ${mode} (${CONFIG_FAIL_HELP[mode]}): ${m.devices} devices, ${m.failedAcks} acks "failed", ${m.rolledBack} rolled back; registry: ${counts(m.outcome) || '-'}${Object.keys(m.quarantinedByReason).length > 0 ? ` (quarantined for: ${counts(m.quarantinedByReason)})` : ''}`)
+      }
       out.push(`    audit: ${counts(f.audit) || 'nothing beyond the routine lines'}`)
     }
     out.push('')

@@ -7,7 +7,10 @@
  *   provisioning  `concurrency` devices at a time: claim → CSR → register → own connection
  *   storm         (disconnect-storm) every such device loses its connection at once, all reconnect
  *   health        until the broker has decided every device (audit device.*, registry), bounded by
- *                 the template's health window plus a margin
+ *                 the template's health window plus a margin; meanwhile (--config-update) each device
+ *                 that applied its first configuration gets one update through the admin API
+ *   config-update until every updated device has applied a version from its update on (the update,
+ *                 or the broker's rollback after a failed one), bounded
  *   telemetry     `duration` seconds more of telemetry
  *   collecting    each device's registry record and the audit lines about it
  *
@@ -18,7 +21,8 @@ import { createSecureContext } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
 import type { AdminTarget } from '../cli/admin-client.js'
-import { FAULT_KINDS, assignFaults, checkRates, type FaultKind, type FaultRates } from './faults.js'
+import { ConfigUpdater, defaultConfigOverride, type ConfigUpdateReport } from './config-update.js'
+import { CONFIG_FAIL_MODES, FAULT_KINDS, assignFaults, checkRates, configFailModes, type ConfigFailMode, type FaultKind, type FaultRates } from './faults.js'
 import { VirtualDevice, type DeviceCounters, type DeviceRequest, type FleetContext } from './device.js'
 import { auditKey, auditSince, eachLimited, NOTABLE_EVENTS, registryDevice, templateHealth, type AuditLine, type RegistryDevice } from './fleet-view.js'
 import { STEPS, percentiles, round1, type Percentiles, type Step } from './stats.js'
@@ -46,6 +50,13 @@ export interface SimulationOptions {
   readonly faults?: FaultRates
   /** picks the faulty devices (default 1) */
   readonly seed?: number
+  /**
+   * one configuration update per device once it has applied its first (PUT /v1/devices/{id}/config);
+   * default: on when config-fail devices run (their rollback needs it), with the admin API and the full lifecycle
+   */
+  readonly configUpdate?: boolean
+  /** the overrides of that update (default `{"simulatorUpdate": <runId>}`) */
+  readonly configOverride?: Record<string, unknown>
   /** names this run's devices (default SIM<base36 time>) */
   readonly runId?: string
   /** `provision`: each device stops at the CONNACK of its own certificate (the benchmark) */
@@ -62,7 +73,7 @@ export interface SimulationOptions {
   readonly onPhase?: (phase: SimulationPhase) => void
 }
 
-export type SimulationPhase = 'preparing' | 'provisioning' | 'provisioned' | 'storm' | 'health' | 'telemetry' | 'stopping' | 'collecting' | 'done'
+export type SimulationPhase = 'preparing' | 'provisioning' | 'provisioned' | 'storm' | 'health' | 'config-update' | 'telemetry' | 'stopping' | 'collecting' | 'done'
 
 export interface SimulationProgress {
   readonly phase: SimulationPhase
@@ -92,6 +103,18 @@ export interface FaultReport {
   readonly reportedOnErrors: number
   /** what the audit log said about these devices (routine lines left out), line counts */
   readonly audit: Record<string, number>
+  /** config-fail: the two kinds of device (faults.ts) */
+  readonly modes?: Partial<Record<ConfigFailMode, ConfigFailModeReport>>
+}
+
+export interface ConfigFailModeReport {
+  readonly devices: number
+  /** acks `failed` sent */
+  readonly failedAcks: number
+  /** devices with a config.rolledback audit line */
+  readonly rolledBack: number
+  readonly outcome: Record<string, number>
+  readonly quarantinedByReason: Record<string, number>
 }
 
 export interface DeviceReport {
@@ -99,14 +122,22 @@ export interface DeviceReport {
   readonly parameters: Readonly<Record<string, string>>
   readonly deviceId: string | null
   readonly faults: FaultKind[]
+  /** how it failed its configurations (config-fail), else null */
+  readonly configFail: ConfigFailMode | null
   readonly provisioned: boolean
   readonly error: { step: string, message: string } | null
   /** the registry's status at the end (null without the admin API or when the broker does not know it) */
   readonly status: string | null
   /** the check that failed, from device.quarantined */
   readonly quarantineCheck: string | null
+  /** config.rolledback audit lines of this device */
   readonly rolledBack: number
   readonly configVersions: number[]
+  /** the newest version it acknowledged `applied` (0: none), and those it acknowledged `failed` */
+  readonly configApplied: number
+  readonly configFailed: number[]
+  /** the version the simulator's configuration update made (null: none sent) */
+  readonly configUpdateVersion: number | null
   readonly messages: Pick<DeviceCounters, 'sent' | 'acknowledged' | 'rejected' | 'rejectedByCode' | 'telemetry' | 'states' | 'badPayloads'>
   readonly rotations: DeviceCounters['rotations']
   readonly connectionsLost: number
@@ -127,8 +158,10 @@ export interface SimulationSummary {
   readonly quarantinedByReason: Record<string, number>
   /** still `provisioned` (undecided) when the wait ended */
   readonly undecided: number | null
-  /** config.rolledback audit lines of these devices */
+  /** devices with a config.rolledback audit line */
   readonly rolledBack: number | null
+  /** the configuration update (--config-update); null when none was pushed */
+  readonly configUpdate: ConfigUpdateReport | null
   readonly messages: {
     sent: number
     acknowledged: number
@@ -233,6 +266,11 @@ async function simulate (opts: SimulationOptions, admin: AdminTarget | null): Pr
   opts.onPhase?.('preparing')
   const requests = deviceRequests(count)
   const faults = assignFaults(count, faultRates, opts.seed ?? 1)
+  const failModes = configFailModes(faults)
+  // without an update, a config-fail device that fails updates applies its one version: nothing to roll back
+  const wantsUpdate = opts.configUpdate ?? (opts.configOverride !== undefined || (faultRates['config-fail'] ?? 0) > 0)
+  if (wantsUpdate && opts.configUpdate === true && admin === null) throw new Error('config update: it goes through the admin API (leave out --no-admin)')
+  const updater = wantsUpdate && admin && lifecycle === 'full' ? new ConfigUpdater(admin, opts.configOverride ?? defaultConfigOverride(runId), ADMIN_CONCURRENCY) : null
   const width = Math.max(4, String(count - 1).length)
   const params = opts.parameters ?? { serialNumber: '{run}-{n}' }
   const ctx: FleetContext = {
@@ -246,12 +284,13 @@ async function simulate (opts: SimulationOptions, admin: AdminTarget | null): Pr
     stepTimeoutMs: opts.stepTimeoutMs ?? 15_000,
     deadline: () => hardDeadline,
     stopping: () => stopping,
-    changed: () => {}
+    changed: () => {},
+    ...(updater ? { firstConfigApplied: (d: VirtualDevice) => updater.schedule(d) } : {})
   }
   const devices = requests.map((req, i) => {
     const n = String(i).padStart(width, '0')
     const parameters = Object.fromEntries(Object.entries(params).map(([k, v]) => [k, fill(v, runId, n)]))
-    return new VirtualDevice(i, parameters, faults[i]!, req, ctx)
+    return new VirtualDevice(i, parameters, faults[i]!, req, ctx, failModes[i]!)
   })
 
   const decisions = new Map<string, { status: string, check: string | null }>()
@@ -336,6 +375,17 @@ async function simulate (opts: SimulationOptions, admin: AdminTarget | null): Pr
       await waitForDecisions(admin, provisionedDevices, health, startedAt, decisions, over, signal, boundsHit)
     }
 
+    // the configuration update's outcome: applied, or failed and rolled back to the last known good (and applied)
+    if (updater) {
+      updater.close()
+      if (!over()) {
+        enter('config-update')
+        const boundMs = ctx.stepTimeoutMs
+        const unsettled = await updater.settle(boundMs, over, signal)
+        if (unsettled.length > 0 && !over()) boundsHit.push(`config update: ${unsettled.length} device(s) had applied no version from their update on ${boundMs / 1000} s after the health phase (failed and not rolled back?)`)
+      }
+    }
+
     if (lifecycle === 'full' && durationSeconds > 0 && provisionedDevices.length > 0 && !over()) {
       enter('telemetry')
       await abortable(durationSeconds * 1000, signal)
@@ -379,7 +429,7 @@ async function simulate (opts: SimulationOptions, admin: AdminTarget | null): Pr
     enter('done')
     return summarize({
       runId, template, mqttUrl, devices, registry, audit, admin: admin !== null && lifecycle === 'full', provisionSeconds, storm,
-      healthWindowSeconds, boundsHit, startedAt, faultRates, unattributedStorm: stormWindow ? unattributed.filter((l) => l.time >= stormWindow.from - 2000 && l.time <= stormWindow.to + 2000) : []
+      healthWindowSeconds, boundsHit, startedAt, faultRates, updater, unattributedStorm: stormWindow ? unattributed.filter((l) => l.time >= stormWindow.from - 2000 && l.time <= stormWindow.to + 2000) : []
     })
   } finally {
     stopping = true
@@ -446,6 +496,7 @@ interface SummaryInput {
   boundsHit: string[]
   startedAt: number
   faultRates: FaultRates
+  updater: ConfigUpdater | null
   unattributedStorm: AuditLine[]
 }
 
@@ -481,6 +532,11 @@ function summarize (s: SummaryInput): SimulationSummary {
     if (rate === undefined) continue
     faults[kind] = { rate, devices: 0, injected: 0, outcome: {}, quarantinedByReason: {}, reportedOnErrors: 0, audit: {} }
   }
+  const modes: Partial<Record<ConfigFailMode, { devices: number, failedAcks: number, rolledBack: number, outcome: Record<string, number>, quarantinedByReason: Record<string, number> }>> = {}
+  if (faults['config-fail']) {
+    for (const mode of CONFIG_FAIL_MODES) modes[mode] = { devices: 0, failedAcks: 0, rolledBack: 0, outcome: {}, quarantinedByReason: {} }
+    ;(faults['config-fail'] as { modes?: FaultReport['modes'] }).modes = modes
+  }
   for (const d of s.devices) {
     const c = d.counters
     for (const step of STEPS) if (d.steps[step] !== undefined) latency[step].push(d.steps[step])
@@ -509,13 +565,21 @@ function summarize (s: SummaryInput): SimulationSummary {
     const quarantine = [...lines].reverse().find((l) => l.event === 'device.quarantined')
     const check = quarantine ? (typeof quarantine.check === 'string' ? quarantine.check : typeof quarantine.reason === 'string' ? quarantine.reason : 'unknown') : null
     const rolled = lines.filter((l) => l.event === 'config.rolledback').length
-    rolledBack += rolled
+    if (rolled > 0) rolledBack++
     if (status === 'active') active++
     if (status === 'quarantined') {
       quarantined++
       bump(quarantinedByReason, check ?? 'unknown')
     }
     if (status === 'provisioned') undecided++
+    const mode = d.configFail !== null ? modes[d.configFail] : undefined
+    if (mode) {
+      mode.devices++
+      mode.failedAcks += c.configAcks.failed
+      if (rolled > 0) mode.rolledBack++
+      bump(mode.outcome, status ?? (d.deviceId === null ? 'not provisioned' : 'unknown'))
+      if (status === 'quarantined') bump(mode.quarantinedByReason, check ?? 'unknown')
+    }
 
     for (const kind of d.faults) {
       const f = faults[kind]
@@ -541,12 +605,16 @@ function summarize (s: SummaryInput): SimulationSummary {
       parameters: d.parameters,
       deviceId: d.deviceId,
       faults: [...d.faults].sort(),
+      configFail: d.configFail,
       provisioned: d.deviceId !== null,
       error: d.error,
       status,
       quarantineCheck: check,
       rolledBack: rolled,
       configVersions: [...d.configVersions],
+      configApplied: d.lastApplied,
+      configFailed: [...d.failedVersions],
+      configUpdateVersion: s.updater?.versions.get(d) ?? null,
       messages: { sent: c.sent, acknowledged: c.acknowledged, rejected: c.rejected, rejectedByCode: { ...c.rejectedByCode }, telemetry: c.telemetry, states: c.states, badPayloads: c.badPayloads },
       rotations: { ...c.rotations },
       connectionsLost: c.connectionsLost,
@@ -576,6 +644,7 @@ function summarize (s: SummaryInput): SimulationSummary {
     quarantinedByReason,
     undecided: s.admin ? undecided : null,
     rolledBack: s.admin ? rolledBack : null,
+    configUpdate: s.updater?.report() ?? null,
     messages,
     latencyMs: Object.fromEntries(STEPS.map((step) => [step, percentiles(latency[step])])) as Record<Step, Percentiles | null>,
     provisioning: { seconds: Math.round(s.provisionSeconds * 100) / 100, devicesPerSecond: s.provisionSeconds > 0 ? round1(provisioned / s.provisionSeconds) : 0 },

@@ -6,9 +6,11 @@
  *    device by device; the devices react like firmware to a new config version
  *    and to the rotate-certificate command sent meanwhile.
  *  - silent 20 %, config-fail 10 %, bad-payload 10 %: the silent ones quarantined
- *    for `state`, the config failures quarantined for `config` (the audit says why
- *    nothing was rolled back: they never applied a version), the bad payloads
- *    reported and counted and those devices active.
+ *    for `state`; of the config failures, those that fail updates are rolled back
+ *    after the simulator's configuration update (config.rolledback, last known good
+ *    = their first content) and active, those that never apply are quarantined for
+ *    `config` (the audit says why nothing was rolled back: no version was ever
+ *    applied); the bad payloads reported and counted and those devices active.
  *  - the CLI: `simulate --devices 200 --faults disconnect-storm=1` against
  *    `aedes-jitp start` in a child process: every device active, and without a
  *    TTY no control character in its output.
@@ -145,23 +147,55 @@ t.test('simulate against a broker, both stores', async (t) => {
         t.same([silent.length, configFail.length, bad.length, clean.length], [10, 5, 5, 30], 'the rates became device counts, on different devices')
 
         t.ok(silent.every((d) => d.status === 'quarantined' && d.quarantineCheck === 'state'), `silent: quarantined for state (${JSON.stringify(silent.map((d) => [d.status, d.quarantineCheck]))})`)
-        t.ok(configFail.every((d) => d.status === 'quarantined' && d.quarantineCheck === 'config'), `config-fail: quarantined for config (${JSON.stringify(configFail.map((d) => [d.status, d.quarantineCheck]))})`)
-        for (const d of configFail) {
+        const failsUpdates = configFail.filter((d) => d.configFail === 'fails-updates')
+        const neverApplies = configFail.filter((d) => d.configFail === 'never-applies')
+        t.same([failsUpdates.length, neverApplies.length], [3, 2], 'config-fail devices alternate: fails updates, never applies, ...')
+        t.same(configFail.map((d) => d.configFail), ['fails-updates', 'never-applies', 'fails-updates', 'never-applies', 'fails-updates'], 'in device order')
+
+        // the simulator's update reached every device that applied its first version
+        const u = s.configUpdate!
+        t.ok(u, 'a configuration update was pushed (on by default with config-fail)')
+        t.same({ sent: u.sent, applied: u.applied, failed: u.failed, failedThenRolledBack: u.failedThenRolledBack, unsettled: u.unsettled, refused: u.refused, errors: u.errors },
+          { sent: 48, applied: 45, failed: 3, failedThenRolledBack: 3, unsettled: 0, refused: null, errors: [] }, 'update: 48 sent (not to the 2 that never applied), 45 applied, 3 failed and rolled back')
+        const rolledBackLines = tb.events('config.rolledback').filter((l) => String(l.deviceId).startsWith(`sensor-${runId}-`))
+        const rolledBackIds = [...new Set(rolledBackLines.map((l) => String(l.deviceId)))].sort()
+        t.same(rolledBackIds, failsUpdates.map((d) => d.deviceId).sort(), 'config.rolledback audited for exactly the devices that fail updates')
+        t.equal(s.rolledBack, rolledBackIds.length, `rolledBack counts the devices the audit rolled back (${rolledBackIds.length})`)
+        for (const d of failsUpdates) {
+          const update = d.configUpdateVersion!
+          t.equal(update, 2, `${d.deviceId}: the update made version 2`)
+          t.same({ status: d.status, versions: d.configVersions, failed: d.configFailed, applied: d.configApplied, rolledBack: d.rolledBack },
+            { status: 'active', versions: [1, 2, 3], failed: [2], applied: 3, rolledBack: 1 }, `${d.deviceId}: applied 1, failed 2, applied the rollback 3, active`)
+          t.match(rolledBackLines.find((l) => l.deviceId === d.deviceId), { version: 3, fromVersion: 1, reason: /device reported failed/ }, `${d.deviceId}: rolled back to the content of version 1 as version 3`)
+          const cfg = (await adminRequest(tb.adminPort!, pki, 'GET', `/v1/devices/${d.deviceId}/config`)).body
+          const history = (await adminRequest(tb.adminPort!, pki, 'GET', `/v1/devices/${d.deviceId}/config/history`)).body.items as Array<{ version: number, config: unknown }>
+          const first = history.find((v) => v.version === 1)!
+          t.match(cfg, { version: 3, lastKnownGood: 3, status: 'current' }, `${d.deviceId}: the registry's last known good is the rollback`)
+          t.same(cfg.config, first.config, `${d.deviceId}: whose content is version 1's`)
+          t.notSame(history.find((v) => v.version === 2)?.config, first.config, `${d.deviceId}: the failed version 2 had another content`)
+        }
+        t.ok(neverApplies.every((d) => d.status === 'quarantined' && d.quarantineCheck === 'config'), `never applies: quarantined for config (${JSON.stringify(neverApplies.map((d) => [d.status, d.quarantineCheck]))})`)
+        for (const d of neverApplies) {
           // the first version failed: there is no last known good to go back to, and the broker says so
           const said = tb.events('config.acknowledged').find((l) => l.deviceId === d.deviceId)
           t.match(said, { version: 1, reason: /device reported failed.*not rolled back: no version was ever applied/, errorCode: 'NoLastKnownGood' }, `${d.deviceId}: failure audited, rollback refused with its reason`)
+          t.same({ update: d.configUpdateVersion, rolledBack: d.rolledBack, applied: d.configApplied }, { update: null, rolledBack: 0, applied: 0 }, `${d.deviceId}: no update, nothing rolled back`)
         }
-        const rolledBackLines = tb.events('config.rolledback').filter((l) => String(l.deviceId).startsWith(`sensor-${runId}-`)).length
-        t.equal(s.rolledBack, rolledBackLines, `rolledBack is the audit's count (${rolledBackLines})`)
+        const healthy = s.perDevice.filter((d) => d.configFail === null && d.configUpdateVersion !== null)
+        t.ok(healthy.length === 45 && healthy.every((d) => d.configApplied === d.configUpdateVersion && d.configFailed.length === 0), 'the other devices applied the update')
+        const modes = s.faults['config-fail']!.modes!
+        t.match(modes['fails-updates'], { devices: 3, failedAcks: 3, rolledBack: 3, outcome: { active: 3 } }, 'the fault report: fails updates → rolled back, active')
+        t.match(modes['never-applies'], { devices: 2, failedAcks: 2, rolledBack: 0, outcome: { quarantined: 2 }, quarantinedByReason: { config: 2 } }, 'never applies → quarantined for config')
         t.ok(bad.every((d) => d.status === 'active'), 'bad payloads: those devices still activate')
         t.ok(bad.every((d) => d.messages.badPayloads >= 1 && d.messages.rejected >= d.messages.badPayloads), 'every bad payload was reported on devices/<id>/errors')
         const rejectedLines = tb.events('payload.rejected').filter((l) => bad.some((d) => d.deviceId === l.deviceId)).length
         t.equal(rejectedLines, s.faults['bad-payload']!.injected, `each bad payload audited once (${rejectedLines})`)
         t.equal(s.faults['bad-payload']!.audit['payload.rejected SchemaViolation']! + s.faults['bad-payload']!.audit['payload.rejected InvalidJson']!, rejectedLines, 'and the summary says so')
         t.ok(clean.every((d) => d.status === 'active'), 'the devices without a fault are active')
-        t.same(s.quarantinedByReason, { state: 10, config: 5 }, 'quarantined by reason')
+        t.same(s.quarantinedByReason, { state: 10, config: 2 }, 'quarantined by reason')
         t.equal(s.faults.silent!.quarantinedByReason.state, 10)
-        t.equal(s.faults['config-fail']!.audit['device.quarantined check=config'], 5, 'the fault report quotes the audit')
+        t.equal(s.faults['config-fail']!.audit['device.quarantined check=config'], 2, 'the fault report quotes the audit')
+        t.equal(s.faults['config-fail']!.audit['config.rolledback'], 3, 'and its rollbacks')
         await agreesWithRegistry(t, tb, s)
       })
     })
