@@ -47,6 +47,8 @@ for (const store of STORES) {
 
     const get = await cli(['config', 'get', id, '--json'], env)
     t.match(JSON.parse(get.stdout), { deviceId: id, version: 2, lastKnownGood: 2, status: 'current' })
+    const shown = await cli(['devices', 'show', id, '--json'], env)
+    t.match(JSON.parse(shown.stdout), { deviceId: id, config: { version: 2, lastKnownGood: 2 } }, 'the device record shows the last known good too')
     const history = await cli(['config', 'history', id, '--json'], env)
     t.match(JSON.parse(history.stdout), [{ version: 2, author: 'admin-dev' }, { version: 1, author: 'registration' }], 'history: 2 and 1 with their authors')
     const human = await cli(['config', 'history', id], env)

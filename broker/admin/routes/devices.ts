@@ -76,10 +76,12 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
       const { id } = req.params
       const device = await registry.getDevice(id)
       if (!device) throw new JitpError('DeviceNotFound', id)
-      const [certificates, activity, version, health] = await Promise.all([
+      const [certificates, activity, version, configState, health] = await Promise.all([
         registry.certificatesOfDevice(id),
         registry.getActivity(id),
         retainedConfigVersion(deps, id),
+        // CONTRACT §9: the configuration store knows the last version the device applied
+        deps.configs ? deps.configs.state(id) : null,
         // CONTRACT §3.7: an active (or revoked) device's window is over, whatever is left of it
         device.status === 'provisioned' || device.status === 'quarantined' ? registry.getHealth(id) : null
       ])
@@ -88,8 +90,7 @@ export function deviceRoutes (deps: AdminDeps): FastifyPluginAsync {
         attributes: device.attributes,
         certificates: certificates.map((c) => ({ ...c, role: 'device' })),
         activity: activity ?? { firstSeen: null, lastSeen: null, connects: 0, messagesIn: 0, rejected: 0, lastErrorCode: null, remoteAddress: null, certificateNotAfter: null },
-        // the configuration lifecycle (CONTRACT §9) fills lastKnownGood
-        config: { version, lastKnownGood: null },
+        config: { version, lastKnownGood: configState?.lastKnownGood ?? null },
         health: healthOf(health)
       }
     })
