@@ -40,7 +40,8 @@ t.test('two broker processes, one Redis: one query sees both, an outage loses no
   await registry.close()
   const [a, b] = await Promise.all([startBrokerProcess({ redisUrl: redis.url, pki }), startBrokerProcess({ redisUrl: redis.url, pki })])
   const brokerIdOf = (p: BrokerProcess): unknown => p.auditLines().find((l) => l.event === 'broker.started')?.brokerId
-  const [idA, idB] = [brokerIdOf(a), brokerIdOf(b)]
+  // the file line is written asynchronously: a loaded machine can report the process ready first
+  const [idA, idB] = await until(async () => [brokerIdOf(a), brokerIdOf(b)], (ids) => ids.every((id) => id !== undefined), 'broker.started in both files')
   t.ok(typeof idA === 'string' && typeof idB === 'string' && idA !== idB, 'each process stamps its own brokerId')
 
   // X's life across both processes

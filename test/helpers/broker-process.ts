@@ -10,7 +10,7 @@
  * broker process would have done.
  */
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -44,7 +44,8 @@ export interface BrokerProcessOptions {
   overrides?: Record<string, unknown>
 }
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+// the repository root: two levels up from the TypeScript source, three from its compiled twin in dist/test
+const ROOT = ((here: string) => existsSync(join(here, 'package.json')) ? here : join(here, '..'))(fileURLToPath(new URL('../../', import.meta.url)))
 /** what the child runs (tsconfig.build.json compiles these into dist/) */
 const SOURCE_DIRS = ['broker', 'plugins', 'pki', 'certs-dev', 'bench']
 
