@@ -71,46 +71,61 @@ export function piiKeyFrom (piiKey: string | undefined, deviceCaKeyPem: string):
   return Buffer.from(hkdfSync('sha256', der, Buffer.from('aedes-jitp'), Buffer.from('x-pii envelope key'), 32))
 }
 
-function isEnvelopeShape (value: unknown): value is Envelope {
+/** `{enc, kid}` with two strings and nothing else: the shape of every envelope, whichever key made it */
+export function isEnvelope (value: unknown): value is Envelope {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
   const v = value as Record<string, unknown>
   return typeof v.enc === 'string' && typeof v.kid === 'string' && Object.keys(v).length === 2
+}
+
+/**
+ * The `enc` of an envelope: base64 of iv|ciphertext|tag, AES-256-GCM of the
+ * value's JSON under `key`, bound to `aad` (one associated data per purpose,
+ * so a key used for two purposes cannot open one's envelopes as the other's).
+ */
+export function sealJson (key: Buffer, aad: Buffer, value: unknown): string {
+  const iv = randomBytes(IV_BYTES)
+  const cipher = createCipheriv('aes-256-gcm', key, iv)
+  cipher.setAAD(aad)
+  const ct = Buffer.concat([cipher.update(JSON.stringify(value) ?? 'null', 'utf8'), cipher.final()])
+  return Buffer.concat([iv, ct, cipher.getAuthTag()]).toString('base64')
+}
+
+/** The value sealJson put in `enc`, or undefined when it does not open with this key and `aad` (or was altered). */
+export function openJson (key: Buffer, aad: Buffer, enc: string): { value: unknown } | undefined {
+  const raw = Buffer.from(enc, 'base64')
+  if (raw.length < IV_BYTES + TAG_BYTES) return undefined
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES))
+    decipher.setAAD(aad)
+    decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
+    const clear = Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()])
+    return { value: JSON.parse(clear.toString('utf8')) as unknown }
+  } catch {
+    // not made with this key (or altered)
+    return undefined
+  }
 }
 
 export function createPiiCipher (key: Buffer): PiiCipher {
   const kid = createHash('sha256').update(key).digest('hex').slice(0, 8)
   const pseudonymKey = pseudonymKeyFrom(key)
 
+  // not made with this key (or altered): not an envelope of ours
   function openOnce (env: Envelope): { value: unknown } | undefined {
-    if (env.kid !== kid) return undefined
-    const raw = Buffer.from(env.enc, 'base64')
-    if (raw.length < IV_BYTES + TAG_BYTES) return undefined
-    try {
-      const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES))
-      decipher.setAAD(AAD)
-      decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
-      const clear = Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()])
-      return { value: JSON.parse(clear.toString('utf8')) as unknown }
-    } catch {
-      // not made with this key (or altered): not an envelope of ours
-      return undefined
-    }
+    return env.kid === kid ? openJson(key, AAD, env.enc) : undefined
   }
 
   return Object.freeze({
     kid,
     seal (value: unknown): Envelope {
-      const iv = randomBytes(IV_BYTES)
-      const cipher = createCipheriv('aes-256-gcm', key, iv)
-      cipher.setAAD(AAD)
-      const ct = Buffer.concat([cipher.update(JSON.stringify(value) ?? 'null', 'utf8'), cipher.final()])
-      return { enc: Buffer.concat([iv, ct, cipher.getAuthTag()]).toString('base64'), kid }
+      return { enc: sealJson(key, AAD, value), kid }
     },
     open (value: unknown): { value: unknown } | undefined {
-      if (!isEnvelopeShape(value)) return undefined
+      if (!isEnvelope(value)) return undefined
       let opened = openOnce(value)
       if (opened === undefined) return undefined
-      for (let i = 1; i < MAX_NESTED && isEnvelopeShape(opened.value); i++) {
+      for (let i = 1; i < MAX_NESTED && isEnvelope(opened.value); i++) {
         const again = openOnce(opened.value)
         if (again === undefined) break
         opened = again

@@ -18,12 +18,13 @@
  * meant to be handed to whoever may read the values downstream, and their
  * envelopes are bound to this purpose by their own associated data.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { watchDir } from './dir-watch.js'
 import type { AppLogger } from './logger.js'
-import type { Envelope } from './pii-crypto.js'
+import { isEnvelope, openJson, sealJson, type Envelope } from './pii-crypto.js'
+
+export { isEnvelope }
 
 export interface PiiKeyring {
   readonly dir: string
@@ -36,19 +37,11 @@ export interface PiiKeyring {
   open (value: unknown): { value: unknown } | undefined
 }
 
-const IV_BYTES = 12
-const TAG_BYTES = 16
 const AAD = Buffer.from('aedes-jitp x-pii encrypt v1')
 const KID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 const KEY_TEXT = /^[A-Za-z0-9+/]{43}=$/
 /** the base64 of 32 bytes, with room for line endings and blanks around it */
 const MAX_KEY_FILE_BYTES = 256
-
-export function isEnvelope (value: unknown): value is Envelope {
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
-  const v = value as Record<string, unknown>
-  return typeof v.enc === 'string' && typeof v.kid === 'string' && Object.keys(v).length === 2
-}
 
 /** Reads every key in `dir`; throws an Error naming the file (or the directory) when one is unusable. */
 export function loadPiiKeyring (dir: string): PiiKeyring {
@@ -80,27 +73,12 @@ export function loadPiiKeyring (dir: string): PiiKeyring {
     newest,
     kids,
     seal (value: unknown): Envelope {
-      const iv = randomBytes(IV_BYTES)
-      const cipher = createCipheriv('aes-256-gcm', sealKey, iv)
-      cipher.setAAD(AAD)
-      const ct = Buffer.concat([cipher.update(JSON.stringify(value) ?? 'null', 'utf8'), cipher.final()])
-      return { enc: Buffer.concat([iv, ct, cipher.getAuthTag()]).toString('base64'), kid: newest }
+      return { enc: sealJson(sealKey, AAD, value), kid: newest }
     },
     open (value: unknown): { value: unknown } | undefined {
       if (!isEnvelope(value)) return undefined
       const key = keys.get(value.kid)
-      if (key === undefined) return undefined
-      const raw = Buffer.from(value.enc, 'base64')
-      if (raw.length < IV_BYTES + TAG_BYTES) return undefined
-      try {
-        const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES))
-        decipher.setAAD(AAD)
-        decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
-        const clear = Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()])
-        return { value: JSON.parse(clear.toString('utf8')) as unknown }
-      } catch {
-        return undefined
-      }
+      return key === undefined ? undefined : openJson(key, AAD, value.enc)
     }
   })
 }
