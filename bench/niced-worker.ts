@@ -17,14 +17,11 @@ import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import type { WorkerTask } from './load-worker.js'
 import { procUsage, type ProcUsage } from './proc.js'
-
-type FromWorker = { type: string, [k: string]: unknown }
+import { WorkerMailbox, type FromWorker } from './worker-mailbox.js'
 
 export class NicedLoadWorker {
   private readonly child: ChildProcess
-  private readonly inbox: FromWorker[] = []
-  private readonly waiting: Array<{ type: string, resolve: (m: FromWorker) => void, reject: (e: Error) => void }> = []
-  private failure: Error | null = null
+  private readonly mailbox = new WorkerMailbox('niced load worker')
 
   constructor (task: WorkerTask) {
     // nice(1) runs node itself, so the child's pid is node's and IPC works through it
@@ -34,9 +31,9 @@ export class NicedLoadWorker {
       env: { ...process.env, NODE_OPTIONS: '' },
       stdio: ['ignore', 'ignore', 'inherit', 'ipc']
     })
-    this.child.on('message', (msg: FromWorker) => this.deliver(msg))
-    this.child.on('error', (err) => this.fail(err))
-    this.child.on('exit', () => this.fail(new Error('niced load worker exited')))
+    this.child.on('message', (msg: FromWorker) => this.mailbox.deliver(msg))
+    this.child.on('error', (err) => this.mailbox.fail(err))
+    this.child.on('exit', () => this.mailbox.fail(new Error('niced load worker exited')))
     // over IPC: a thousand identities are too long for a command line
     this.child.send({ task })
   }
@@ -45,34 +42,12 @@ export class NicedLoadWorker {
     return this.child.pid === undefined ? null : procUsage(this.child.pid)
   }
 
-  private deliver (msg: FromWorker): void {
-    if (msg.type === 'error') return this.fail(new Error(String(msg.message)))
-    const i = this.waiting.findIndex((w) => w.type === msg.type)
-    if (i >= 0) this.waiting.splice(i, 1)[0]!.resolve(msg)
-    else this.inbox.push(msg)
-  }
-
-  private fail (err: Error): void {
-    this.failure ??= err
-    for (const w of this.waiting.splice(0)) w.reject(err)
-  }
-
   send (cmd: string): void {
     if (this.child.connected) this.child.send({ cmd })
   }
 
   next<T = FromWorker> (type: string, timeoutMs = 60_000): Promise<T> {
-    const i = this.inbox.findIndex((m) => m.type === type)
-    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0] as T)
-    if (this.failure) return Promise.reject(this.failure)
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`niced load worker: no '${type}' within ${timeoutMs} ms`)), timeoutMs)
-      this.waiting.push({
-        type,
-        resolve: (m) => { clearTimeout(timer); resolve(m as T) },
-        reject: (e) => { clearTimeout(timer); reject(e) }
-      })
-    })
+    return this.mailbox.next<T>(type, timeoutMs)
   }
 
   async stop (): Promise<void> {

@@ -10,6 +10,7 @@ import type { Identity, WorkerTask } from './load-worker.js'
 import { cpuPercent, machineTicks, selfUsage, stealPercent, type ProcUsage } from './proc.js'
 import { NicedLoadWorker } from './niced-worker.js'
 import type { Target } from './processes.js'
+import { WorkerMailbox, type FromWorker } from './worker-mailbox.js'
 
 export interface BenchEnv {
   /** what clients trust: the dev root */
@@ -53,32 +54,16 @@ const STEP_TIMEOUT_MS = 60_000
 /** flat-out publishers stay at most this many messages ahead of the subscriber (about 1 MB: more overflows Redis pub/sub buffers with QoS 0) */
 const MAX_AHEAD = 5_000
 
-type FromWorker = { type: string, [k: string]: unknown }
-
 /** A worker thread running one task, with a mailbox to await its messages by type. */
 class LoadWorker {
   private readonly worker: Worker
-  private readonly inbox: FromWorker[] = []
-  private readonly waiting: Array<{ type: string, resolve: (m: FromWorker) => void, reject: (e: Error) => void }> = []
-  private failure: Error | null = null
+  private readonly mailbox = new WorkerMailbox('load worker')
 
   constructor (task: WorkerTask) {
     this.worker = new Worker(new URL('./load-worker.js', import.meta.url), { workerData: task })
-    this.worker.on('message', (msg: FromWorker) => this.deliver(msg))
-    this.worker.on('error', (err) => this.fail(err))
-    this.worker.on('exit', () => this.fail(new Error('load worker exited')))
-  }
-
-  private deliver (msg: FromWorker): void {
-    if (msg.type === 'error') return this.fail(new Error(String(msg.message)))
-    const i = this.waiting.findIndex((w) => w.type === msg.type)
-    if (i >= 0) this.waiting.splice(i, 1)[0]!.resolve(msg)
-    else this.inbox.push(msg)
-  }
-
-  private fail (err: Error): void {
-    this.failure ??= err
-    for (const w of this.waiting.splice(0)) w.reject(err)
+    this.worker.on('message', (msg: FromWorker) => this.mailbox.deliver(msg))
+    this.worker.on('error', (err) => this.mailbox.fail(err))
+    this.worker.on('exit', () => this.mailbox.fail(new Error('load worker exited')))
   }
 
   send (cmd: string): void {
@@ -86,17 +71,7 @@ class LoadWorker {
   }
 
   next<T = FromWorker> (type: string, timeoutMs = STEP_TIMEOUT_MS): Promise<T> {
-    const i = this.inbox.findIndex((m) => m.type === type)
-    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0] as T)
-    if (this.failure) return Promise.reject(this.failure)
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`load worker: no '${type}' within ${timeoutMs} ms`)), timeoutMs)
-      this.waiting.push({
-        type,
-        resolve: (m) => { clearTimeout(timer); resolve(m as T) },
-        reject: (e) => { clearTimeout(timer); reject(e) }
-      })
-    })
+    return this.mailbox.next<T>(type, timeoutMs)
   }
 
   async stop (): Promise<void> {
