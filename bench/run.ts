@@ -16,7 +16,6 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { loadConfig } from '../broker/config.js'
 import { generateDevPki } from '../certs-dev/generate.js'
 import { issueCertificate, loadIssuer } from '../pki/certificate.js'
@@ -28,11 +27,11 @@ import { benchIssuance } from './issue-certificates.js'
 import { benchRetainedLookup } from './retained-lookup.js'
 import { deviceRequests, type Identity } from './load-worker.js'
 import { telemetryPayload } from './telemetry.js'
-import { cpuPercent } from './proc.js'
 import { startBrokerChild, startMosquitto, startRedis, type RedisServer, type Target } from './processes.js'
 import { renderReport, type BenchResults, type TargetKey } from './report.js'
 import {
-  connectLatency, connectRate, fanInThroughput, idleMemory, overload, pacedLatency, provisioningRate, reconnectStorm, STORM_DEVICES, type BenchEnv, type ScenarioResult
+  bounded, connectLatency, connectRate, fanInThroughput, idleMemory, medianResult, overload, pacedLatency, provisioningRate, reconnectStorm, settle, STORM_DEVICES,
+  type BenchEnv, type ScenarioResult
 } from './scenarios.js'
 import { benchAdminApiPages } from './admin-pages.js'
 import { benchRollout } from './rollout.js'
@@ -42,7 +41,6 @@ import { benchPiiDetect } from './pii-detect.js'
 
 /** the storm and WORKERS scenarios (issue 16) take about 4 minutes of it */
 const TOTAL_BUDGET_MS = 15 * 60 * 1000
-const SCENARIO_TIMEOUT_MS = 150_000
 /** the storm scenario's 2,000 plus its 50 steady publishers; the other scenarios use the first 2,000 at most */
 const DEVICE_COUNT = STORM_DEVICES + 50
 /** at most this many devices are provisioned per target (the scenario also stops after 5 s) */
@@ -70,23 +68,6 @@ setTimeout(() => {
   log('time budget exceeded: exiting')
   process.exit(2)
 }, TOTAL_BUDGET_MS + 60_000).unref()
-
-/** waits (bounded) until the broker is idle, so one scenario's tail does not run into the next */
-async function settle (target: Target): Promise<void> {
-  const deadline = Date.now() + 10_000
-  while (Date.now() < deadline) {
-    const a = target.usage()
-    await sleep(250)
-    const b = target.usage()
-    if (!a || !b || cpuPercent(a, b, 250) < 15) return
-  }
-}
-
-/** the result whose value is the median (the lower middle one of an even count) */
-function medianResult (list: readonly ScenarioResult[]): ScenarioResult | null {
-  const ok = list.filter((r) => r.value !== null).sort((a, b) => a.value! - b.value!)
-  return ok[Math.floor((ok.length - 1) / 2)] ?? list[0] ?? null
-}
 
 function loadAverage (): string {
   return loadavg().map((l) => l.toFixed(2)).join(' ')
@@ -205,13 +186,7 @@ async function main (): Promise<void> {
     if (overBudget() || target.exitStatus() !== null || (onlyScenarios && !onlyScenarios.includes(scenario))) return null
     await settle(target)
     log(`${key} ${name}...`)
-    // bounded: a scenario that hangs is reported as failed and the run goes on
-    let timer: NodeJS.Timeout | undefined
-    const r = await Promise.race([
-      fn(),
-      new Promise<ScenarioResult>((resolve) => { timer = setTimeout(() => resolve({ value: null, detail: {}, cpu: null, error: `no result within ${SCENARIO_TIMEOUT_MS / 1000} s` }), SCENARIO_TIMEOUT_MS) })
-    ])
-    clearTimeout(timer)
+    const r = await bounded(fn)
     log(`${key} ${name}: ${r.value ?? 'failed'} ${r.error ?? ''} ${JSON.stringify(r.detail)} cpu ${JSON.stringify(r.cpu)}`)
     return r
   }

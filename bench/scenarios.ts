@@ -102,6 +102,37 @@ export function round (n: number, digits = 0): number {
   return Math.round(n * f) / f
 }
 
+/** how long one scenario may take before it is reported as failed */
+const SCENARIO_TIMEOUT_MS = 150_000
+
+/** bounded: a scenario that hangs is reported as failed, and the run goes on */
+export async function bounded (fn: () => Promise<ScenarioResult>): Promise<ScenarioResult> {
+  let timer: NodeJS.Timeout | undefined
+  const r = await Promise.race([
+    fn(),
+    new Promise<ScenarioResult>((resolve) => { timer = setTimeout(() => resolve({ value: null, detail: {}, cpu: null, error: `no result within ${SCENARIO_TIMEOUT_MS / 1000} s` }), SCENARIO_TIMEOUT_MS) })
+  ])
+  clearTimeout(timer)
+  return r
+}
+
+/** waits (bounded) until the broker (a cluster: all its processes) is idle, so one scenario's tail does not run into the next */
+export async function settle (target: Pick<Target, 'usage'>): Promise<void> {
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline) {
+    const a = target.usage()
+    await sleep(250)
+    const b = target.usage()
+    if (!a || !b || cpuPercent(a, b, 250) < 15) return
+  }
+}
+
+/** the result whose value is the median (the lower middle one of an even count) */
+export function medianResult (list: readonly ScenarioResult[]): ScenarioResult | null {
+  const ok = list.filter((r) => r.value !== null).sort((a, b) => a.value! - b.value!)
+  return ok[Math.floor((ok.length - 1) / 2)] ?? list[0] ?? null
+}
+
 export function percentile (values: ArrayLike<number>, p: number): number | null {
   if (values.length === 0) return null
   const sorted = Float64Array.from(values).sort()

@@ -7,14 +7,11 @@
  * share (its round-robin accept) is reported apart. The load generator shares
  * the machine's cores with them: its CPU is in every result.
  */
-import { setTimeout as sleep } from 'node:timers/promises'
 import { createRegistry } from '../broker/store/create-registry.js'
 import type { BenchDevice } from './broker-child.js'
-import { cpuPercent, type ProcUsage } from './proc.js'
+import type { ProcUsage } from './proc.js'
 import { startCliBroker, startRedis, type CliTarget, type RedisServer } from './processes.js'
-import { connectRate, provisioningRate, round, type BenchEnv, type ScenarioResult } from './scenarios.js'
-
-const SCENARIO_TIMEOUT_MS = 150_000
+import { bounded, connectRate, medianResult, provisioningRate, round, settle, type BenchEnv, type ScenarioResult } from './scenarios.js'
 
 export interface WorkersTargetResult {
   readonly workers: number
@@ -57,32 +54,6 @@ async function registerDevices (redisUrl: string, devices: readonly BenchDevice[
   } finally {
     await registry.close()
   }
-}
-
-/** bounded: a scenario that hangs is reported as failed */
-async function bounded (fn: () => Promise<ScenarioResult>): Promise<ScenarioResult> {
-  let timer: NodeJS.Timeout | undefined
-  const r = await Promise.race([fn(), new Promise<ScenarioResult>((resolve) => {
-    timer = setTimeout(() => resolve({ value: null, detail: {}, cpu: null, error: `no result within ${SCENARIO_TIMEOUT_MS / 1000} s` }), SCENARIO_TIMEOUT_MS)
-  })])
-  clearTimeout(timer)
-  return r
-}
-
-/** waits (bounded) until the cluster is idle, so one window's tail does not run into the next */
-async function settle (target: CliTarget): Promise<void> {
-  const deadline = Date.now() + 10_000
-  while (Date.now() < deadline) {
-    const a = target.usage()
-    await sleep(250)
-    const b = target.usage()
-    if (!a || !b || cpuPercent(a, b, 250) < 15) return
-  }
-}
-
-function median (list: ScenarioResult[]): ScenarioResult | null {
-  const ok = list.filter((r) => r.value !== null).sort((a, b) => a.value! - b.value!)
-  return ok[Math.floor((ok.length - 1) / 2)] ?? list[0] ?? null
 }
 
 export async function benchWorkers (opts: WorkersBenchOptions): Promise<WorkersResult> {
@@ -130,7 +101,7 @@ export async function benchWorkers (opts: WorkersBenchOptions): Promise<WorkersR
     }
     for (const workers of counts) {
       const list = rounds.get(workers)!
-      results.get(workers)!.connects = median(list)
+      results.get(workers)!.connects = medianResult(list)
       results.get(workers)!.connectRounds = list.map((r) => r.value)
     }
     if (opts.withProvisioning) {
