@@ -162,23 +162,12 @@ export interface SimulationSummary {
   readonly rolledBack: number | null
   /** the configuration update (--config-update); null when none was pushed */
   readonly configUpdate: ConfigUpdateReport | null
-  readonly messages: {
-    sent: number
-    acknowledged: number
-    rejected: number
-    rejectedByCode: Record<string, number>
-    telemetry: number
-    states: number
-    configAcks: { applied: number, failed: number }
-    configsIgnored: number
-    badPayloads: number
-    commands: number
-    skippedOffline: number
-  }
+  /** the devices' counters, summed */
+  readonly messages: Pick<DeviceCounters, 'sent' | 'acknowledged' | 'rejected' | 'rejectedByCode' | 'telemetry' | 'states' | 'configAcks' | 'configsIgnored' | 'badPayloads' | 'commands' | 'skippedOffline'>
   readonly latencyMs: Record<Step, Percentiles | null>
   readonly provisioning: { readonly seconds: number, readonly devicesPerSecond: number }
   readonly connections: { readonly lost: number, readonly reconnects: number, readonly subscribeRefused: number }
-  readonly rotations: { requested: number, completed: number, failed: number }
+  readonly rotations: DeviceCounters['rotations']
   readonly storm: { readonly devices: number, readonly dropped: number, readonly recovered: number, readonly recoveryMs: Percentiles | null, readonly allBackMs: number | null, readonly refusedByBroker: number } | null
   readonly faults: Partial<Record<FaultKind, FaultReport>>
   readonly healthWindowSeconds: number | null
