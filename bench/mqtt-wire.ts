@@ -29,7 +29,8 @@ export function withHeader (first: number, body: Buffer): Buffer {
   return out
 }
 
-function utf8Field (s: string): Buffer {
+/** an MQTT UTF-8 string: two bytes of length, then the bytes */
+export function utf8Field (s: string): Buffer {
   const b = Buffer.from(s, 'utf8')
   const out = Buffer.allocUnsafe(2 + b.length)
   out.writeUInt16BE(b.length, 0)

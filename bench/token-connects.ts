@@ -22,7 +22,7 @@ import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose'
 import { generateDevPki } from '../certs-dev/generate.js'
 import { loadTokenKeys } from '../broker/token-keys.js'
 import { deriveDeviceKey, signSas } from '../plugins/token/sas.js'
-import { DISCONNECT, withHeader } from './mqtt-wire.js'
+import { DISCONNECT, utf8Field, withHeader } from './mqtt-wire.js'
 import { freePort, startBrokerChild, type Target } from './processes.js'
 
 const WINDOW_MS = Number(process.env.BENCH_TOKEN_MS ?? 5000)
@@ -39,20 +39,12 @@ const AUDIENCE = 'aedes-jitp-bench'
 
 type Kind = 'mtls' | 'oauth2' | 'broker' | 'sas'
 
-function field (s: string): Buffer {
-  const b = Buffer.from(s, 'utf8')
-  const out = Buffer.allocUnsafe(2 + b.length)
-  out.writeUInt16BE(b.length, 0)
-  b.copy(out, 2)
-  return out
-}
-
 /** CONNECT, clean session, with a username and password when given */
 function connectPacket (clientId: string, username?: string, password?: string): Buffer {
   const flags = 0x02 | (username !== undefined ? 0x80 : 0) | (password !== undefined ? 0x40 : 0)
-  const parts = [Buffer.from([0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, 0x04, flags, 0x00, 60]), field(clientId)]
-  if (username !== undefined) parts.push(field(username))
-  if (password !== undefined) parts.push(field(password))
+  const parts = [Buffer.from([0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, 0x04, flags, 0x00, 60]), utf8Field(clientId)]
+  if (username !== undefined) parts.push(utf8Field(username))
+  if (password !== undefined) parts.push(utf8Field(password))
   return withHeader(0x10, Buffer.concat(parts))
 }
 
