@@ -8,9 +8,12 @@ import { refusalFields } from '../errors.js'
 import { authMethodOf, stateOf } from '../session.js'
 import { auditFields } from './audit-fields.js'
 import type { ChainContext } from './context.js'
+import { coarseKeepalive } from './keepalive.js'
 
 export function clientReady (chain: ChainContext, client: Client): void {
   const { audit, metrics } = chain.ctx
+  // no timer refresh per packet from here on (chain/keepalive.ts)
+  coarseKeepalive(client)
   const state = stateOf(client)
   const role = state?.identity?.role ?? 'unknown'
   const authMethod = authMethodOf(state?.identity)
