@@ -330,6 +330,13 @@ function createStreamWriter (url: string, key: string, maxLen: number, backlogLi
 
 /** how often a file destination looks for a rotation (renamed or removed: reopen; shrunk: truncated in place) */
 const ROTATION_CHECK_MS = 1000
+/**
+ * Lines written within this window reach the file (or stdout) in one write. Each
+ * asynchronous write is a round trip through libuv's thread pool (a wake-up of a
+ * pool thread, then of the event loop): with a line or two per connect, that was
+ * the largest cost the audit added to a connect. A crash loses at most this much.
+ */
+const COALESCE_MS = 10
 /** at start, the end of an existing file is read back this far at most to find the last line */
 const TAIL_MAX = 1024 * 1024
 
@@ -469,6 +476,30 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     ring
   })
 
+  /** what waits for the next write to `out` (COALESCE_MS); a stream given by the caller gets each line at once */
+  let pending = ''
+  let pendingTimer: NodeJS.Timeout | undefined
+  function toOut (text: string): void {
+    if (typeof destination !== 'string') {
+      out.write(text)
+      return
+    }
+    pending += text
+    if (pendingTimer === undefined) {
+      pendingTimer = setTimeout(drainPending, COALESCE_MS)
+      pendingTimer.unref()
+    }
+  }
+  /** hands what is pending to the current destination now (before a flush, a rotation, close) */
+  function drainPending (): void {
+    clearTimeout(pendingTimer)
+    pendingTimer = undefined
+    if (pending === '') return
+    const text = pending
+    pending = ''
+    out.write(text)
+  }
+
   let closed = false
   let lateWarned = false
   /**
@@ -491,7 +522,7 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     const hash = createHash('sha256').update(prev).update(body).update('}').digest('hex')
     prev = hash
     const line = `${body},"hash":"${hash}"}`
-    out.write(separator + line + '\n')
+    toOut(separator + line + '\n')
     separator = ''
     ring?.push(line)
     writer?.push(line)
@@ -523,6 +554,8 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
       return
     }
     const next = fileTarget(f.path, fd, st)
+    // the lines written before the switch belong to the old file
+    drainPending()
     file = next
     out = next.sonic
     startChain(onDisk === null ? 'the file was moved away or removed: a new one' : 'the file was rotated (another file at its path): a new one')
@@ -539,6 +572,7 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
   rotationTimer?.unref()
 
   const flushFile = (): Promise<void> => new Promise((resolve) => {
+    drainPending()
     const sonic = file?.sonic ?? stdoutSonic
     if (sonic === undefined || isDestroyed(sonic)) return resolve()
     sonic.flush(() => resolve())
@@ -565,6 +599,7 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
       await checking
       const closing = writer?.close()
       closed = true
+      drainPending()
       const sonic = file?.sonic ?? stdoutSonic
       file = undefined
       stdoutSonic = undefined
