@@ -11,7 +11,7 @@ import type { ErrorCode } from './errors.js'
 import type { AppLogger } from './logger.js'
 import type { Metrics } from './metrics.js'
 import type { ConnectionState, Identity, PeerCertificate } from './session.js'
-import type { Registry } from './store/registry.js'
+import type { CertificateRecords, Registry } from './store/registry.js'
 import type { Trust } from './trust.js'
 
 export interface PluginContext {
@@ -48,6 +48,12 @@ export interface AuthenticateEvent {
    * on MQTTS_PORT the certificate alone authenticates and they are never read. Never logged.
    */
   readonly credentials: { readonly username: string | undefined, readonly password: Buffer | undefined } | null
+  /**
+   * The store's records of `peer` (revocation list, certificate, its device), read
+   * in one round trip the first time an authenticator asks and shared by the
+   * others (chain/connect.ts); absent on the token listener.
+   */
+  readonly records?: () => Promise<CertificateRecords>
 }
 export type AuthenticateAnswer = Defer | Deny | { readonly verdict: 'allow', readonly identity: Identity }
 

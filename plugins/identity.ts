@@ -24,13 +24,15 @@ export interface IdentityOptions { readonly policy: Policy }
 const MAY_CONNECT: ReadonlySet<DeviceStatus> = new Set<DeviceStatus>(['provisioned', 'active', 'quarantined'])
 
 async function authenticateDevice (ctx: PluginContext, policy: Policy, ev: AuthenticateEvent, peer: PeerCertificate): Promise<AuthenticateAnswer> {
-  const cert = await ctx.registry.getCertificate(peer.certificateId)
+  // the certificate's record and its device in the connect's one read (revocation made it)
+  const { certificate: cert, device } = await (ev.records?.() ?? ctx.registry.certificateRecords({
+    certificateId: peer.certificateId, issuerFingerprint: peer.issuerFingerprint, serialNumber: peer.serialNumber
+  }))
   if (!cert) {
     // a factory certificate nobody registered yet is provisioning's business
     return peer.issuerRole === 'manufacturer' ? DEFER : deny('UnknownCertificate')
   }
   if (cert.deviceId === null) return deny('UnknownCertificate', undefined, 'certificate not bound to a device')
-  const device = await ctx.registry.getDevice(cert.deviceId)
   if (!device) return deny('DeviceUnknown')
   if (!MAY_CONNECT.has(device.status)) return deny('DeviceRevoked')
   if (cert.status !== 'active') return deny('CertificateRevoked')

@@ -202,7 +202,9 @@ export const revocationPlugin: Plugin<undefined> = {
         if (peer === null) return DEFER
         startedUnder.set(ev.client, epoch)
         if (crls.has(peer.issuerFingerprint, peer.serialNumber)) return deny('CertificateRevoked', 'crl')
-        if (await registry.isRevoked(queryOf(peer))) return deny('CertificateRevoked', 'revocation-list')
+        // the connect's one read of the store, shared with identity (AuthenticateEvent.records)
+        const records = await (ev.records?.() ?? registry.certificateRecords(queryOf(peer)))
+        if (records.revoked) return deny('CertificateRevoked', 'revocation-list')
         return DEFER
       },
       ready (client, state) {

@@ -11,8 +11,9 @@ import type { Client, ConnectPacket, PublishPacket } from 'aedes'
 import { TLSSocket } from 'node:tls'
 import { Errors, JitpError, type ErrorCode } from '../errors.js'
 import { isMalformedMqttString } from '../mqtt-strings.js'
-import type { AuthenticateAnswer } from '../plugin.js'
-import { isTokenSocket, setState, stateOf, type ConnectionState } from '../session.js'
+import type { AuthenticateAnswer, AuthenticateEvent } from '../plugin.js'
+import { isTokenSocket, setState, stateOf, type ConnectionState, type PeerCertificate } from '../session.js'
+import type { CertificateRecords, Registry } from '../store/registry.js'
 import { auditFields } from './audit-fields.js'
 import type { ChainContext } from './context.js'
 import { auditRefusal, vet } from './publish.js'
@@ -174,17 +175,34 @@ function resolveIdentity (req: ConnectRequest): Promise<ConnectAnswer> {
   })
 }
 
+/**
+ * The store's records of a certificate, read once per connect, when first asked:
+ * revocation and identity share one round trip (registry.certificateRecords).
+ * First asked by the revocation plugin, after it noted the epoch its check starts under.
+ */
+function recordsOnce (registry: Registry, peer: PeerCertificate): () => Promise<CertificateRecords> {
+  let read: Promise<CertificateRecords> | undefined
+  return function records () {
+    read ??= registry.certificateRecords({ certificateId: peer.certificateId, issuerFingerprint: peer.issuerFingerprint, serialNumber: peer.serialNumber })
+    return read
+  }
+}
+
 /** the first non-defer answer wins; everyone deferring is a denial */
 async function askAuthenticators (req: ConnectRequest, state: ConnectionState): Promise<AuthenticateAnswer> {
+  const peer = state.peer
+  // one event for every authenticator (they only read it)
+  const ev: AuthenticateEvent = {
+    client: req.client,
+    clientId: req.packet.clientId,
+    clean: req.packet.clean !== false,
+    peer,
+    remoteAddress: state.remoteAddress,
+    credentials: peer === null ? { username: req.packet.username, password: req.packet.password } : null,
+    ...(peer === null ? {} : { records: recordsOnce(req.chain.ctx.registry, peer) })
+  }
   for (const plugin of req.chain.hooks.authenticate) {
-    const answer = await plugin.authenticate!({
-      client: req.client,
-      clientId: req.packet.clientId,
-      clean: req.packet.clean !== false,
-      peer: state.peer,
-      remoteAddress: state.remoteAddress,
-      credentials: state.peer === null ? { username: req.packet.username, password: req.packet.password } : null
-    })
+    const answer = await plugin.authenticate!(ev)
     if (answer.verdict !== 'defer') return answer
   }
   return { verdict: 'deny', code: state.peer === null ? 'TokenRequired' : 'UnknownCertificate' }

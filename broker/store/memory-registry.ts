@@ -3,7 +3,7 @@
  * other process (the CLI, a second broker) can see it.
  */
 import type {
-  ActivityDelta, CertificateQuery, CertificateRecord, DeviceActivity, DeviceQuery, DeviceRecord, HealthCheckOutcome, HealthProgress, HealthWindow, OwnershipTokenRecord, Page,
+  ActivityDelta, CertificateQuery, CertificateRecord, CertificateRecords, DeviceActivity, DeviceQuery, DeviceRecord, HealthCheckOutcome, HealthProgress, HealthWindow, OwnershipTokenRecord, Page,
   Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
@@ -159,6 +159,16 @@ export class MemoryRegistry implements Registry {
 
   async isRevoked (query: RevocationQuery): Promise<boolean> {
     return this.#listed(query)
+  }
+
+  async certificateRecords (query: RevocationQuery): Promise<CertificateRecords> {
+    const cert = this.#unexpiredCertificate(query.certificateId)
+    const device = cert?.deviceId ? this.#devices.get(cert.deviceId) : undefined
+    return {
+      revoked: this.#listed(query),
+      certificate: cert ? copyCertificate(cert) : null,
+      device: device ? copyDevice(device) : null
+    }
   }
 
   async areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]> {

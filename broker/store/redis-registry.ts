@@ -18,9 +18,9 @@
  */
 import { createHash, randomUUID } from 'node:crypto'
 import type { ChainableCommander, Redis } from 'ioredis'
-import { connectRedis, quitGracefully, waitReady, within } from './redis.js'
+import { connectRedis, quitGracefully, redisScript, runScript, waitReady, within } from './redis.js'
 import type {
-  ActivityDelta, CertificateQuery, CertificateRecord, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, HealthCheckOutcome, HealthProgress, HealthWindow,
+  ActivityDelta, CertificateQuery, CertificateRecord, CertificateRecords, CertificateStatus, DeviceActivity, DeviceQuery, DeviceRecord, DeviceStatus, HealthCheckOutcome, HealthProgress, HealthWindow,
   OwnershipTokenRecord, Page, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
@@ -351,6 +351,28 @@ return #KEYS`
 
 // KEYS: owner record; ARGV: owner, ttl in ms ('' = kept). One winner when identities race;
 // a kept record is never shortened, an expiring one only extended (PTTL -2 absent, -1 kept)
+// A certificate's connect (certificateRecords): the revocation list, the certificate's hash and
+// the hash of the device it is bound to, in one round trip.
+// KEYS: the revocation list, the certificate's hash; ARGV: the three list fields (listFields), the key prefix.
+// Returns {1 when listed else 0, the certificate's fields (flat), the device's fields (flat)}.
+// Flagged no-writes: a read-only script, so like the plain reads it replaces it is served while
+// writes are held (CLIENT PAUSE WRITE, a failover) and may run on a replica.
+const CERTIFICATE_RECORDS = redisScript(`#!lua flags=no-writes
+local listed = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+local revoked = 0
+for i = 1, 3 do
+  if listed[i] then revoked = 1 end
+end
+local cert = redis.call('HGETALL', KEYS[2])
+local device = {}
+for i = 1, #cert, 2 do
+  if cert[i] == 'deviceId' then
+    device = redis.call('HGETALL', ARGV[4] .. 'device:' .. cert[i + 1])
+    break
+  end
+end
+return {revoked, cert, device}`)
+
 const CLAIM_SESSION_OWNER = `
 local current = redis.call('GET', KEYS[1])
 -- a claim's record (anonymous, clean) yields to an owner that names someone
@@ -649,6 +671,15 @@ export class RedisRegistry implements Registry {
     return listed.some((v) => v !== null)
   }
 
+  async certificateRecords (q: RevocationQuery): Promise<CertificateRecords> {
+    const conn = await this.#ready()
+    const [listed, certFlat, deviceFlat] = await runScript(conn, CERTIFICATE_RECORDS, [this.#listKey(), this.#key('cert', q.certificateId)], [...listFields(q), this.#prefix]) as [number, string[], string[]]
+    const hash = flatToFields(certFlat)
+    // as getCertificate: a pending certificate expires with its token
+    const certificate = hash.expiresAt !== undefined && Number(hash.expiresAt) <= this.#now() ? null : parseCertificate(hash)
+    return { revoked: listed === 1, certificate, device: certificate?.deviceId ? parseDevice(flatToFields(deviceFlat)) : null }
+  }
+
   async areRevoked (queries: readonly RevocationQuery[]): Promise<boolean[]> {
     if (queries.length === 0) return []
     const conn = await this.#ready()
@@ -902,6 +933,13 @@ export class RedisRegistry implements Registry {
       })
     }
   }
+}
+
+/** HGETALL's reply inside a script comes flat: field, value, field, value… */
+function flatToFields (flat: readonly string[]): Record<string, string> {
+  const fields: Record<string, string> = {}
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!
+  return fields
 }
 
 /** the three revocation-list fields one certificate is checked by */

@@ -5,6 +5,7 @@
  * /readyz red, never crash the process with an unhandled 'error'), and one of
  * a few named option sets, chosen by what a caller needs while Redis is away.
  */
+import { createHash } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 
 /** what every connection shares */
@@ -171,4 +172,21 @@ export function waitReady (conn: Redis, ms: number): Promise<boolean> {
     conn.once('ready', onReady)
     conn.once('end', onEnd)
   })
+}
+
+/** a Lua script run by its SHA-1 (EVALSHA): Redis neither receives nor hashes its text on every call */
+export interface RedisScript { readonly text: string, readonly sha: string }
+
+export function redisScript (text: string): RedisScript {
+  return Object.freeze({ text, sha: createHash('sha1').update(text).digest('hex') })
+}
+
+/** EVALSHA, and EVAL with the text only after a NOSCRIPT (a server that has not seen it yet, or restarted) */
+export async function runScript (conn: Redis, script: RedisScript, keys: readonly string[], args: ReadonlyArray<string | number>): Promise<unknown> {
+  try {
+    return await conn.evalsha(script.sha, keys.length, ...keys, ...args)
+  } catch (err) {
+    if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
+    return await conn.eval(script.text, keys.length, ...keys, ...args)
+  }
 }

@@ -135,6 +135,16 @@ export function entryOf (field: string, revokedAt: number): RevocationEntry | nu
   return null
 }
 
+/** what the store holds about one presented certificate (RevocationList.certificateRecords) */
+export interface CertificateRecords {
+  /** the certificate, its issuer and serial, or its CA is on the revocation list */
+  readonly revoked: boolean
+  /** the certificate's record; null when unknown (or a pending one that expired) */
+  readonly certificate: CertificateRecord | null
+  /** the device the record is bound to; null when unbound or when there is no such device */
+  readonly device: DeviceRecord | null
+}
+
 export interface RevocationList {
   /**
    * Adds the target to the durable revocation list (a registered certificate is
@@ -148,6 +158,13 @@ export interface RevocationList {
    * with its own reason.)
    */
   isRevoked (query: RevocationQuery): Promise<boolean>
+  /**
+   * Everything a certificate's connect reads, in one round trip: the revocation
+   * list (as isRevoked), the certificate's record (as getCertificate) and the
+   * device it is bound to (as getDevice). The revocation and identity plugins
+   * share one such read per connect (AuthenticateEvent.records).
+   */
+  certificateRecords (query: RevocationQuery): Promise<CertificateRecords>
   /**
    * The re-validation of live sessions, in one round trip: per query, listed (as
    * isRevoked) or its registered certificate record revoked (a revoked device).

@@ -1,15 +1,15 @@
 /**
  * Attack: a leaked certificate connects at the very moment it is revoked. The
  * broker's revocation check answers "not revoked", the revocation lands while the
- * connect is still in flight (the check's reply is held by a wrapper around the
- * real registry until the revocation is in and its notice was heard), then the
- * connect completes. The broker must not keep that session: it is closed, audited,
+ * connect is still in flight (the reply of the connect's read of the store is held
+ * by a wrapper around the real registry until the revocation is in and its notice
+ * was heard), then the connect completes. The broker must not keep that session: it is closed, audited,
  * and the next connect is refused with CONNACK 5. Both stores; with Redis the
  * revocation comes from another registry instance, as from another process.
  */
 import t from 'tap'
 import { RedisRegistry } from '../../broker/store/redis-registry.js'
-import type { RevocationQuery } from '../../broker/store/registry.js'
+import type { CertificateRecords, RevocationQuery } from '../../broker/store/registry.js'
 import { connect, startBroker, STORES, waitFor } from '../helpers/broker.js'
 import { connackOf, counterValue, issueClient } from '../helpers/revocation.js'
 
@@ -28,9 +28,10 @@ for (const store of STORES) {
     const gate = new Promise<void>((resolve) => { release = resolve })
     let entered!: () => void
     const inFlight = new Promise<void>((resolve) => { entered = resolve })
-    const realIsRevoked = registry.isRevoked.bind(registry)
-    registry.isRevoked = async function heldIsRevoked (q: RevocationQuery): Promise<boolean> {
-      const answer = await realIsRevoked(q)
+    // the connect's one read of the store (revocation list, certificate, device: registry.certificateRecords)
+    const realRecords = registry.certificateRecords.bind(registry)
+    registry.certificateRecords = async function heldRecords (q: RevocationQuery): Promise<CertificateRecords> {
+      const answer = await realRecords(q)
       if (q.certificateId === leaked.certificateId) {
         entered()
         await gate
@@ -68,7 +69,7 @@ for (const store of STORES) {
     if (outcome instanceof Error) t.pass('nothing to close')
     else t.match(line, { event: 'disconnect', reason: 'revoked while connecting' })
 
-    registry.isRevoked = realIsRevoked
+    registry.certificateRecords = realRecords
     t.equal(await connackOf(tb, leaked, 'race-svc-2'), 5, 'the next connect: CONNACK 5')
     t.equal(tb.events('certificate.revoked').length, 0, 'the broker does not write the revocation line (the actor does)')
   })

@@ -298,6 +298,39 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
   })
   // --- end session owners ---
 
+  t.test(`${name}: certificateRecords reads the list, the certificate and its device at once, as the three calls would`, async (t) => {
+    const { registry, advance } = await setup(t)
+    await fleet(registry)
+    const records = async (q: ReturnType<typeof query>) => {
+      const r = await registry.certificateRecords(q)
+      // the same answers as the separate calls it replaces on a connect
+      const cert = await registry.getCertificate(q.certificateId)
+      t.equal(r.revoked, await registry.isRevoked(q), `${q.certificateId.slice(0, 6)}: revoked as isRevoked`)
+      t.strictSame(r.certificate, cert, 'certificate as getCertificate')
+      t.strictSame(r.device, cert?.deviceId ? await registry.getDevice(cert.deviceId) : null, 'device as getDevice')
+      return r
+    }
+    t.strictSame(await records(query('c1')), { revoked: false, certificate: certificate('c1', 'd1'), device: device('d1') }, 'a bound certificate and its device')
+    t.strictSame(await records(query('c5')), { revoked: false, certificate: certificate('c5', 'd2'), device: device('d2') }, 'the device it is bound to now')
+    t.strictSame(await records(query('c4')), { revoked: false, certificate: certificate('c4', null, { status: 'pending' }), device: null }, 'unbound: no device')
+    t.strictSame(await records(query('nobody')), { revoked: false, certificate: null, device: null }, 'unknown')
+    await registry.putCertificate(certificate('c6', 'gone'))
+    t.strictSame((await records(query('c6'))).device, null, 'bound to a device that does not exist')
+    await registry.revoke({ certificateId: certId('svc-9') })
+    t.equal((await records(query('svc-9'))).revoked, true, 'listed by id, never registered')
+    await registry.revoke({ issuerFingerprint: issuerA, serialNumber: '0a1b2c' })
+    t.equal((await records(query('c2'))).revoked, true, 'listed by issuer and serial')
+    t.equal((await records(query('c2', issuerB))).revoked, false, 'another issuer')
+    await registry.revoke({ caFingerprint: issuerB })
+    t.equal((await records(query('c3', issuerB, 'ff'))).revoked, true, 'listed by CA')
+    const pending = certificate('p9', null, { status: 'pending' })
+    await registry.putPendingCertificate(pending, 'tok-p9', tokenRecord('a'), 100)
+    t.strictSame((await records(query('p9'))).certificate, pending, 'a pending certificate while its token lives')
+    advance(300)
+    await sleep(300)
+    t.equal((await records(query('p9'))).certificate, null, 'and not after')
+  })
+
   // --- registration (CONTRACT §3.3): atomic, token used up only by a registration ---
   const withKey = (clientId: string): OwnershipTokenRecord => ({ ...tokenRecord(clientId), publicKeyPem: 'spki' })
   const registration = (token: string | null, deviceId: string, certs: CertificateRecord[], replace = false) => ({

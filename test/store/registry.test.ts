@@ -140,6 +140,30 @@ t.test('redis', async (t) => {
     t.match(await registry.getActivity('act-1199'), { firstSeen: 2199, lastSeen: 2199, connects: 1, messagesIn: 1199 })
   })
 
+  t.test('certificateRecords: a device connect reads the store in one command', async (t) => {
+    const registry = open(t)
+    const raw = new Redis(server.url)
+    t.teardown(() => raw.quit())
+    await registry.putDevice(device('rt-d1'))
+    await registry.putCertificate(certificate('rt-c1', 'rt-d1'))
+    const q = { certificateId: certId('rt-c1'), issuerFingerprint: certId('issuer'), serialNumber: '01' }
+    await registry.certificateRecords(q) // loads the script (EVALSHA, then EVAL after NOSCRIPT)
+    const stats = async (): Promise<Record<string, number>> => {
+      const info = await raw.info('commandstats')
+      return Object.fromEntries([...info.matchAll(/^cmdstat_([a-z|]+):calls=(\d+)/gm)].map((m) => [m[1]!, Number(m[2])]))
+    }
+    const before = await stats()
+    const records = await registry.certificateRecords(q)
+    const after = await stats()
+    const delta = (cmd: string): number => (after[cmd] ?? 0) - (before[cmd] ?? 0)
+    t.strictSame(records, { revoked: false, certificate: certificate('rt-c1', 'rt-d1'), device: device('rt-d1') })
+    t.equal(delta('evalsha'), 1, 'one EVALSHA')
+    t.equal(delta('eval'), 0, 'the script is not sent again')
+    // the reads the script makes, counted by Redis inside it: the list, the certificate, its device
+    t.equal(delta('hmget'), 1)
+    t.equal(delta('hgetall'), 2)
+  })
+
   t.test('two registries on one Redis: revocations and tokens cross processes', async (t) => {
     const keyPrefix = uniquePrefix()
     const a = open(t, { keyPrefix })
