@@ -77,6 +77,12 @@ export function commonNameOf (cert: X509Certificate): string | null {
   return null
 }
 
+/** `AB:CD:…` (the legacy peer certificate's fingerprint256) as a certificateId; hashes the DER when it is absent */
+function certificateIdOf (fingerprint256: string | undefined, der: Buffer): string {
+  if (typeof fingerprint256 === 'string' && fingerprint256.length === 95) return fingerprint256.replaceAll(':', '').toLowerCase()
+  return createHash('sha256').update(der).digest('hex')
+}
+
 /** certificates whose classification is remembered (see classify) */
 const MAX_CLASSIFIED = 10_000
 
@@ -202,14 +208,21 @@ export function loadTrust (dir: string): Trust {
       // the legacy object, not getPeerX509Certificate(): one X509Certificate per connect grew a
       // plain Node 20 TLS server's RSS by ~5 KB per connection without a plateau (see
       // docs/SECURITY.md); the DER is all the cache lookup needs
-      const der = socket.getPeerCertificate(false).raw as Buffer | undefined
+      const legacy = socket.getPeerCertificate(false)
+      const der = legacy.raw as Buffer | undefined
       if (!der || der.length === 0) return null
-      // hashing the DER ourselves is several times cheaper than X509Certificate.fingerprint256
-      const certificateId = createHash('sha256').update(der).digest('hex')
+      // the SHA-256 of the DER, which that object carries already (computed in C++ with it):
+      // reformatted instead of hashing the DER a second time
+      const certificateId = certificateIdOf(legacy.fingerprint256, der)
       // the same certificate always gets the same answer (the CAs are fixed at start):
       // a device that reconnects is not verified again (a signature check per connect)
       const known = classified.get(certificateId)
-      if (known !== undefined) return known
+      if (known !== undefined) {
+        // least recently used first: a hit moves to the back
+        classified.delete(certificateId)
+        classified.set(certificateId, known)
+        return known
+      }
       // a certificate not seen before: parse it once, keep only the small frozen answer
       const leaf = new X509Certificate(der)
       let peer: PeerCertificate | null = null
@@ -228,8 +241,8 @@ export function loadTrust (dir: string): Trust {
           break
         }
       }
-      // bounded: a fleet larger than the cache only loses the shortcut
-      if (classified.size >= MAX_CLASSIFIED) classified.clear()
+      // bounded LRU: a fleet larger than the cache only loses the shortcut for its least recent devices
+      if (classified.size >= MAX_CLASSIFIED) classified.delete(classified.keys().next().value!)
       classified.set(certificateId, peer)
       return peer
     }

@@ -75,7 +75,11 @@ function finishConnect (req: ConnectRequest, answer: 'handOver' | JitpError): vo
 
 function remoteAddressOf (client: Client): string {
   const conn = client.conn
-  return conn instanceof TLSSocket ? (conn.remoteAddress ?? 'unknown') : 'unknown'
+  if (!(conn instanceof TLSSocket)) return 'unknown'
+  // the TCP socket under it (Node's internal `_parent`, as broker/listener.ts reads it) knows
+  // its address already (the listener asked at accept); the TLS socket would ask the kernel again
+  const raw = (conn as unknown as { _parent?: { remoteAddress?: string } | null })._parent
+  return raw?.remoteAddress ?? conn.remoteAddress ?? 'unknown'
 }
 
 /** a connect refused before anyone is identified: no state, no identity */
