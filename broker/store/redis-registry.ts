@@ -349,8 +349,6 @@ end
 return #KEYS`
 // --- end device activity ---
 
-// KEYS: owner record; ARGV: owner, ttl in ms ('' = kept). One winner when identities race;
-// a kept record is never shortened, an expiring one only extended (PTTL -2 absent, -1 kept)
 // A certificate's connect (certificateRecords): the revocation list, the certificate's hash and
 // the hash of the device it is bound to, in one round trip.
 // KEYS: the revocation list, the certificate's hash; ARGV: the three list fields (listFields), the key prefix.
@@ -373,6 +371,8 @@ for i = 1, #cert, 2 do
 end
 return {revoked, cert, device}`)
 
+// KEYS: owner record; ARGV: owner, ttl in ms ('' = kept). One winner when identities race;
+// a kept record is never shortened, an expiring one only extended (PTTL -2 absent, -1 kept)
 const CLAIM_SESSION_OWNER = `
 local current = redis.call('GET', KEYS[1])
 -- a claim's record (anonymous, clean) yields to an owner that names someone
