@@ -46,5 +46,7 @@ t.test('keep-alive: talking clients stay, a silent one goes, no ticker left behi
   const creds = credentials(tb.pki, 'service')
   for (let i = 0; i < 20; i++) await endClient(await connect(tb, creds, { clientId: `ka-cycle-${i}`, keepalive: 30 }))
   await waitFor(() => Object.keys((tb.handle.broker as unknown as { clients: object }).clients).length === 0, 5000, 'the cycles closed')
-  t.ok(timers() <= before, `no timer left by 20 connections (${before} before, ${timers()} after)`)
+  // a leaked ticker is one timer per connection (+20); a lazily started broker-wide timer
+  // (an audit aggregation window, the activity flush) is one, whichever connection starts it
+  t.ok(timers() - before < 5, `no timer left per connection by 20 connections (${before} before, ${timers()} after)`)
 })
