@@ -19,6 +19,8 @@ export interface Metrics {
   /** TLS handshakes on the MQTTS listener by state: running (holding a slot of MAX_CONCURRENT_HANDSHAKES), waiting */
   readonly handshakes: Gauge<'state'>
   readonly publishes: Counter<'role'>
+  /** the hot path's count of `publishes` for one role: a plain number, added to the counter at each scrape */
+  publishTally (role: string): Tally
   readonly denials: Counter<'action' | 'rule'>
   readonly payloadRejections: Counter<'schema' | 'errorCode'>
   /** personal data found inline in unannotated strings (CONTRACT §5), by topic filter and kind (email, phone, card, iban) */
@@ -52,6 +54,13 @@ export interface Metrics {
   readonly auditStreamDropped: Counter
 }
 
+/** a count kept in a plain number; `reported` is what the scrape already carried over */
+export class Tally {
+  count = 0
+  reported = 0
+  inc (): void { this.count++ }
+}
+
 export interface MetricsSources {
   /** the audit writer's stream figures (Audit.stats), read at each scrape */
   auditStream?: () => { backlog: number, dropped: number }
@@ -61,6 +70,7 @@ export function createMetrics (sources: MetricsSources = {}): Metrics {
   const registry = new Registry()
   const p = 'jitp_'
   let auditDroppedSeen = 0
+  const publishTallies = new Map<string, Tally>()
   return {
     registry,
     connections: new Gauge({ name: p + 'connections', help: 'Live MQTT connections by role', labelNames: ['role'], registers: [registry] }),
@@ -69,7 +79,25 @@ export function createMetrics (sources: MetricsSources = {}): Metrics {
     listenerConnections: new Gauge({ name: p + 'listener_connections', help: 'TCP connections on the MQTTS listener by state (open, pending = not yet authenticated)', labelNames: ['state'], registers: [registry] }),
     connectionsClosed: new Counter({ name: p + 'connections_closed_total', help: 'Authenticated connections closed by the listener, by reason', labelNames: ['reason'], registers: [registry] }),
     handshakes: new Gauge({ name: p + 'handshakes', help: 'TLS handshakes on the MQTTS listener by state (running = holding one of MAX_CONCURRENT_HANDSHAKES slots, waiting = queued for one)', labelNames: ['state'], registers: [registry] }),
-    publishes: new Counter({ name: p + 'publishes_total', help: 'Publishes accepted for routing, by role', labelNames: ['role'], registers: [registry] }),
+    publishes: new Counter({
+      name: p + 'publishes_total',
+      help: 'Publishes accepted for routing, by role',
+      labelNames: ['role'],
+      registers: [registry],
+      // counted in plain numbers on the hot path (publishTally), carried over at each scrape:
+      // prom-client hashes the labels on every inc(), which cost more than the count itself
+      collect () {
+        for (const [role, t] of publishTallies) {
+          if (t.count > t.reported) this.inc({ role }, t.count - t.reported)
+          t.reported = t.count
+        }
+      }
+    }),
+    publishTally (role: string): Tally {
+      let t = publishTallies.get(role)
+      if (t === undefined) publishTallies.set(role, t = new Tally())
+      return t
+    },
     denials: new Counter({ name: p + 'denials_total', help: 'Authorization denials by action and rule', labelNames: ['action', 'rule'], registers: [registry] }),
     payloadRejections: new Counter({ name: p + 'payload_rejections_total', help: 'Dropped payloads by schema and error code', labelNames: ['schema', 'errorCode'], registers: [registry] }),
     piiDetections: new Counter({ name: p + 'pii_detections_total', help: 'Personal data detected in unannotated strings, by topic filter and kind', labelNames: ['topic', 'kind'], registers: [registry] }),

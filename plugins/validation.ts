@@ -40,24 +40,33 @@ function invalid (code: ErrorCode, schema: string, errors: PayloadProblem[]): Va
 }
 
 export function validatePayload (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: string, payload: Buffer | string): ValidationAnswer {
-  return check(catalogue, maxPayloadBytes, topic, payload).answer
+  return check(catalogue, maxPayloadBytes, topic, payload, { data: undefined, mapping: undefined })
 }
 
-function no (answer: ValidationAnswer): { answer: ValidationAnswer } {
-  return { answer }
+/** where check() leaves the parsed payload and its mapping of a valid JSON payload: one object per plugin, reused */
+interface Parsed { data: unknown, mapping: TopicMapping | undefined }
+
+/** the one "valid" answer per schema: a valid message (the common case) allocates no answer */
+const validAnswers = new Map<string, ValidationAnswer>()
+function valid (schema: string): ValidationAnswer {
+  let answer = validAnswers.get(schema)
+  if (answer === undefined) validAnswers.set(schema, answer = Object.freeze({ verdict: 'valid', schema }))
+  return answer
 }
 
-/** the answer, and the parsed payload and its mapping when it is valid JSON (for detection and sealing) */
-function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: string, payload: Buffer | string): { answer: ValidationAnswer, data?: unknown, mapping?: TopicMapping } {
+/** the answer; for a valid JSON payload, also the parsed value and its mapping in `out` (for detection and sealing) */
+function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: string, payload: Buffer | string, out: Parsed): ValidationAnswer {
+  out.data = undefined
+  out.mapping = undefined
   const mapping = catalogue.lookup(topic)
-  if (mapping === null) return no(invalid('NoSchema', 'none', [{ path: '', message: 'no schema is mapped to this topic' }]))
+  if (mapping === null) return invalid('NoSchema', 'none', [{ path: '', message: 'no schema is mapped to this topic' }])
   const bytes = typeof payload === 'string' ? Buffer.from(payload) : payload
   const format = mapping.format
   if (format.kind === 'binary') {
-    if (bytes.length > format.maxBytes) return no(invalid('PayloadTooLarge', format.schema, [{ path: '', message: `payload is ${bytes.length} bytes, limit ${format.maxBytes}` }]))
-    return { answer: { verdict: 'valid', schema: format.schema } }
+    if (bytes.length > format.maxBytes) return invalid('PayloadTooLarge', format.schema, [{ path: '', message: `payload is ${bytes.length} bytes, limit ${format.maxBytes}` }])
+    return valid(format.schema)
   }
-  if (bytes.length > maxPayloadBytes) return no(invalid('PayloadTooLarge', format.schema, [{ path: '', message: `payload is ${bytes.length} bytes, limit ${maxPayloadBytes}` }]))
+  if (bytes.length > maxPayloadBytes) return invalid('PayloadTooLarge', format.schema, [{ path: '', message: `payload is ${bytes.length} bytes, limit ${maxPayloadBytes}` }])
   let data: unknown
   if (bytes.length === 0 && format.emptyAs !== undefined) {
     data = format.emptyAs
@@ -66,22 +75,26 @@ function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: stri
     try {
       text = utf8.decode(bytes)
     } catch {
-      return no(invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid UTF-8' }]))
+      return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid UTF-8' }])
     }
     try {
       data = JSON.parse(text)
     } catch {
       // V8's parse errors quote the payload: a report or audit line must not
-      return no(invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid JSON' }]))
+      return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid JSON' }])
     }
   }
-  if (format.validate(data)) return { answer: { verdict: 'valid', schema: format.schema }, data, mapping }
+  if (format.validate(data)) {
+    out.data = data
+    out.mapping = mapping
+    return valid(format.schema)
+  }
   // allErrors is off: one error, capped, so a hostile payload cannot make a big report
   const e = format.validate.errors?.[0]
   const path = e ? e.instancePath + (e.keyword === 'required' ? `/${String(e.params.missingProperty)}` : e.keyword === 'additionalProperties' ? `/${String(e.params.additionalProperty)}` : '') : ''
   // the path names the payload's own keys, and the report goes to `devices/<id>/errors`, which services read:
   // a key that looks like personal data is written '*', and a deep or long path is cut (broker/pii-detect.ts)
-  return no(invalid('SchemaViolation', format.schema, [{ path: safePointer(path), message: (e?.message ?? 'invalid').slice(0, MAX_MESSAGE) }]))
+  return invalid('SchemaViolation', format.schema, [{ path: safePointer(path), message: (e?.message ?? 'invalid').slice(0, MAX_MESSAGE) }])
 }
 
 export interface ValidationOptions {
@@ -96,17 +109,26 @@ const ENVELOPE_MARK = Buffer.from('{"enc":"')
 const MAX_FINDINGS = 8
 const KIND_NAMES: Readonly<Record<PiiKind, string>> = { email: 'an e-mail address', phone: 'a phone number', card: 'a payment card number', iban: 'an IBAN' }
 
+/** what recordPersonal collects into during one personalValues call (synchronous: one at a time) */
+let collecting: Map<object, Set<string | number>> | undefined
+/** one visitor for every message: the hot path allocates no closure per publish */
+const recordPersonal: PiiVisitor = function recordPersonal (container, key) {
+  collecting ??= new Map()
+  let keys = collecting.get(container as object)
+  if (!keys) collecting.set(container as object, keys = new Set())
+  keys.add(key)
+}
+
 /** where the schema's x-pii values sit in this payload: the detector does not look into them */
 function personalValues (map: PiiMap | null, data: unknown): SkipMap | undefined {
   if (map === null) return undefined
-  let skip: Map<object, Set<string | number>> | undefined
-  visitPersonalData(map, data, function recordPersonal (container, key) {
-    skip ??= new Map()
-    let keys = skip.get(container)
-    if (!keys) skip.set(container, keys = new Set())
-    keys.add(key)
-  })
-  return skip
+  collecting = undefined
+  try {
+    visitPersonalData(map, data, recordPersonal)
+    return collecting
+  } finally {
+    collecting = undefined
+  }
 }
 
 /** the key ring of the "encrypt" treatment, or null when no topic asks for it; refuses to start without keys */
@@ -136,6 +158,8 @@ export const validationPlugin: Plugin<ValidationOptions> = {
     // one copy per routed packet and view, shared by every subscriber with that view
     const opened = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
     const treated = new WeakMap<AedesPublishPacket, AedesPublishPacket>()
+    /** check()'s output for the message being validated (validatePublish runs synchronously, one at a time) */
+    const parsed: Parsed = { data: undefined, mapping: undefined }
 
     const openValue: PiiVisitor = function openValue (container, key, value) {
       // a value in clear (a path nothing sealed) stays; an envelope of another key stays sealed
@@ -221,7 +245,11 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       name: 'validation',
       validatePublish (ev) {
         const { packet } = ev
-        const { answer, data, mapping } = check(catalogue, max, packet.topic, packet.payload)
+        const answer = check(catalogue, max, packet.topic, packet.payload, parsed)
+        const { data, mapping } = parsed
+        // not kept past this call: the next message reuses the object
+        parsed.data = undefined
+        parsed.mapping = undefined
         if (answer.verdict !== 'valid' || data === undefined || mapping === undefined) return answer
         const detected = detect(ev, mapping, data)
         if (detected !== null && 'verdict' in detected) return detected

@@ -26,7 +26,7 @@ export interface ChainContext {
   /** the payload a validator asked to route instead (personal data sealed), per packet */
   readonly sealedPayloads: WeakMap<PublishPacket, Buffer>
   readonly reserved: ReservedTopics
-  /** bound once: a label lookup per message would cost more than the count */
+  /** bound once, plain numbers: a label lookup (or prom-client's label hashing) per message would cost more than the count */
   readonly publishCounters: ReadonlyMap<string, { inc (): void }>
 }
 
@@ -39,7 +39,7 @@ export function createChainContext (ctx: PluginContext, plugins: readonly Plugin
     refusals: new WeakMap(),
     sealedPayloads: new WeakMap(),
     reserved: reservedTopics({ awsTopics: ctx.config.provisioningAwsTopics }),
-    publishCounters: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.publishes.labels(role)]))
+    publishCounters: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.publishTally(role)]))
   }
 }
 

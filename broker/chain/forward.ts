@@ -9,7 +9,8 @@
  */
 import type { AedesPublishPacket, Client } from 'aedes'
 import { isReserved } from '../reserved-topics.js'
-import { stateOf, type ConnectionState, type Identity } from '../session.js'
+import type { ForwardEvent } from '../plugin.js'
+import { stateOf, type Identity } from '../session.js'
 import type { ChainContext } from './context.js'
 import { QUARANTINE_TOPIC } from './publish.js'
 
@@ -19,13 +20,18 @@ export function authorizeForward (chain: ChainContext, client: Client, packet: A
   const identity = state?.identity
   if (!state || !identity) return null
   if (refuseReservedDelivery(chain, identity, packet)) return null
-  const refusal = forwardRefusal(chain, client, identity, state, packet)
+  // one event per delivery, handed to every plugin in turn (this runs per message and subscriber)
+  const ev: MutableForwardEvent = { client, identity, state, packet }
+  const refusal = forwardRefusal(chain, ev)
   if (refusal !== null) {
     denialCounter(chain, refusal).inc()
     return null
   }
-  return transformForSubscriber(chain, client, identity, state, packet)
+  return transformForSubscriber(chain, ev)
 }
+
+/** the transforms replace `packet` as they go; plugins get it read-only */
+type MutableForwardEvent = { -readonly [K in keyof ForwardEvent]: ForwardEvent[K] }
 
 type Counter = { inc (): void }
 /** per chain, the `forward` denial counter of each rule name (names come from the policy: a short, fixed list) */
@@ -50,7 +56,7 @@ export function mayReceive (chain: ChainContext, client: Client, packet: AedesPu
   const identity = state?.identity
   if (!state || !identity) return false
   if (isReserved(packet.topic) && !chain.reserved.open(identity.role, 'receive', packet.topic)) return false
-  return forwardRefusal(chain, client, identity, state, packet) === null
+  return forwardRefusal(chain, { client, identity, state, packet }) === null
 }
 
 function refuseReservedDelivery (chain: ChainContext, identity: Identity, packet: AedesPublishPacket): boolean {
@@ -63,9 +69,9 @@ function refuseReservedDelivery (chain: ChainContext, identity: Identity, packet
 }
 
 /** the first non-defer answer wins; everyone deferring is a denial. Null when allowed, else the deciding rule */
-function forwardRefusal (chain: ChainContext, client: Client, identity: Identity, state: ConnectionState, packet: AedesPublishPacket): string | null {
+function forwardRefusal (chain: ChainContext, ev: ForwardEvent): string | null {
   for (const plugin of chain.hooks.authorizeForward) {
-    const answer = plugin.authorizeForward!({ client, identity, state, packet })
+    const answer = plugin.authorizeForward!(ev)
     if (answer.verdict === 'defer') continue
     return answer.verdict === 'allow' ? null : (answer.rule ?? 'default-deny')
   }
@@ -73,8 +79,7 @@ function forwardRefusal (chain: ChainContext, client: Client, identity: Identity
 }
 
 /** e.g. personal data left out for a subscriber without the permission */
-function transformForSubscriber (chain: ChainContext, client: Client, identity: Identity, state: ConnectionState, packet: AedesPublishPacket): AedesPublishPacket {
-  let out = packet
-  for (const plugin of chain.hooks.transformForward) out = plugin.transformForward!({ client, identity, state, packet: out })
-  return out
+function transformForSubscriber (chain: ChainContext, ev: MutableForwardEvent): AedesPublishPacket {
+  for (const plugin of chain.hooks.transformForward) ev.packet = plugin.transformForward!(ev)
+  return ev.packet
 }

@@ -16,7 +16,7 @@
 import type { AedesPublishPacket, Client, PublishPacket } from 'aedes'
 import { Errors, JitpError, type ErrorCode } from '../errors.js'
 import { isMalformedMqttString } from '../mqtt-strings.js'
-import type { PayloadProblem, PublishEvent } from '../plugin.js'
+import type { PayloadProblem, PublishedEvent, PublishEvent } from '../plugin.js'
 import { isReserved } from '../reserved-topics.js'
 import { stateOf, type ConnectionState } from '../session.js'
 import { auditFields } from './audit-fields.js'
@@ -196,8 +196,8 @@ function countOffence (chain: ChainContext, client: Client, state: ConnectionSta
 export function published (chain: ChainContext, packet: AedesPublishPacket, client: Client | null, done: (err?: Error | null) => void): void {
   const observers = chain.hooks.published
   if (client !== null && packet.topic !== QUARANTINE_TOPIC && observers.length > 0) {
-    const identity = stateOf(client)?.identity ?? null
-    for (const plugin of observers) plugin.published!({ client, identity, packet })
+    const ev: PublishedEvent = { client, identity: stateOf(client)?.identity ?? null, packet }
+    for (const plugin of observers) plugin.published!(ev)
   }
   done(null)
 }

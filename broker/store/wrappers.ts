@@ -20,6 +20,7 @@ import type { Redis } from 'ioredis'
 import type { Audit } from '../audit.js'
 import { Errors, JitpError, isJitpError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import { redisScript, runScript } from './redis.js'
 
 /** what Aedes stores and queues (an aedes-packet) */
 export interface StoredPacket {
@@ -147,7 +148,7 @@ export function auditPublishNotStored (audit: Audit, metrics: Metrics): (client:
 // Each entry is a shared `packet:<broker>:<counter>` (QoS 1) or this client's copy
 // `outgoing:<client id>:<broker>:<counter>` (QoS 2); the shared packet and its
 // `:offlineCount` go when the last queue holding them lets go, as an acknowledgement does.
-const DROP_QUEUE = `
+const DROP_QUEUE = redisScript(`
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 for _, entry in ipairs(entries) do
   local packet = entry
@@ -161,7 +162,7 @@ for _, entry in ipairs(entries) do
   end
 end
 redis.call('DEL', KEYS[1])
-return #entries`
+return #entries`)
 
 /**
  * Answers: aedes-persistence-redis drops a cleaned session's queue list but not
@@ -175,11 +176,12 @@ export function dropQueuedPacketsOnClean (conn: Redis): PersistenceWrapper {
   return function dropQueuedPackets<P extends AedesPersistence> (persistence: P): P {
     const clean = persistence.cleanSubscriptions.bind(persistence)
     persistence.cleanSubscriptions = async function cleanSubscriptionsAndQueue (client) {
-      // issued first, so Redis runs it before the store's own commands drop the list
-      await Promise.all([
-        conn.eval(DROP_QUEUE, 1, `outgoing:${encodeURIComponent(client.id)}`, 'packet:'),
-        clean(client)
-      ])
+      // run to completion before the store's own commands drop the list: awaited, not sent
+      // alongside, because after a NOSCRIPT (a restarted Redis) the script's text goes in a
+      // second command, which would then run after the list was gone. EVALSHA, not EVAL:
+      // this runs on every clean connect, and EVAL makes Redis hash the whole text each time
+      await runScript(conn, DROP_QUEUE, [`outgoing:${encodeURIComponent(client.id)}`], ['packet:'])
+      await clean(client)
     }
     return persistence
   }
