@@ -112,14 +112,14 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
   const byTls = new WeakMap<TLSSocket, Connection>()
   /** raw sockets the listener closed and already audited: their `tlsClientError` is an echo */
   const silenced = new WeakSet<Socket>()
-  const openGauge = metrics.listenerConnections.labels('open')
-  const pendingGauge = metrics.listenerConnections.labels('pending')
+  const openGauge = metrics.level('listenerConnections', 'open')
+  const pendingGauge = metrics.level('listenerConnections', 'pending')
   const sweeper = setInterval(() => admission.sweep(), SWEEP_MS)
   sweeper.unref()
 
   const tlsOptions = { sessionTickets: config.tlsSessionTickets }
   const server = createServer(tokens ? tokenTlsServerOptions(ctx.trust, tlsOptions) : tlsServerOptions(ctx.trust, tlsOptions))
-  const handshakeGauges = { running: metrics.handshakes.labels('running'), waiting: metrics.handshakes.labels('waiting') }
+  const handshakeGauges = { running: metrics.level('handshakes', 'running'), waiting: metrics.level('handshakes', 'waiting') }
   // a reconnect storm's handshakes are spread over time (MAX_CONCURRENT_HANDSHAKES): the gate starts each one's TLS
   const handshakes = new HandshakeGate(server, {
     maxConcurrent: config.maxConcurrentHandshakes,

@@ -21,6 +21,13 @@ export interface Metrics {
   readonly publishes: Counter<'role'>
   /** the hot path's count of `publishes` for one role: a plain number, added to the counter at each scrape */
   publishTally (role: string): Tally
+  /**
+   * A live figure of `connections` (by role), `listenerConnections` or `handshakes` (by
+   * state) kept in a plain number and read at each scrape (the levels of one label summed:
+   * two listeners each keep theirs). The connect path changes these several times per
+   * connection, and prom-client hashes the labels on every change.
+   */
+  level (gauge: LevelGauge, label: string): Level
   readonly denials: Counter<'action' | 'rule'>
   readonly payloadRejections: Counter<'schema' | 'errorCode'>
   /** personal data found inline in unannotated strings (CONTRACT §5), by topic filter and kind (email, phone, card, iban) */
@@ -61,6 +68,16 @@ export class Tally {
   inc (): void { this.count++ }
 }
 
+/** a live figure kept in a plain number, read by its gauge at each scrape */
+export class Level {
+  value = 0
+  inc (): void { this.value++ }
+  dec (): void { this.value-- }
+  set (v: number): void { this.value = v }
+}
+
+export type LevelGauge = 'connections' | 'listenerConnections' | 'handshakes'
+
 export interface MetricsSources {
   /** the audit writer's stream figures (Audit.stats), read at each scrape */
   auditStream?: () => { backlog: number, dropped: number }
@@ -71,14 +88,22 @@ export function createMetrics (sources: MetricsSources = {}): Metrics {
   const p = 'jitp_'
   let auditDroppedSeen = 0
   const publishTallies = new Map<string, Tally>()
+  const levels: Record<LevelGauge, Map<string, Level[]>> = { connections: new Map(), listenerConnections: new Map(), handshakes: new Map() }
+  function readLevels<L extends string> (gauge: Gauge<L>, kind: LevelGauge, labelName: L): void {
+    for (const [label, list] of levels[kind]) {
+      let sum = 0
+      for (const l of list) sum += l.value
+      gauge.set({ [labelName]: label } as Partial<Record<L, string>>, sum)
+    }
+  }
   return {
     registry,
-    connections: new Gauge({ name: p + 'connections', help: 'Live MQTT connections by role', labelNames: ['role'], registers: [registry] }),
+    connections: new Gauge({ name: p + 'connections', help: 'Live MQTT connections by role', labelNames: ['role'], registers: [registry], collect () { readLevels(this, 'connections', 'role') } }),
     connectsAccepted: new Counter({ name: p + 'connects_accepted_total', help: 'Accepted MQTT connects by role', labelNames: ['role'], registers: [registry] }),
     connectRefusals: new Counter({ name: p + 'connect_refusals_total', help: 'Refused connects by reason', labelNames: ['reason'], registers: [registry] }),
-    listenerConnections: new Gauge({ name: p + 'listener_connections', help: 'TCP connections on the MQTTS listener by state (open, pending = not yet authenticated)', labelNames: ['state'], registers: [registry] }),
+    listenerConnections: new Gauge({ name: p + 'listener_connections', help: 'TCP connections on the MQTTS listener by state (open, pending = not yet authenticated)', labelNames: ['state'], registers: [registry], collect () { readLevels(this, 'listenerConnections', 'state') } }),
     connectionsClosed: new Counter({ name: p + 'connections_closed_total', help: 'Authenticated connections closed by the listener, by reason', labelNames: ['reason'], registers: [registry] }),
-    handshakes: new Gauge({ name: p + 'handshakes', help: 'TLS handshakes on the MQTTS listener by state (running = holding one of MAX_CONCURRENT_HANDSHAKES slots, waiting = queued for one)', labelNames: ['state'], registers: [registry] }),
+    handshakes: new Gauge({ name: p + 'handshakes', help: 'TLS handshakes on the MQTTS listener by state (running = holding one of MAX_CONCURRENT_HANDSHAKES slots, waiting = queued for one)', labelNames: ['state'], registers: [registry], collect () { readLevels(this, 'handshakes', 'state') } }),
     publishes: new Counter({
       name: p + 'publishes_total',
       help: 'Publishes accepted for routing, by role',
@@ -93,6 +118,14 @@ export function createMetrics (sources: MetricsSources = {}): Metrics {
         }
       }
     }),
+    level (gauge: LevelGauge, label: string): Level {
+      const l = new Level()
+      const byLabel = levels[gauge]
+      const list = byLabel.get(label)
+      if (list === undefined) byLabel.set(label, [l])
+      else list.push(l)
+      return l
+    },
     publishTally (role: string): Tally {
       let t = publishTallies.get(role)
       if (t === undefined) publishTallies.set(role, t = new Tally())

@@ -16,8 +16,8 @@
  *   which would make the broker offer the subscriber every message only to drop it.
  */
 import { ALLOW, deny, type Allow, type Deny, type Plugin, type PluginHooks } from '../broker/plugin.js'
-import type { ConnectionState } from '../broker/session.js'
-import { compileRules, type CompiledRules, type Policy } from './policy.js'
+import type { ConnectionState, Identity } from '../broker/session.js'
+import { compileRules, rulesKey, type CompiledRules, type Policy } from './policy.js'
 import { coveredByAny, covers, intersect, matchesTopic } from './topic-filters.js'
 
 export interface AuthorizationOptions { readonly policy: Policy }
@@ -91,6 +91,8 @@ interface Decisions {
 // receives every device's, more than any memo should hold
 const MAX_PUBLISH_DECISIONS = 32
 const MAX_DELIVERY_DECISIONS = 4096
+/** identities whose compiled rules are kept between connections */
+const MAX_COMPILED_RULES = 10_000
 
 /**
  * A memo keeps the first `max` topics it is asked about and then stops growing:
@@ -117,10 +119,27 @@ export const authorizationPlugin: Plugin<AuthorizationOptions> = {
       return d
     }
 
+    // compiled rules by what they depend on (policy.ts, rulesKey): a device that reconnects
+    // gets its rules back, and with them the topic answers already memoised, instead of
+    // compiling the policy again on every connect. Bounded, least recently used first out
+    const compiled = new Map<string, CompiledRules>()
+    function rulesFor (identity: Identity): CompiledRules {
+      const key = rulesKey(identity)
+      let rules = compiled.get(key)
+      if (rules !== undefined) {
+        compiled.delete(key)
+      } else {
+        rules = compileRules(policy, identity)
+        if (compiled.size >= MAX_COMPILED_RULES) compiled.delete(compiled.keys().next().value!)
+      }
+      compiled.set(key, rules)
+      return rules
+    }
+
     return {
       name: 'authorization',
       connected (_client, state) {
-        if (state.identity) state.rules = compileRules(policy, state.identity)
+        if (state.identity) state.rules = rulesFor(state.identity)
       },
       authorizePublish ({ packet, state, client }) {
         const rules = rulesOf(state)

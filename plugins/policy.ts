@@ -242,6 +242,17 @@ function fenced (topics: readonly RuleTopic[], fence: readonly Levels[]): RuleTo
   return out
 }
 
+/**
+ * What compileRules reads of an identity, as one string: two identities with the
+ * same key get the same rules (the authorization plugin keeps compiled rules by it).
+ * Keep in step with compileRules and fill.
+ */
+export function rulesKey (identity: Identity): string {
+  const auth = identity.auth
+  const scopes = auth?.method === 'oauth2' || auth?.method === 'broker-token' ? [...auth.scopes].sort().join(' ') : '*'
+  return `${identity.role}\u0000${identity.clientId}\u0000${identity.name ?? ''}\u0000${identity.name === null ? 0 : 1}\u0000${identity.quarantined === true ? 1 : 0}\u0000${scopes}`
+}
+
 export function compileRules (policy: Policy, identity: Identity): CompiledRules {
   const lists: Record<Action, RuleTopic[]> = { publish: [], subscribe: [] }
   // a token identity gets the scoped rules of its scopes only; a certificate holds every scope

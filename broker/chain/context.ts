@@ -28,6 +28,8 @@ export interface ChainContext {
   readonly reserved: ReservedTopics
   /** bound once, plain numbers: a label lookup (or prom-client's label hashing) per message would cost more than the count */
   readonly publishCounters: ReadonlyMap<string, { inc (): void }>
+  /** live connections by role (the `connections` gauge, read at each scrape) */
+  readonly connections: ReadonlyMap<string, { inc (): void, dec (): void }>
 }
 
 export function createChainContext (ctx: PluginContext, plugins: readonly PluginHooks[]): ChainContext {
@@ -39,7 +41,8 @@ export function createChainContext (ctx: PluginContext, plugins: readonly Plugin
     refusals: new WeakMap(),
     sealedPayloads: new WeakMap(),
     reserved: reservedTopics({ awsTopics: ctx.config.provisioningAwsTopics }),
-    publishCounters: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.publishTally(role)]))
+    publishCounters: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.publishTally(role)])),
+    connections: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.level('connections', role)]))
   }
 }
 

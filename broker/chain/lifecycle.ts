@@ -17,7 +17,7 @@ export function clientReady (chain: ChainContext, client: Client): void {
   const state = stateOf(client)
   const role = state?.identity?.role ?? 'unknown'
   const authMethod = authMethodOf(state?.identity)
-  metrics.connections.inc({ role })
+  chain.connections.get(role)?.inc()
   metrics.connectsAccepted.inc({ role })
   metrics.authentications.inc({ method: authMethod, outcome: 'accepted' })
   audit.write('connect.accepted', { ...auditFields(client, state), authMethod, reason: state?.identity?.registeredOnConnect ? 'registered on first connect' : undefined })
@@ -27,7 +27,7 @@ export function clientReady (chain: ChainContext, client: Client): void {
 export function clientDisconnect (chain: ChainContext, client: Client): void {
   const state = stateOf(client)
   if (!state?.identity) return
-  chain.ctx.metrics.connections.dec({ role: state.identity.role })
+  chain.connections.get(state.identity.role)?.dec()
   chain.ctx.audit.write('disconnect', { ...auditFields(client, state), ...state.closeReason })
   for (const plugin of chain.hooks.disconnected) plugin.disconnected!(client, state)
 }

@@ -83,3 +83,26 @@ t.test('rules compiled anew (a status change) never meet the answers given under
   t.equal(d.receive('devices/d1/commands/reboot'), 'deny', 'nor the remembered delivery answer')
   t.equal(d.receive('devices/d1/config'), 'allow')
 })
+
+t.test('compiled rules are kept per identity between connections, never shared across identities', async (t) => {
+  const hooks = await authorizationPlugin.setup({} as PluginContext, { policy })
+  const connect = (identity: Identity): ConnectionState => {
+    const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: { windowStart: 0, count: 0 } }
+    hooks.connected!({} as Client, state)
+    return state
+  }
+  const first = connect(device('d1'))
+  const again = connect(device('d1'))
+  t.equal(again.rules, first.rules, 'the same device reconnecting gets its compiled rules back')
+  const other = connect(device('d2'))
+  t.not(other.rules, first.rules, 'another device never gets them')
+  const d2 = { client: {} as Client, identity: other.identity!, state: other }
+  t.equal(hooks.authorizePublish!({ ...d2, packet: { topic: 'devices/d2/telemetry', retain: false } as PublishPacket, isWill: false }).verdict, 'allow')
+  t.equal(hooks.authorizePublish!({ ...d2, packet: { topic: 'devices/d1/telemetry', retain: false } as PublishPacket, isWill: false }).verdict, 'deny', 'd2 may not publish as d1 after d1 connected')
+  const quarantined = connect({ ...device('d1'), quarantined: true })
+  t.not(quarantined.rules, first.rules, 'a quarantined connection of the same device gets the fenced rules')
+  const q = { client: {} as Client, identity: quarantined.identity!, state: quarantined }
+  t.equal(hooks.authorizePublish!({ ...q, packet: { topic: 'devices/d1/telemetry', retain: false } as PublishPacket, isWill: false }).verdict, 'deny', 'fenced: telemetry refused')
+  const sameId = connect({ ...device('d1'), clientId: 'other-client' })
+  t.not(sameId.rules, first.rules, 'a different client id is a different key (${clientId} rules)')
+})
