@@ -523,6 +523,48 @@ function renameKeys (container: Record<string, unknown>, renames: ReadonlyMap<st
  * one, modified in place when redacting; a new string for a bare string).
  * Allocates nothing per leaf when nothing is found: this runs on every payload.
  */
+/** how deep mayHoldPii follows nested containers before it leaves the payload to scanJson (which keeps its own stack) */
+const QUICK_DEPTH = 32
+
+/**
+ * Whether scanJson could find anything in `data`: the same strings looked at (keys,
+ * and values of MIN_LENGTH or more outside the skipped x-pii values), with no path
+ * recorded and nothing allocated. Every message of a topic with detection on passes
+ * here, and almost none holds anything: those cost one walk. Past QUICK_DEPTH it
+ * answers true (never a miss: scanJson then walks it all); recursion stays shallow.
+ */
+export function mayHoldPii (data: unknown, skip?: SkipMap): boolean {
+  // a bare string payload is looked at whatever its length, as scanJson does
+  if (typeof data === 'string') return findPii(data, 1).length > 0
+  if (data === null || typeof data !== 'object') return false
+  return containerMayHold(data, skip, 0)
+}
+
+function containerMayHold (container: object, skip: SkipMap | undefined, depth: number): boolean {
+  if (depth >= QUICK_DEPTH) return true
+  const skipped = skip?.get(container)
+  if (Array.isArray(container)) {
+    for (let i = 0; i < container.length; i++) {
+      if (skipped?.has(i) === true) continue
+      if (valueMayHold(container[i], skip, depth)) return true
+    }
+    return false
+  }
+  const record = container as Record<string, unknown>
+  // for-in over a parsed JSON object: its own keys (nothing enumerable is inherited), no array allocated
+  for (const key in record) {
+    if (key.length >= MIN_LENGTH && findPii(key, 1).length > 0) return true
+    if (skipped?.has(key) === true) continue
+    if (valueMayHold(record[key], skip, depth)) return true
+  }
+  return false
+}
+
+function valueMayHold (value: unknown, skip: SkipMap | undefined, depth: number): boolean {
+  if (typeof value === 'string') return value.length >= MIN_LENGTH && findPii(value, 1).length > 0
+  return value !== null && typeof value === 'object' && containerMayHold(value, skip, depth + 1)
+}
+
 export function scanJson (data: unknown, opts: ScanOptions): ScanResult & { readonly value: unknown } {
   const findings: JsonFinding[] = []
   if (typeof data === 'string') {

@@ -21,12 +21,13 @@
  * so a payload is still serialized once.
  */
 import type { AedesPublishPacket } from 'aedes'
+import { isAscii } from 'node:buffer'
 import { auditFields } from '../broker/chain/audit-fields.js'
 import { JitpError, type ErrorCode } from '../broker/errors.js'
 import type { PayloadProblem, Plugin, PluginContext, PluginHooks, PublishEvent, ValidationAnswer } from '../broker/plugin.js'
 import { createPiiCipher, piiKeyFrom } from '../broker/pii-crypto.js'
 import { createPiiDetectionLog } from '../broker/pii-detection-log.js'
-import { safePointer, scanJson, type JsonFinding, type PiiKind, type SkipMap } from '../broker/pii-detect.js'
+import { mayHoldPii, safePointer, scanJson, type JsonFinding, type PiiKind, type SkipMap } from '../broker/pii-detect.js'
 import { isEnvelope, watchPiiKeyring, type PiiKeyringHolder } from '../broker/pii-keys.js'
 import { createPersonalData, type PersonalData } from '../broker/store/personal-data.js'
 import { visitPersonalData, type PiiMap, type PiiVisitor } from './pii-map.js'
@@ -73,7 +74,8 @@ function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: stri
   } else {
     let text: string
     try {
-      text = utf8.decode(bytes)
+      // an ASCII payload (nearly every JSON one) is valid UTF-8 as it is: read without the validating decoder
+      text = isAscii(bytes) ? bytes.toString('latin1') : utf8.decode(bytes)
     } catch {
       return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid UTF-8' }])
     }
@@ -213,8 +215,11 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       const mode = mapping.detect
       const format = mapping.format
       if (mode === 'off' || format.kind !== 'json') return null
+      const skip = personalValues(format.pii, data)
+      // nothing to find (nearly every message): one walk that allocates nothing, and done
+      if (!mayHoldPii(data, skip)) return null
       const result = scanJson(data, {
-        skip: personalValues(format.pii, data),
+        skip,
         redact: mode === 'redact',
         limit: mode === 'reject' ? 1 : MAX_FINDINGS
       })

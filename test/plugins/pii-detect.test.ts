@@ -9,7 +9,7 @@
  * rather than timed.
  */
 import t from 'tap'
-import { findPii, redactText, scanJson, type PiiKind } from '../../broker/pii-detect.js'
+import { findPii, mayHoldPii, redactText, scanJson, type PiiKind } from '../../broker/pii-detect.js'
 
 const POSITIVES: Array<[string, PiiKind]> = [
   // e-mail
@@ -225,4 +225,41 @@ t.test('linear by construction: character reads per input character stay bounded
     const ratio = large.reads / little.reads
     t.ok(ratio < 16 * 1.25, `${name}: reads grow ${ratio.toFixed(1)}x for 16x the input`)
   }
+})
+
+t.test('mayHoldPii: false exactly when scanJson finds nothing (the quick walk never misses)', async (t) => {
+  // the JSON test's document, its parts, and generated ones mixing every positive and negative string
+  const strings = [...POSITIVES.map(([text]) => text), ...NEGATIVES, 'fine', 'closed', '1.4.2', '']
+  let seed = 7
+  const rand = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n }
+  function generate (depth: number): unknown {
+    const pick = rand(depth > 3 ? 3 : 6)
+    if (pick === 0) return strings[rand(strings.length)]
+    if (pick === 1) return rand(1_000_000_000) * 1000
+    if (pick === 2) return rand(2) === 0 ? null : true
+    if (pick === 3) return Array.from({ length: rand(4) }, () => generate(depth + 1))
+    const o: Record<string, unknown> = {}
+    for (let i = rand(4); i > 0; i--) o[rand(5) === 0 ? strings[rand(strings.length)]! : `k${rand(100)}`] = generate(depth + 1)
+    return o
+  }
+  let positives = 0
+  for (let i = 0; i < 3000; i++) {
+    const data = generate(0)
+    // skip one key of the root now and then, as the x-pii map does
+    const keys = data !== null && typeof data === 'object' && !Array.isArray(data) ? Object.keys(data) : []
+    const skip = keys.length > 0 && rand(2) === 0 ? new Map<object, Set<string | number>>([[data as object, new Set([keys[0]!])]]) : undefined
+    const found = scanJson(data, { skip, redact: false, limit: 8 }).findings.length > 0
+    if (found) positives++
+    if (mayHoldPii(data, skip) !== found) {
+      t.fail(`disagrees with scanJson on ${JSON.stringify(data)}`)
+      return
+    }
+  }
+  t.ok(positives > 300 && positives < 2700, `both answers exercised (${positives} of 3000 hold something)`)
+  // deeper than the quick walk follows: it answers true, never a miss
+  let deep: unknown = { note: 'fine' }
+  for (let i = 0; i < 100; i++) deep = { d: deep }
+  t.equal(mayHoldPii(deep), true, 'past its depth it leaves the answer to scanJson')
+  t.equal(scanJson(deep, { redact: false, limit: 8 }).findings.length, 0)
+  t.equal(mayHoldPii('a@b.co'), findPii('a@b.co').length > 0, 'a bare string: as scanJson, whatever its length')
 })
