@@ -91,8 +91,8 @@ interface Decisions {
 // receives every device's, more than any memo should hold
 const MAX_PUBLISH_DECISIONS = 32
 const MAX_DELIVERY_DECISIONS = 4096
-/** identities whose compiled rules are kept between connections */
-const MAX_COMPILED_RULES = 10_000
+/** device and service identities whose compiled rules are kept between connections (a few KB each) */
+const MAX_COMPILED_RULES = 1024
 
 /**
  * A memo keeps the first `max` topics it is asked about and then stops growing:
@@ -121,9 +121,12 @@ export const authorizationPlugin: Plugin<AuthorizationOptions> = {
 
     // compiled rules by what they depend on (policy.ts, rulesKey): a device that reconnects
     // gets its rules back, and with them the topic answers already memoised, instead of
-    // compiling the policy again on every connect. Bounded, least recently used first out
+    // compiling the policy again on every connect. Bounded, least recently used first out.
+    // Not for claim connections: each comes with a client id of its own choosing, once,
+    // and keeping their rules would let the claim certificate fill the cache
     const compiled = new Map<string, CompiledRules>()
     function rulesFor (identity: Identity): CompiledRules {
+      if (identity.role === 'claim') return compileRules(policy, identity)
       const key = rulesKey(identity)
       let rules = compiled.get(key)
       if (rules !== undefined) {

@@ -106,3 +106,17 @@ t.test('compiled rules are kept per identity between connections, never shared a
   const sameId = connect({ ...device('d1'), clientId: 'other-client' })
   t.not(sameId.rules, first.rules, 'a different client id is a different key (${clientId} rules)')
 })
+
+t.test('claim connections are compiled each time, never kept: their client ids are theirs to choose', async (t) => {
+  const hooks = await authorizationPlugin.setup({} as PluginContext, { policy })
+  const claim = (id: string): Identity => ({ role: 'claim', clientId: id, certificateId: 'claim-cert', name: null, permissions: permissionsFor(policy, 'claim') })
+  const connect = (identity: Identity): ConnectionState => {
+    const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: { windowStart: 0, count: 0 } }
+    hooks.connected!({} as Client, state)
+    return state
+  }
+  const a = connect(claim('c1'))
+  const b = connect(claim('c1'))
+  t.not(a.rules, b.rules, 'the same claim client id twice: compiled twice, nothing kept')
+  t.same(a.rules, b.rules, 'to the same rules')
+})
