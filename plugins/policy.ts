@@ -200,6 +200,11 @@ export const QUARANTINE_RULE = 'quarantine'
 /** Fills variables; a value that could act as a wildcard or level separator voids the rule. */
 function fill (topic: string, identity: Identity): string | null {
   let void_ = false
+  // the common level: one variable and nothing else, whose value is the level (no new string)
+  if (topic === '${clientId}' || topic === '${deviceId}' || topic === '${commonName}') {
+    const value = topic === '${clientId}' ? identity.clientId : identity.name
+    return !value || /[+#/]/.test(value) ? null : value
+  }
   const out = topic.replace(VARIABLE, (_m, name: string) => {
     const value = name === 'clientId' ? identity.clientId : identity.name
     if (!value || /[+#/]/.test(value)) void_ = true
@@ -208,7 +213,50 @@ function fill (topic: string, identity: Identity): string | null {
   return void_ ? null : out
 }
 
+/**
+ * A policy topic's levels with the identity's values put in. The constant levels
+ * are the template's own strings, split once (the templates are the policy's and
+ * the fence's topics: a fixed set); a level that is exactly one variable is the
+ * identity's value itself. Null when a value voids the rule (fill).
+ */
+const templateLevels = new Map<string, readonly string[]>()
+function fillLevels (topic: string, identity: Identity): Levels | null {
+  let parts = templateLevels.get(topic)
+  if (parts === undefined) templateLevels.set(topic, parts = Object.freeze(topic.split('/')))
+  const out: string[] = new Array<string>(parts.length)
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!
+    if (!part.includes('${')) {
+      out[i] = part
+      continue
+    }
+    const filled = fill(part, identity)
+    if (filled === null) return null
+    out[i] = filled
+  }
+  return out
+}
+
 interface RuleTopic { readonly name: string, readonly effect: Effect, readonly levels: Levels, readonly retain: boolean }
+
+/**
+ * The answers a rule gives, one frozen object per action, effect and rule name, shared
+ * by every identity's compiled rules (rule names are the policy's: a short, fixed list).
+ */
+const sharedAnswers = new Map<string, Allow | Deny>()
+function answerOf (action: Action, effect: Effect, name: string): Allow | Deny {
+  const key = `${action}\u0000${effect}\u0000${name}`
+  let answer = sharedAnswers.get(key)
+  if (answer === undefined) sharedAnswers.set(key, answer = Object.freeze(effect === 'allow' ? { verdict: 'allow', rule: name } : deny(DENY_CODE[action], name)))
+  return answer
+}
+const sharedRetainRefusals = new Map<string, Deny>()
+function retainRefusedOf (name: string): Deny {
+  let answer = sharedRetainRefusals.get(name)
+  if (answer === undefined) sharedRetainRefusals.set(name, answer = Object.freeze(deny('PublishDenied', name, 'retain not allowed')))
+  return answer
+}
+const NO_DENIALS: readonly Levels[] = Object.freeze([])
 
 const DENY_CODE: Readonly<Record<Action, ErrorCode>> = { publish: 'PublishDenied', subscribe: 'SubscribeDenied' }
 
@@ -220,9 +268,9 @@ function compileList (action: Action, topics: readonly RuleTopic[]): CompiledRul
       effect: t.effect,
       levels: t.levels,
       retain: t.retain,
-      answer: Object.freeze(t.effect === 'allow' ? { verdict: 'allow', rule: t.name } : deny(DENY_CODE[action], t.name)),
-      retainRefused: Object.freeze(deny('PublishDenied', t.name, 'retain not allowed')),
-      deniedBefore: [...denied]
+      answer: answerOf(action, t.effect, t.name),
+      retainRefused: retainRefusedOf(t.name),
+      deniedBefore: denied.length === 0 ? NO_DENIALS : [...denied]
     }
     if (t.effect === 'deny') denied.push(t.levels)
     return rule
@@ -261,9 +309,9 @@ export function compileRules (policy: Policy, identity: Identity): CompiledRules
     if (rule.role !== identity.role) continue
     if (rule.scope !== undefined && scopes !== null && !scopes.has(rule.scope)) continue
     for (const topic of rule.topics) {
-      const filled = fill(topic, identity)
-      if (filled === null) continue
-      const t: RuleTopic = { name: rule.name, effect: rule.effect ?? 'allow', levels: filled.split('/'), retain: rule.retain === true }
+      const levels = fillLevels(topic, identity)
+      if (levels === null) continue
+      const t: RuleTopic = { name: rule.name, effect: rule.effect ?? 'allow', levels, retain: rule.retain === true }
       for (const action of rule.actions) lists[action].push(t)
     }
   }
