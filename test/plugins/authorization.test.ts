@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { AedesPublishPacket, Client, PublishPacket, Subscription } from 'aedes'
-import type { PluginContext } from '../../broker/plugin.js'
+import type { PluginContext, PluginHooks } from '../../broker/plugin.js'
 import type { ConnectionState, Identity } from '../../broker/session.js'
 import { authorizationPlugin } from '../../plugins/authorization.js'
 import { compileRules, defaultPolicy, permissionsFor } from '../../plugins/policy.js'
@@ -84,13 +84,16 @@ t.test('rules compiled anew (a status change) never meet the answers given under
   t.equal(d.receive('devices/d1/config'), 'allow')
 })
 
+/** a new connection's state after the plugin's connected hook: what it compiled (or kept) is in `rules` */
+function connectedState (hooks: PluginHooks, identity: Identity): ConnectionState {
+  const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: { windowStart: 0, count: 0 } }
+  hooks.connected!({} as Client, state)
+  return state
+}
+
 t.test('compiled rules are kept per identity between connections, never shared across identities', async (t) => {
   const hooks = await authorizationPlugin.setup({} as PluginContext, { policy })
-  const connect = (identity: Identity): ConnectionState => {
-    const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: { windowStart: 0, count: 0 } }
-    hooks.connected!({} as Client, state)
-    return state
-  }
+  const connect = (identity: Identity): ConnectionState => connectedState(hooks, identity)
   const first = connect(device('d1'))
   const again = connect(device('d1'))
   t.equal(again.rules, first.rules, 'the same device reconnecting gets its compiled rules back')
@@ -110,11 +113,7 @@ t.test('compiled rules are kept per identity between connections, never shared a
 t.test('claim connections are compiled each time, never kept: their client ids are theirs to choose', async (t) => {
   const hooks = await authorizationPlugin.setup({} as PluginContext, { policy })
   const claim = (id: string): Identity => ({ role: 'claim', clientId: id, certificateId: 'claim-cert', name: null, permissions: permissionsFor(policy, 'claim') })
-  const connect = (identity: Identity): ConnectionState => {
-    const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: { windowStart: 0, count: 0 } }
-    hooks.connected!({} as Client, state)
-    return state
-  }
+  const connect = (identity: Identity): ConnectionState => connectedState(hooks, identity)
   const a = connect(claim('c1'))
   const b = connect(claim('c1'))
   t.not(a.rules, b.rules, 'the same claim client id twice: compiled twice, nothing kept')
