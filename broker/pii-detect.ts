@@ -510,19 +510,6 @@ function renameKeys (container: Record<string, unknown>, renames: ReadonlyMap<st
   for (const [k, v] of entries) Object.defineProperty(container, renames.get(k) ?? k, { value: v, writable: true, enumerable: true, configurable: true })
 }
 
-/**
- * One walk over a parsed JSON value's string leaves (object values and array
- * items) and object keys, with an explicit stack. Per string, one pass of
- * findPii; one finding recorded per leaf (or key) and kind. Keys are scanned
- * because free-form maps (telemetry `values`, state `details`) are keyed by
- * whatever the firmware chose, a user's e-mail address included; a key finding
- * is written with the key as '*'. Redacting renames such a key (its kinds in
- * brackets), unless its value is x-pii (the schema's mapping, which may match
- * keys by pattern, decides that value's treatment: renaming could take it out)
- * or the new name is taken: then `unredactable`. Returns the value (the same
- * one, modified in place when redacting; a new string for a bare string).
- * Allocates nothing per leaf when nothing is found: this runs on every payload.
- */
 /** how deep mayHoldPii follows nested containers before it leaves the payload to scanJson (which keeps its own stack) */
 const QUICK_DEPTH = 32
 
@@ -565,6 +552,19 @@ function valueMayHold (value: unknown, skip: SkipMap | undefined, depth: number)
   return value !== null && typeof value === 'object' && containerMayHold(value, skip, depth + 1)
 }
 
+/**
+ * One walk over a parsed JSON value's string leaves (object values and array
+ * items) and object keys, with an explicit stack. Per string, one pass of
+ * findPii; one finding recorded per leaf (or key) and kind. Keys are scanned
+ * because free-form maps (telemetry `values`, state `details`) are keyed by
+ * whatever the firmware chose, a user's e-mail address included; a key finding
+ * is written with the key as '*'. Redacting renames such a key (its kinds in
+ * brackets), unless its value is x-pii (the schema's mapping, which may match
+ * keys by pattern, decides that value's treatment: renaming could take it out)
+ * or the new name is taken: then `unredactable`. Returns the value (the same
+ * one, modified in place when redacting; a new string for a bare string).
+ * Allocates nothing per leaf when nothing is found: this runs on every payload.
+ */
 export function scanJson (data: unknown, opts: ScanOptions): ScanResult & { readonly value: unknown } {
   const findings: JsonFinding[] = []
   if (typeof data === 'string') {

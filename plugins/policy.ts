@@ -197,17 +197,20 @@ export const QUARANTINE_FENCE: Readonly<Record<Action, readonly string[]>> = {
 }
 export const QUARANTINE_RULE = 'quarantine'
 
+/** an identity's value for a variable, or null when it has none or it could act as a wildcard or level separator */
+function variableValue (name: string, identity: Identity): string | null {
+  const value = name === 'clientId' ? identity.clientId : identity.name
+  return !value || /[+#/]/.test(value) ? null : value
+}
+
 /** Fills variables; a value that could act as a wildcard or level separator voids the rule. */
 function fill (topic: string, identity: Identity): string | null {
-  let void_ = false
   // the common level: one variable and nothing else, whose value is the level (no new string)
-  if (topic === '${clientId}' || topic === '${deviceId}' || topic === '${commonName}') {
-    const value = topic === '${clientId}' ? identity.clientId : identity.name
-    return !value || /[+#/]/.test(value) ? null : value
-  }
+  if (topic === '${clientId}' || topic === '${deviceId}' || topic === '${commonName}') return variableValue(topic.slice(2, -1), identity)
+  let void_ = false
   const out = topic.replace(VARIABLE, (_m, name: string) => {
-    const value = name === 'clientId' ? identity.clientId : identity.name
-    if (!value || /[+#/]/.test(value)) void_ = true
+    const value = variableValue(name, identity)
+    if (value === null) void_ = true
     return value ?? ''
   })
   return void_ ? null : out
@@ -317,7 +320,7 @@ export function compileRules (policy: Policy, identity: Identity): CompiledRules
   }
   if (identity.role === 'device' && identity.quarantined === true) {
     for (const action of ['publish', 'subscribe'] as const) {
-      const fence = QUARANTINE_FENCE[action].map((f) => fill(f, identity)).filter((f) => f !== null).map((f) => f.split('/'))
+      const fence = QUARANTINE_FENCE[action].map((f) => fillLevels(f, identity)).filter((levels) => levels !== null)
       lists[action] = fenced(lists[action], fence)
     }
   }

@@ -32,6 +32,9 @@ export interface ChainContext {
   readonly connections: ReadonlyMap<string, { inc (): void, dec (): void }>
 }
 
+/** the role labels the chain counts under (`unknown`: a connection with no identity yet) */
+const COUNTED_ROLES = ['device', 'claim', 'service', 'unknown'] as const
+
 export function createChainContext (ctx: PluginContext, plugins: readonly PluginHooks[]): ChainContext {
   const hooks = {} as Record<HookKind, readonly PluginHooks[]>
   for (const kind of HOOK_KINDS) hooks[kind] = plugins.filter((p) => typeof p[kind] === 'function')
@@ -41,8 +44,8 @@ export function createChainContext (ctx: PluginContext, plugins: readonly Plugin
     refusals: new WeakMap(),
     sealedPayloads: new WeakMap(),
     reserved: reservedTopics({ awsTopics: ctx.config.provisioningAwsTopics }),
-    publishCounters: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.publishTally(role)])),
-    connections: new Map(['device', 'claim', 'service', 'unknown'].map((role) => [role, ctx.metrics.level('connections', role)]))
+    publishCounters: new Map(COUNTED_ROLES.map((role) => [role, ctx.metrics.publishTally(role)])),
+    connections: new Map(COUNTED_ROLES.map((role) => [role, ctx.metrics.level('connections', role)]))
   }
 }
 
