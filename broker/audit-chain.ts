@@ -23,7 +23,7 @@
  * `brokerId`; a view that merges several processes (the Redis stream, a file
  * several processes appended to) verifies per brokerId (`--merged`).
  */
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 
 /** the hash a new chain's first line is computed over */
@@ -48,7 +48,8 @@ export function canonicalJson (record: Readonly<Record<string, unknown>>): strin
 }
 
 export function chainHash (prevHash: string, canonical: string): string {
-  return createHash('sha256').update(prevHash).update(canonical).digest('hex')
+  // one-shot: no Hash object per line (the broker seals every audit line with it)
+  return hash('sha256', prevHash + canonical, 'hex')
 }
 
 // ---------------------------------------------------------------- verification

@@ -16,13 +16,13 @@
  * (broker/audit-query.ts): an in-process ring when the destination is not a
  * file, and with REDIS_URL a capped Redis stream every broker process shares.
  */
-import { createHash, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import { closeSync, fstat, fstatSync, mkdirSync, open, openSync, readSync, type Stats } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { ReplyError, type Redis } from 'ioredis'
 import pino from 'pino'
-import { CHAIN_STARTED, GENESIS_HASH } from './audit-chain.js'
+import { CHAIN_STARTED, chainHash, GENESIS_HASH } from './audit-chain.js'
 import { AUDIT_STREAM_KEY, createAuditRing, createAuditSource, type AuditPage, type AuditQuery, type AuditRing, type AuditSource } from './audit-query.js'
 import { connectRedis, quitGracefully, within } from './store/redis.js'
 
@@ -519,7 +519,7 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
       if (v !== undefined) body += prefix + jsonValue(v)
     }
     body += `,"seq":${++seq}`
-    const hash = createHash('sha256').update(prev).update(body).update('}').digest('hex')
+    const hash = chainHash(prev, body + '}')
     prev = hash
     const line = `${body},"hash":"${hash}"}`
     toOut(separator + line + '\n')

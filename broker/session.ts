@@ -17,8 +17,6 @@ export interface PeerCertificate {
   readonly commonName: string | null
   readonly serialNumber: string
   readonly notAfter: number
-  /** PEM of the client certificate, for flows that must register it (never logged) */
-  readonly pem: string
 }
 
 /** how a connection authenticated (CONTRACT §10): its certificate, or a token on the token listener */

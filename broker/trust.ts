@@ -235,8 +235,7 @@ export function loadTrust (dir: string): Trust {
             certificateId,
             commonName: commonNameOf(leaf),
             serialNumber: leaf.serialNumber.toLowerCase(),
-            notAfter: Date.parse(leaf.validTo),
-            pem: leaf.toString()
+            notAfter: Date.parse(leaf.validTo)
           })
           break
         }

@@ -27,7 +27,7 @@ const DEVICES = 50
 const LIMIT = 300
 const IN_FLIGHT = 64
 const DISCONNECT_AFTER_MS = 2500
-const FLOOD_MS = 8000
+const FLOOD_MS = 5000
 const MAX_MESSAGES_PER_DEVICE = 20_000
 /**
  * what the flood may add to the broker's RSS: bounded by the in-flight window and the

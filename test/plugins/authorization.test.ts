@@ -11,7 +11,7 @@ async function connection (identity: Identity) {
   // the plugin reads neither the context nor the client: only the connection state
   const hooks = await authorizationPlugin.setup({} as PluginContext, { policy })
   const state: ConnectionState = {
-    peer: { issuerRole: identity.role === 'service' ? 'service' : 'device', issuerFingerprint: 'ca', certificateId: identity.certificateId ?? '', commonName: identity.name, serialNumber: '01', notAfter: 0, pem: '' },
+    peer: { issuerRole: identity.role === 'service' ? 'service' : 'device', issuerFingerprint: 'ca', certificateId: identity.certificateId ?? '', commonName: identity.name, serialNumber: '01', notAfter: 0 },
     remoteAddress: '127.0.0.1',
     connectedAt: 0,
     identity,
