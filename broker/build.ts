@@ -32,6 +32,7 @@ import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
 import { createFlowControl } from './flow-control.js'
 import { createHttpServer } from './http.js'
+import { createRefusalLog } from './listener/refusal-log.js'
 import { createTokenEndpoint } from './token-endpoint.js'
 import { loadTokenKeys, type TokenKeys } from './token-keys.js'
 import { createOAuthClients, type OAuthClients } from './store/oauth-clients.js'
@@ -271,7 +272,14 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // POST /oauth/token on HTTP_PORT (broker/token-endpoint.ts): client credentials → a token signed by tokenKeys
     const tokenEndpoint = createTokenEndpoint({ config, clients: oauthClients, keys: tokenKeys, audit, metrics, log, now, onStoreError })
     releases.push(['token endpoint', () => tokenEndpoint.close()])
-    const httpServer = createHttpServer({ metrics, ready, tokenEndpoint, metricsText: opts.metricsText })
+    // connections refused at accept on HTTP_PORT, audited like the MQTT listener's: aggregated per address (CONTRACT §6)
+    const httpRefusals = createRefusalLog(audit, metrics, config.auditAggregateSeconds * 1000)
+    releases.push(['http refusals', () => { httpRefusals.close(); return Promise.resolve() }])
+    const httpServer = createHttpServer({
+      metrics, ready, tokenEndpoint, metricsText: opts.metricsText,
+      maxConnections: config.httpMaxConnections,
+      refused: (remoteAddress) => httpRefusals.refuse(remoteAddress, 'TooManyConnections', 'HTTP_MAX_CONNECTIONS connections open on HTTP_PORT')
+    })
     const httpPort = await listen(httpServer, config.httpPort, config.host)
     releases.push(['http', () => closeServer(httpServer)])
     httpServer.unref()

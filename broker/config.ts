@@ -48,6 +48,8 @@ const configSchema = {
     CONNECT_TIMEOUT_MS: { type: 'integer', minimum: 100, default: 5000 },
     MAX_PENDING_CONNECTIONS_PER_ADDRESS: { type: 'integer', minimum: 1, default: 64 },
     MAX_CONNECTIONS: { type: 'integer', minimum: 1, default: 100000 },
+    // HTTP_PORT takes connections without a certificate: bounded apart, so a flood there cannot take the descriptors MQTT needs
+    HTTP_MAX_CONNECTIONS: { type: 'integer', minimum: 1, default: 1024 },
     MAX_PACKET_BYTES: { type: 'integer', minimum: 1024, maximum: 268435455 },
     MAX_KEEPALIVE_SECONDS: { type: 'integer', minimum: 1, maximum: 65535, default: 1200 },
     CONNECT_RATE_PER_ADDRESS: { type: 'integer', minimum: 1, default: 6000 },
@@ -129,6 +131,8 @@ export interface Config {
   readonly connectTimeoutMs: number
   readonly maxPendingConnectionsPerAddress: number
   readonly maxConnections: number
+  /** open connections on HTTP_PORT (operations endpoints, token endpoint) */
+  readonly httpMaxConnections: number
   /** default MAX_PAYLOAD_BYTES + 4 KiB */
   readonly maxPacketBytes: number
   readonly maxKeepaliveSeconds: number
@@ -268,6 +272,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     connectTimeoutMs: c.CONNECT_TIMEOUT_MS,
     maxPendingConnectionsPerAddress: c.MAX_PENDING_CONNECTIONS_PER_ADDRESS,
     maxConnections: c.MAX_CONNECTIONS,
+    httpMaxConnections: c.HTTP_MAX_CONNECTIONS,
     maxPacketBytes: c.MAX_PACKET_BYTES ?? c.MAX_PAYLOAD_BYTES + 4096,
     maxKeepaliveSeconds: c.MAX_KEEPALIVE_SECONDS,
     connectRatePerAddress: c.CONNECT_RATE_PER_ADDRESS,

@@ -13,14 +13,24 @@ export interface HttpDeps {
   /** what /metrics answers when it is more than this registry (WORKERS > 1: every worker's, merged by the primary, broker/cluster.ts) */
   readonly metricsText?: (() => Promise<string>) | undefined
   readonly tokenEndpoint?: Pick<TokenEndpoint, 'handle'> | undefined
+  /** HTTP_MAX_CONNECTIONS: beyond, Node closes a new connection at accept */
+  readonly maxConnections: number
+  /** each connection closed at accept for the limit (the caller audits, aggregated, and counts) */
+  readonly refused: (remoteAddress: string | undefined) => void
 }
 
-/** a slow client (headers or body dribbled in) must not hold a socket of this unauthenticated port for long */
+/**
+ * A slow client (headers or body dribbled in) must not hold a socket of this
+ * unauthenticated port for long; one that sends nothing at all counts as slow
+ * headers too (Node answers 408 and closes).
+ */
 const HEADERS_TIMEOUT_MS = 10_000
 const REQUEST_TIMEOUT_MS = 30_000
+/** how often Node looks for those timeouts (its default, 30 s, would let an idle socket live 40 s) */
+const TIMEOUT_CHECK_MS = 1_000
 
 export function createHttpServer (deps: HttpDeps): Server {
-  const server = createServer(function onRequest (req, res) {
+  const server = createServer({ connectionsCheckingInterval: TIMEOUT_CHECK_MS }, function onRequest (req, res) {
     const path = (req.url ?? '/').split('?')[0]
     if (path === '/oauth/token' && deps.tokenEndpoint) {
       if (req.method !== 'POST') {
@@ -57,5 +67,7 @@ export function createHttpServer (deps: HttpDeps): Server {
   })
   server.headersTimeout = HEADERS_TIMEOUT_MS
   server.requestTimeout = REQUEST_TIMEOUT_MS
+  server.maxConnections = deps.maxConnections
+  server.on('drop', (dropped?: { remoteAddress?: string }) => deps.refused(dropped?.remoteAddress))
   return server
 }

@@ -25,12 +25,14 @@ const fdCount = (): number => readdirSync('/proc/self/fd').length
 
 interface Idle { socket: Socket, openedAt: number, closedAt: number | null }
 
-/** opens `n` TCP connections that send nothing, `batch` at a time (the accept backlog is finite) */
-async function openIdle (tb: TestBroker, n: number, localAddress: string, batch = 200, into: Idle[] = []): Promise<Idle[]> {
+/** opens `n` TCP connections to `target.port` that send nothing, `batch` at a time (the accept backlog is finite) */
+async function openIdle (target: { port: number }, n: number, localAddress: string, batch = 200, into: Idle[] = []): Promise<Idle[]> {
   for (let i = 0; i < n; i += batch) {
     await Promise.all(Array.from({ length: Math.min(batch, n - i) }, () => new Promise<void>((resolve) => {
-      const idle: Idle = { socket: netConnect({ host: '127.0.0.1', port: tb.port, localAddress }), openedAt: Date.now(), closedAt: null }
+      const idle: Idle = { socket: netConnect({ host: '127.0.0.1', port: target.port, localAddress }), openedAt: Date.now(), closedAt: null }
       idle.socket.on('error', () => {})
+      // read (and drop) what the server says before it closes (HTTP's 408): a paused socket never sees the close
+      idle.socket.resume()
       idle.socket.once('close', () => { idle.closedAt = Date.now(); resolve() })
       idle.socket.once('connect', () => resolve())
       into.push(idle)
@@ -173,4 +175,35 @@ t.test('connects per minute per address are rate-limited at accept', async (t) =
   const counted = await tb.handle.metrics.connectRefusals.get()
   refusedAtAccept = counted.values.find((v) => v.labels.reason === 'ConnectRateExceeded')?.value ?? 0
   t.ok(refusedAtAccept >= 9 && refusedAtAccept <= 10, `${refusedAtAccept} of 40 refused (30 per minute, refilled at one per 2 s)`)
+})
+
+t.test('HTTP_PORT: connections beyond HTTP_MAX_CONNECTIONS closed at accept, idle ones cut, MQTT unaffected', async (t) => {
+  // /healthz, /metrics and the token endpoint take connections without a certificate: before
+  // HTTP_MAX_CONNECTIONS, a flood of idle ones there took descriptors without bound
+  const tb = await startBroker({ store: 'memory', overrides: { HTTP_MAX_CONNECTIONS: 20 } })
+  t.teardown(() => tb.close())
+  const creds = await registerDevice(tb, 'http-flood-dev')
+  const idle = await openIdle({ port: tb.httpPort }, 30, '127.0.0.31', 30)
+  await waitFor(() => idle.filter((c) => c.closedAt !== null).length === 10, 10_000, 'ten closed at accept')
+  t.equal(idle.filter((c) => c.closedAt === null).length, 20, 'twenty held, no more')
+
+  const device = await connect(tb, creds, { clientId: 'http-flood-dev', localAddress: '127.0.0.2' } as IClientOptions)
+  await publish(device, 'devices/http-flood-dev/telemetry', telemetry, { qos: 1 })
+  t.pass('a device connects and gets its PUBACK while HTTP_PORT is full')
+  await endClient(device)
+
+  // a client that sends nothing is a slow one: Node answers 408 and closes after the headers timeout (10 s)
+  await waitFor(() => idle.every((c) => c.closedAt !== null), 20_000, 'the held connections closed by the broker')
+  const longest = Math.max(...idle.map((c) => c.closedAt! - c.openedAt))
+  t.ok(longest < 10_000 + 5_000, `no idle connection held past the headers timeout (longest ${longest} ms)`)
+  t.equal(await healthz(tb.httpPort), 200, '/healthz answers once they are gone')
+
+  // aggregated (CONTRACT §6): the first at once, the rest of the interval in one line with their count
+  const countOf = (lines: Array<Record<string, unknown>>): number => lines.reduce((n, l) => n + (l.count as number), 0)
+  await waitFor(() => countOf(refused(tb, 'TooManyConnections', '127.0.0.31')) === 10, 15_000, 'audit lines for the ten')
+  const lines = refused(tb, 'TooManyConnections', '127.0.0.31')
+  t.ok(lines.length <= 2, `${lines.length} audit lines for 10 refusals`)
+  t.ok(lines.every((l) => /HTTP_MAX_CONNECTIONS/.test(String(l.reason))), 'they name the HTTP limit')
+  const counted = await tb.handle.metrics.connectRefusals.get()
+  t.equal(counted.values.find((v) => v.labels.reason === 'TooManyConnections')?.value, 10, 'counted')
 })
