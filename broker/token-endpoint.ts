@@ -38,6 +38,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Audit } from './audit.js'
 import type { Config } from './config.js'
 import { Errors, type ErrorCode } from './errors.js'
+import { budgetKeyOf } from './address-budget.js'
 import type { AppLogger } from './logger.js'
 import type { Metrics } from './metrics.js'
 import { CLIENT_ID_PATTERN, OAUTH_SCOPES, type OAuthClients } from './store/oauth-clients.js'
@@ -95,6 +96,8 @@ class TokenRefusal extends Error {
 interface TokenRequest {
   readonly req: IncomingMessage
   readonly remoteAddress: string
+  /** the failed-attempts budget it spends: its IPv6 /64, or the address (broker/address-budget.ts) */
+  readonly addressBudget: string
   form: URLSearchParams
   /** client authentication by HTTP Basic: a 401 then names the scheme (RFC 6749 §5.2) */
   basic: boolean
@@ -205,7 +208,7 @@ function parseScope (r: TokenRequest): void {
 }
 
 async function throttleAddress (r: TokenRequest, s: Steps): Promise<void> {
-  if (!(await s.failuresPerAddress.take(r.remoteAddress))) throw new TokenRefusal('Throttled', 'too many failed attempts from this address')
+  if (!(await s.failuresPerAddress.take(r.addressBudget))) throw new TokenRefusal('Throttled', 'too many failed attempts from this address')
   r.addressCounted = true
 }
 
@@ -214,7 +217,7 @@ async function throttleClient (r: TokenRequest, s: Steps): Promise<void> {
   if (!CLIENT_ID.test(r.clientId)) return
   if (!(await s.requestsPerClient.take(r.clientId))) {
     // not a wrong guess: the address's attempt is given back
-    await s.failuresPerAddress.refund(r.remoteAddress)
+    await s.failuresPerAddress.refund(r.addressBudget)
     r.addressCounted = false
     throw new TokenRefusal('Throttled', 'too many requests for this client')
   }
@@ -238,7 +241,7 @@ async function authenticateClient (r: TokenRequest, s: Steps): Promise<void> {
   if (outcome === 'unknown') throw new TokenRefusal('UnknownClient', 'unknown client')
   if (outcome === 'bad-secret') throw new TokenRefusal('BadClientSecret', 'bad secret')
   r.authenticated = true
-  await s.failuresPerAddress.refund(r.remoteAddress)
+  await s.failuresPerAddress.refund(r.addressBudget)
   r.addressCounted = false
 }
 
@@ -326,9 +329,11 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
   }
 
   async function handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const remoteAddress = req.socket.remoteAddress ?? 'unknown'
     const r: TokenRequest = {
       req,
-      remoteAddress: req.socket.remoteAddress ?? 'unknown',
+      remoteAddress,
+      addressBudget: budgetKeyOf(remoteAddress),
       form: new URLSearchParams(),
       basic: false,
       clientId: '',
@@ -350,7 +355,7 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
       const refusal = err instanceof TokenRefusal ? err : new TokenRefusal('InternalError', 'internal error')
       if (!(err instanceof TokenRefusal)) log.error({ err: (err as Error).message }, 'token endpoint: internal error')
       // only a wrong guess keeps the address's attempt counted (a store outage, a throttled client are none)
-      if (r.addressCounted && !AUTHENTICATION_CODES.has(refusal.code)) await steps.failuresPerAddress.refund(r.remoteAddress)
+      if (r.addressCounted && !AUTHENTICATION_CODES.has(refusal.code)) await steps.failuresPerAddress.refund(r.addressBudget)
       // only the client's own (right-secret) requests use its budget: someone else's wrong guess is given back
       if (r.clientCounted && !r.authenticated) await steps.requestsPerClient.refund(r.clientId)
       refuse(r, res, refusal)

@@ -9,6 +9,7 @@
  */
 import type { Socket } from 'node:net'
 import type { Server as TlsServer } from 'node:tls'
+import { budgetKeyOf } from '../address-budget.js'
 import type { ErrorCode } from '../errors.js'
 
 /** addresses whose connect rate is tracked at once; the oldest bucket goes first */
@@ -35,8 +36,10 @@ export class Admission {
   }
 
   /** null when admitted (and counted as open and pending), else why not */
-  admit (address: string): ErrorCode | null {
+  admit (remoteAddress: string): ErrorCode | null {
     if (this.open >= this.limits.maxConnections) return 'TooManyConnections'
+    // per address means per budget: an IPv6 /64 is one (broker/address-budget.ts)
+    const address = budgetKeyOf(remoteAddress)
     const pending = this.pending.get(address) ?? 0
     if (pending >= this.limits.maxPendingPerAddress) return 'TooManyPendingConnections'
     if (!this.takeToken(address)) return 'ConnectRateExceeded'
@@ -46,7 +49,8 @@ export class Admission {
   }
 
   /** the connection authenticated, or closed before it did */
-  settle (address: string): void {
+  settle (remoteAddress: string): void {
+    const address = budgetKeyOf(remoteAddress)
     const pending = (this.pending.get(address) ?? 0) - 1
     if (pending > 0) this.pending.set(address, pending)
     else this.pending.delete(address)

@@ -15,6 +15,7 @@
  * buckets are this process's own (token buckets).
  */
 import type { Redis } from 'ioredis'
+import { budgetKeyOf } from '../../broker/address-budget.js'
 import { connectRedis, quitGracefully } from '../../broker/store/redis.js'
 
 export type ThrottleVerdict = 'allow' | 'address' | 'claimCertificate'
@@ -40,7 +41,12 @@ const WINDOW_MS = 60_000
 const MAX_KEYS = 100_000
 
 export function createThrottle (opts: ThrottleOptions): ProvisionThrottle {
-  return opts.redisUrl ? redisThrottle(opts, opts.redisUrl) : memoryThrottle(opts)
+  const throttle = opts.redisUrl ? redisThrottle(opts, opts.redisUrl) : memoryThrottle(opts)
+  return {
+    // per address means per budget: an IPv6 /64 is one (broker/address-budget.ts)
+    take: (remoteAddress, claimCertificateId) => throttle.take(budgetKeyOf(remoteAddress), claimCertificateId),
+    close: () => throttle.close()
+  }
 }
 
 interface Bucket { tokens: number, at: number }
