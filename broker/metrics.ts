@@ -37,6 +37,7 @@ export interface Metrics {
   readonly publishesNotStored: Counter
   readonly certificatesIssued: Counter<'flow'>
   readonly registrations: Counter<'template'>
+  readonly healthTransitions: Counter<'outcome' | 'check'>
   readonly provisioningRejections: Counter<'errorCode'>
   readonly revocations: Counter
   readonly storeUp: Gauge
@@ -139,6 +140,7 @@ export function createMetrics (sources: MetricsSources = {}): Metrics {
     publishesNotStored: new Counter({ name: p + 'publishes_not_stored_total', help: 'QoS 1 publishes not acknowledged because the store failed (the client resends)', registers: [registry] }),
     certificatesIssued: new Counter({ name: p + 'certificates_issued_total', help: 'Certificates issued by flow', labelNames: ['flow'], registers: [registry] }),
     registrations: new Counter({ name: p + 'registrations_total', help: 'Devices registered by template', labelNames: ['template'], registers: [registry] }),
+    healthTransitions: new Counter({ name: p + 'health_transitions_total', help: 'Health verification outcomes (CONTRACT §3.7): provisioned devices activated, or quarantined by the check they missed first', labelNames: ['outcome', 'check'], registers: [registry] }),
     provisioningRejections: new Counter({ name: p + 'provisioning_rejections_total', help: 'Provisioning rejections by error code', labelNames: ['errorCode'], registers: [registry] }),
     revocations: new Counter({ name: p + 'revocations_total', help: 'Revocations applied', registers: [registry], aggregator: 'max' }),
     storeUp: new Gauge({ name: p + 'store_up', help: '1 when the session/registry store answers', registers: [registry], aggregator: 'min' }),

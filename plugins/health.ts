@@ -97,7 +97,7 @@ function topicChecks (rest: string): string[] {
 export const healthPlugin = {
   name: 'health',
   setup (ctx: PluginContext, options: HealthOptions): HealthHooks {
-    const { registry, audit, log } = ctx
+    const { registry, audit, log, metrics } = ctx
     checkRequiredTopics(options.templates, options.catalogue)
     const watches = new WeakMap<Client, Watch>()
     /** the watched session of each device on this process, for config acks (which name the device only) */
@@ -119,6 +119,7 @@ export const healthPlugin = {
       registry.recordHealthCheck(w.deviceId, check, at).then(function recorded (outcome) {
         if (outcome.result !== 'activated') return
         unwatch(w)
+        metrics.healthTransitions.inc({ outcome: 'activated', check: '' })
         audit.write('device.activated', { clientId: w.client.id, deviceId: w.deviceId, role: 'device', reason: `health check passed (last: ${check})` })
       }, function recordFailed (err: Error) {
         log.warn({ deviceId: w.deviceId, check, err: err.message }, 'health: could not record a check')
@@ -160,6 +161,8 @@ export const healthPlugin = {
         const expired = await registry.expireHealth(deviceId, now)
         if (expired === null) continue
         const missed = expired.missed.join(',')
+        // the first missed check only: a label per combination would multiply the series
+        metrics.healthTransitions.inc({ outcome: 'quarantined', check: expired.missed[0] ?? '' })
         audit.write('device.quarantined', { deviceId, check: missed, reason: `health check not passed within its window: missed ${missed}` }, 'warn')
       }
     }

@@ -173,6 +173,11 @@ async function lifecycle (t: Test, tb: TestBroker, store: StoreKind): Promise<vo
     t.same(await listed(tb, store, 'quarantined'), [failing.id, silent.id].sort(), 'devices list --status quarantined')
     t.same(linesOf([tb], 'device.activated', silent.id), [], 'never activated')
     t.equal(linesOf([tb], 'device.quarantined', healthy.id).length, 0, 'the healthy one is left alone')
+    // counted for the operators' dashboards: one activation, one quarantine per missed check
+    const counted = (await tb.handle.metrics.healthTransitions.get()).values
+    t.equal(counted.find((v) => v.labels.outcome === 'activated')?.value, 1, 'jitp_health_transitions_total{outcome="activated"}')
+    t.equal(counted.find((v) => v.labels.outcome === 'quarantined' && v.labels.check === 'state')?.value, 1, 'quarantined for state, counted')
+    t.equal(counted.find((v) => v.labels.outcome === 'quarantined' && v.labels.check === 'config')?.value, 1, 'quarantined for config, counted')
   })
 
   await t.test('quarantined: telemetry reaches no service, commands are not delivered; reinstate → provisioned → active', async (t) => {
