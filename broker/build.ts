@@ -30,6 +30,7 @@ import { createConfigService, type ConfigService } from './config-service.js'
 import { createRollouts, type Rollouts } from './rollouts.js'
 import { installChain, type Chain } from './chain.js'
 import type { Config } from './config.js'
+import { Errors } from './errors.js'
 import { createFlowControl } from './flow-control.js'
 import { createHttpServer } from './http.js'
 import { createRefusalLog } from './listener/refusal-log.js'
@@ -277,8 +278,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(['http refusals', () => { httpRefusals.close(); return Promise.resolve() }])
     const httpServer = createHttpServer({
       metrics, ready, tokenEndpoint, metricsText: opts.metricsText,
-      maxConnections: config.httpMaxConnections,
-      refused: (remoteAddress) => httpRefusals.refuse(remoteAddress, 'TooManyConnections', 'HTTP_MAX_CONNECTIONS connections open on HTTP_PORT')
+      admission: createAdmission(config, config.httpMaxConnections),
+      refused: (remoteAddress, code) => httpRefusals.refuse(remoteAddress, code, `HTTP_PORT: ${Errors[code].message}`)
     })
     const httpPort = await listen(httpServer, config.httpPort, config.host)
     releases.push(['http', () => closeServer(httpServer)])

@@ -4,6 +4,9 @@
  * token endpoint, POST /oauth/token (CONTRACT §10, broker/token-endpoint.ts).
  */
 import { createServer, type Server } from 'node:http'
+import type { Socket } from 'node:net'
+import type { ErrorCode } from './errors.js'
+import type { Admission } from './listener/admission.js'
 import type { Metrics } from './metrics.js'
 import type { TokenEndpoint } from './token-endpoint.js'
 
@@ -13,10 +16,14 @@ export interface HttpDeps {
   /** what /metrics answers when it is more than this registry (WORKERS > 1: every worker's, merged by the primary, broker/cluster.ts) */
   readonly metricsText?: (() => Promise<string>) | undefined
   readonly tokenEndpoint?: Pick<TokenEndpoint, 'handle'> | undefined
-  /** HTTP_MAX_CONNECTIONS: beyond, Node closes a new connection at accept */
-  readonly maxConnections: number
-  /** each connection closed at accept for the limit (the caller audits, aggregated, and counts) */
-  readonly refused: (remoteAddress: string | undefined) => void
+  /**
+   * The limits at accept, as on the MQTT listener but a budget of their own (this port needs
+   * no certificate): HTTP_MAX_CONNECTIONS open, and per address the pending-connection and
+   * connect-rate limits; an HTTP connection counts against its address until it closes
+   */
+  readonly admission: Admission
+  /** each connection closed at accept (the caller audits, aggregated, and counts) */
+  readonly refused: (remoteAddress: string, code: ErrorCode) => void
 }
 
 /**
@@ -67,7 +74,18 @@ export function createHttpServer (deps: HttpDeps): Server {
   })
   server.headersTimeout = HEADERS_TIMEOUT_MS
   server.requestTimeout = REQUEST_TIMEOUT_MS
-  server.maxConnections = deps.maxConnections
-  server.on('drop', (dropped?: { remoteAddress?: string }) => deps.refused(dropped?.remoteAddress))
+  server.on('connection', function admitConnection (socket: Socket) {
+    const address = socket.remoteAddress ?? 'unknown'
+    const refusal = deps.admission.admit(address)
+    if (refusal !== null) {
+      socket.destroy()
+      deps.refused(address, refusal)
+      return
+    }
+    socket.once('close', () => {
+      deps.admission.settle(address)
+      deps.admission.closed()
+    })
+  })
   return server
 }

@@ -82,10 +82,10 @@ function clientOf (socket: TLSSocket): Client | undefined {
   return (socket as unknown as { client?: Client }).client
 }
 
-/** the limits at accept (CONTRACT §11), one for every listener of a process: MAX_CONNECTIONS counts them all */
-export function createAdmission (config: Config): Admission {
+/** the limits at accept (CONTRACT §11), one for every MQTT listener of a process (MAX_CONNECTIONS counts them all); HTTP_PORT has one of its own, with HTTP_MAX_CONNECTIONS */
+export function createAdmission (config: Config, maxConnections: number = config.maxConnections): Admission {
   return new Admission({
-    maxConnections: config.maxConnections,
+    maxConnections,
     maxPendingPerAddress: config.maxPendingConnectionsPerAddress,
     connectRatePerAddress: config.connectRatePerAddress
   })

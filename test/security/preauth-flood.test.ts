@@ -177,15 +177,25 @@ t.test('connects per minute per address are rate-limited at accept', async (t) =
   t.ok(refusedAtAccept >= 9 && refusedAtAccept <= 10, `${refusedAtAccept} of 40 refused (30 per minute, refilled at one per 2 s)`)
 })
 
-t.test('HTTP_PORT: connections beyond HTTP_MAX_CONNECTIONS closed at accept, idle ones cut, MQTT unaffected', async (t) => {
+t.test('HTTP_PORT: limits at accept of its own (per address, HTTP_MAX_CONNECTIONS), idle connections cut, MQTT unaffected', async (t) => {
   // /healthz, /metrics and the token endpoint take connections without a certificate: before
-  // HTTP_MAX_CONNECTIONS, a flood of idle ones there took descriptors without bound
-  const tb = await startBroker({ store: 'memory', overrides: { HTTP_MAX_CONNECTIONS: 20 } })
+  // these limits, a flood of idle ones there took descriptors without bound
+  const tb = await startBroker({ store: 'memory', overrides: { HTTP_MAX_CONNECTIONS: 20, MAX_PENDING_CONNECTIONS_PER_ADDRESS: 8, AUDIT_AGGREGATE_SECONDS: 1 } })
   t.teardown(() => tb.close())
   const creds = await registerDevice(tb, 'http-flood-dev')
-  const idle = await openIdle({ port: tb.httpPort }, 30, '127.0.0.31', 30)
-  await waitFor(() => idle.filter((c) => c.closedAt !== null).length === 10, 10_000, 'ten closed at accept')
-  t.equal(idle.filter((c) => c.closedAt === null).length, 20, 'twenty held, no more')
+  const http = { port: tb.httpPort }
+
+  // one address: its own budget first
+  const one = await openIdle(http, 12, '127.0.0.31', 12)
+  await waitFor(() => one.filter((c) => c.closedAt !== null).length === 4, 10_000, 'four closed at accept')
+  t.equal(one.filter((c) => c.closedAt === null).length, 8, 'eight held from one address, no more')
+  t.equal(await healthz(tb.httpPort), 200, '/healthz answers another address meanwhile')
+
+  // many addresses: HTTP_MAX_CONNECTIONS for the port
+  const many = [...await openIdle(http, 8, '127.0.0.32', 8), ...await openIdle(http, 8, '127.0.0.33', 8)]
+  await waitFor(() => many.filter((c) => c.closedAt !== null).length === 4, 10_000, 'four more closed at accept')
+  const held = [...one, ...many].filter((c) => c.closedAt === null)
+  t.equal(held.length, 20, 'twenty held in all, no more')
 
   const device = await connect(tb, creds, { clientId: 'http-flood-dev', localAddress: '127.0.0.2' } as IClientOptions)
   await publish(device, 'devices/http-flood-dev/telemetry', telemetry, { qos: 1 })
@@ -193,17 +203,16 @@ t.test('HTTP_PORT: connections beyond HTTP_MAX_CONNECTIONS closed at accept, idl
   await endClient(device)
 
   // a client that sends nothing is a slow one: Node answers 408 and closes after the headers timeout (10 s)
-  await waitFor(() => idle.every((c) => c.closedAt !== null), 20_000, 'the held connections closed by the broker')
-  const longest = Math.max(...idle.map((c) => c.closedAt! - c.openedAt))
+  await waitFor(() => held.every((c) => c.closedAt !== null), 20_000, 'the held connections closed by the broker')
+  const longest = Math.max(...held.map((c) => c.closedAt! - c.openedAt))
   t.ok(longest < 10_000 + 5_000, `no idle connection held past the headers timeout (longest ${longest} ms)`)
   t.equal(await healthz(tb.httpPort), 200, '/healthz answers once they are gone')
 
   // aggregated (CONTRACT §6): the first at once, the rest of the interval in one line with their count
   const countOf = (lines: Array<Record<string, unknown>>): number => lines.reduce((n, l) => n + (l.count as number), 0)
-  await waitFor(() => countOf(refused(tb, 'TooManyConnections', '127.0.0.31')) === 10, 15_000, 'audit lines for the ten')
-  const lines = refused(tb, 'TooManyConnections', '127.0.0.31')
-  t.ok(lines.length <= 2, `${lines.length} audit lines for 10 refusals`)
-  t.ok(lines.every((l) => /HTTP_MAX_CONNECTIONS/.test(String(l.reason))), 'they name the HTTP limit')
-  const counted = await tb.handle.metrics.connectRefusals.get()
-  t.equal(counted.values.find((v) => v.labels.reason === 'TooManyConnections')?.value, 10, 'counted')
+  await waitFor(() => countOf(refused(tb, 'TooManyPendingConnections', '127.0.0.31')) === 4 && countOf(refused(tb, 'TooManyConnections')) === 4, 15_000, 'audit lines for the eight')
+  t.ok(refused(tb, 'TooManyPendingConnections', '127.0.0.31').every((l) => /^HTTP_PORT: /.test(String(l.reason))), 'they name the port')
+  const counted = (await tb.handle.metrics.connectRefusals.get()).values
+  t.equal(counted.find((v) => v.labels.reason === 'TooManyPendingConnections')?.value, 4, 'counted per address')
+  t.equal(counted.find((v) => v.labels.reason === 'TooManyConnections')?.value, 4, 'counted for the port')
 })
