@@ -31,7 +31,6 @@ import { mqttTlsMaterial, type Trust } from './trust.js'
 
 /** the error Aedes' client emits when its connectTimeout fires (aedes/lib/client.js) */
 const AEDES_CONNECT_TIMEOUT = 'connect did not arrive in time'
-const SWEEP_MS = 60_000
 /** mqtt-packet's messages are fixed texts; anything else is not echoed into the audit */
 const PARSER_MESSAGE = /^[A-Za-z0-9 ,.'=<>-]{1,120}$/
 
@@ -114,8 +113,6 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
   const silenced = new WeakSet<Socket>()
   const openGauge = metrics.level('listenerConnections', 'open')
   const pendingGauge = metrics.level('listenerConnections', 'pending')
-  const sweeper = setInterval(() => admission.sweep(), SWEEP_MS)
-  sweeper.unref()
 
   const tlsOptions = { sessionTickets: config.tlsSessionTickets }
   const server = createServer(tokens ? tokenTlsServerOptions(ctx.trust, tlsOptions) : tlsServerOptions(ctx.trust, tlsOptions))
@@ -279,7 +276,6 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
       })
     },
     async close () {
-      clearInterval(sweeper)
       broker.off('client', authenticated)
       broker.off('connectionError', connectionFailed)
       const closing = new Promise<void>((resolve) => server.close(() => resolve()))

@@ -14,6 +14,8 @@ import type { ErrorCode } from '../errors.js'
 
 /** addresses whose connect rate is tracked at once; the oldest bucket goes first */
 export const MAX_RATE_BUCKETS = 100_000
+/** how often refilled buckets are dropped: on the first admit after this long, so every user of an Admission gets it without a timer of its own */
+const SWEEP_MS = 60_000
 
 export interface AdmissionLimits {
   readonly maxConnections: number
@@ -30,9 +32,11 @@ export class Admission {
   private readonly pending = new Map<string, number>()
   private readonly buckets = new Map<string, Bucket>()
   private readonly perMs: number
+  private sweptAt: number
 
   constructor (private readonly limits: AdmissionLimits, private readonly now: () => number = Date.now, private readonly maxBuckets = MAX_RATE_BUCKETS) {
     this.perMs = limits.connectRatePerAddress / 60_000
+    this.sweptAt = now()
   }
 
   /** null when admitted (and counted as open and pending), else why not */
@@ -69,6 +73,7 @@ export class Admission {
   /** drops buckets that have refilled: they hold nothing a new bucket would not */
   sweep (): void {
     const t = this.now()
+    this.sweptAt = t
     const capacity = this.limits.connectRatePerAddress
     for (const [address, b] of this.buckets) {
       if (b.tokens + (t - b.at) * this.perMs >= capacity) this.buckets.delete(address)
@@ -77,6 +82,7 @@ export class Admission {
 
   private takeToken (address: string): boolean {
     const t = this.now()
+    if (t - this.sweptAt >= SWEEP_MS) this.sweep()
     const capacity = this.limits.connectRatePerAddress
     let b = this.buckets.get(address)
     if (b === undefined) {
