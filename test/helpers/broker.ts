@@ -196,12 +196,25 @@ export function connect (tb: { port: number, pki: Pki }, creds: ClientCredential
 }
 
 export function endClient (client: MqttClient): Promise<void> {
-  return new Promise((resolve) => client.end(false, {}, () => resolve()))
+  return withinAck(`end of ${client.options.clientId ?? 'a client'}`, (resolve) => client.end(false, {}, () => resolve()))
+}
+
+/**
+ * An acknowledgement that never comes fails the test here, naming what was
+ * waited for, well before tap's own timeout, which names nothing.
+ */
+const ACK_WAIT_MS = 30_000
+
+function withinAck<T> (what: string, start: (resolve: (value: T) => void, reject: (err: Error) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${what} within ${ACK_WAIT_MS} ms`)), ACK_WAIT_MS)
+    start((value) => { clearTimeout(timer); resolve(value) }, (err) => { clearTimeout(timer); reject(err) })
+  })
 }
 
 /** Resolves with the SUBACK return codes (128 = refused). */
 export function subscribe (client: MqttClient, topic: string | string[], qos: 0 | 1 = 1): Promise<number[]> {
-  return new Promise((resolve, reject) => {
+  return withinAck(`SUBACK for ${JSON.stringify(topic)}`, (resolve, reject) => {
     client.subscribe(topic, { qos }, (err, _subs, packet) => {
       const granted = (packet as { granted?: number[] } | undefined)?.granted
       if (!granted) return reject(err ?? new Error('no SUBACK'))
@@ -211,7 +224,7 @@ export function subscribe (client: MqttClient, topic: string | string[], qos: 0 
 }
 
 export function publish (client: MqttClient, topic: string, payload: string | Buffer, opts: { qos?: 0 | 1, retain?: boolean } = {}): Promise<void> {
-  return new Promise((resolve, reject) => {
+  return withinAck(`PUBACK (or write) for ${topic}`, (resolve, reject) => {
     client.publish(topic, payload, { qos: opts.qos ?? 1, retain: opts.retain ?? false }, (err) => err ? reject(err) : resolve())
   })
 }

@@ -167,8 +167,16 @@ t.test('redis: a wide filter does not fill its own persistent queue with what it
   const got = collect(device)
   // its own telemetry matches its filter, and is not its to receive: nothing may be queued for it
   for (let i = 0; i < 5; i++) await publish(device, 'devices/pw-1/telemetry', telemetry(i), { qos: 1 })
+  // the config's own copy leaves the queue when the broker has read its PUBACK (Aedes'
+  // 'ack', emitted after outgoingClearMessageId), which is after the device has it
+  const acked = new Promise<void>((resolve) => {
+    tb.handle.broker.on('ack', (packet, client) => {
+      if (client?.id === 'pw-1' && (packet as { topic?: string } | undefined)?.topic === 'devices/pw-1/config') resolve()
+    })
+  })
   await publishDeviceConfig(tb.handle.broker, tb.handle.audit, 'pw-1', 2, { interval: 5 })
   await waitFor(() => got.some((m) => m.topic === 'devices/pw-1/config'), 10_000, 'its config, which it may receive')
+  await acked
   t.equal(await redis.llen('outgoing:pw-1'), 0, 'no undeliverable copy left in the session queue')
   t.same(got.map((m) => m.topic), ['devices/pw-1/config'])
   await endClient(device)
