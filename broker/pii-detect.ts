@@ -527,6 +527,28 @@ export function mayHoldPii (data: unknown, skip?: SkipMap): boolean {
   return containerMayHold(data, skip, 0)
 }
 
+/**
+ * Strings findPii found nothing in, so the quick walk need not scan them again:
+ * a topic's payloads repeat their keys ("temperature", "battery") and many of
+ * their values ("closed"), and a Set lookup is cheaper than a scan. The answer
+ * depends on the string alone, so a hit is exact. Bounded in entries and in the
+ * length of what is kept; full, it starts over (payloads of ever-new strings only
+ * cost the insert).
+ */
+const CLEAN_MAX_LENGTH = 64
+const CLEAN_MAX_ENTRIES = 4096
+const knownClean = new Set<string>()
+
+function textMayHold (s: string): boolean {
+  if (s.length < MIN_LENGTH) return false
+  if (s.length > CLEAN_MAX_LENGTH) return findPii(s, 1).length > 0
+  if (knownClean.has(s)) return false
+  if (findPii(s, 1).length > 0) return true
+  if (knownClean.size >= CLEAN_MAX_ENTRIES) knownClean.clear()
+  knownClean.add(s)
+  return false
+}
+
 function containerMayHold (container: object, skip: SkipMap | undefined, depth: number): boolean {
   if (depth >= QUICK_DEPTH) return true
   const skipped = skip?.get(container)
@@ -540,7 +562,7 @@ function containerMayHold (container: object, skip: SkipMap | undefined, depth: 
   const record = container as Record<string, unknown>
   // for-in over a parsed JSON object: its own keys (nothing enumerable is inherited), no array allocated
   for (const key in record) {
-    if (key.length >= MIN_LENGTH && findPii(key, 1).length > 0) return true
+    if (textMayHold(key)) return true
     if (skipped?.has(key) === true) continue
     if (valueMayHold(record[key], skip, depth)) return true
   }
@@ -548,7 +570,7 @@ function containerMayHold (container: object, skip: SkipMap | undefined, depth: 
 }
 
 function valueMayHold (value: unknown, skip: SkipMap | undefined, depth: number): boolean {
-  if (typeof value === 'string') return value.length >= MIN_LENGTH && findPii(value, 1).length > 0
+  if (typeof value === 'string') return textMayHold(value)
   return value !== null && typeof value === 'object' && containerMayHold(value, skip, depth + 1)
 }
 

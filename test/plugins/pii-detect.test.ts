@@ -263,3 +263,24 @@ t.test('mayHoldPii: false exactly when scanJson finds nothing (the quick walk ne
   t.equal(scanJson(deep, { redact: false, limit: 8 }).findings.length, 0)
   t.equal(mayHoldPii('a@b.co'), findPii('a@b.co').length > 0, 'a bare string: as scanJson, whatever its length')
 })
+
+t.test('mayHoldPii remembers clean strings, bounded: past the bound it starts over and still misses nothing', async (t) => {
+  // more distinct clean keys and values than the memory holds (4,096), twice over
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 5000; i++) {
+      const o = { [`reading-${i}`]: `state-${i}`, note: 'closed' }
+      if (mayHoldPii(o)) {
+        t.fail(`a clean payload judged otherwise: ${JSON.stringify(o)}`)
+        return
+      }
+    }
+  }
+  // the same keys, now with personal data in a value and in a key: found whatever was remembered
+  t.equal(mayHoldPii({ 'reading-1': 'jane.roe@example.org', note: 'closed' }), true, 'an e-mail address in a value')
+  t.equal(mayHoldPii({ 'jane.roe@example.org': 'state-1', note: 'closed' }), true, 'an e-mail address as a key')
+  t.equal(mayHoldPii({ note: '4111 1111 1111 1111' }), true, 'a card number where a clean value stood')
+  // a long string (past the remembered length) is scanned every time
+  const long = `${'x'.repeat(100)} jane.roe@example.org`
+  t.equal(mayHoldPii({ note: 'x'.repeat(120) }), false)
+  t.equal(mayHoldPii({ note: long }), true, 'a long value')
+})
