@@ -86,7 +86,7 @@ export function ensureBuilt (): void {
 function childLaunch (): { script: string, execArgv: string[] } {
   if (distIsFresh()) return { script: join(ROOT, 'dist', 'bench', 'broker-child.js'), execArgv: [] }
   const loader = process.execArgv.filter((arg) => arg.includes('@tapjs/typescript'))
-  if (loader.length === 0) throw new Error('broker-process: dist/ is stale and this is not run by tap: run `npm run build` first')
+  if (loader.length === 0) throw new Error('broker-process: dist/ is older than the sources (changed while the tests ran?) and there is no TypeScript loader here (npm test runs without one): run `npm run build` first')
   return { script: join(ROOT, 'bench', 'broker-child.ts'), execArgv: loader }
 }
 
