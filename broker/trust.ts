@@ -13,7 +13,7 @@ import { createHash, createPrivateKey, X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createSecureContext, type TLSSocket } from 'node:tls'
-import { loadIssuer, type Issuer } from '../pki/certificate.js'
+import { loadIssuer, type IssuedCertificate, type Issuer } from '../pki/certificate.js'
 import { JitpError } from './errors.js'
 import type { IssuerRole, PeerCertificate } from './session.js'
 
@@ -54,6 +54,16 @@ export interface Trust {
   readonly manufacturerFingerprints: readonly string[]
   classify (socket: TLSSocket): PeerCertificate | null
   /**
+   * A certificate the device CA just issued (provisioning's final one, a rotation's):
+   * what classify would answer for it is known without parsing it, so it is put in
+   * classify's cache and the device's next connect is a lookup, not an X.509 parse
+   * and a signature check. Returns the answer recorded, or null when this reading
+   * of CERTS_DIR did not sign it (a reload in between) or the name is one whose
+   * printed form could differ from what classify would read (then classify parses
+   * it as for any other certificate).
+   */
+  noteIssued (issued: IssuedCertificate, commonName: string): PeerCertificate | null
+  /**
    * The admin listener's trust (CONTRACT §2 `admin`): only the admin CAs, never
    * accepted on MQTT, and no MQTT role's CA here. Null when CERTS_DIR has no
    * `admin-ca.pem` (the admin API is then off).
@@ -76,6 +86,13 @@ export function commonNameOf (cert: X509Certificate): string | null {
   }
   return null
 }
+
+/**
+ * A common name that X509Certificate.subject prints as it is (no escaping, no
+ * multi-valued RDN, no UTF-8 question): only for these is noteIssued's answer
+ * the one commonNameOf would read back. Device ids are of this form.
+ */
+const PLAIN_NAME = /^[A-Za-z0-9._:-]{1,64}$/
 
 /** `AB:CD:…` (the legacy peer certificate's fingerprint256) as a certificateId; hashes the DER when it is absent */
 function certificateIdOf (fingerprint256: string | undefined, der: Buffer): string {
@@ -240,12 +257,29 @@ export function loadTrust (dir: string): Trust {
           break
         }
       }
-      // bounded LRU: a fleet larger than the cache only loses the shortcut for its least recent devices
-      if (classified.size >= MAX_CLASSIFIED) classified.delete(classified.keys().next().value!)
-      classified.set(certificateId, peer)
+      remember(certificateId, peer)
+      return peer
+    },
+    noteIssued (issued: IssuedCertificate, commonName: string): PeerCertificate | null {
+      if (issued.issuerCertificateId !== signingCa.fingerprint || !PLAIN_NAME.test(commonName)) return null
+      const peer: PeerCertificate = Object.freeze({
+        issuerRole: signingCa.role,
+        issuerFingerprint: signingCa.fingerprint,
+        certificateId: issued.certificateId,
+        commonName,
+        serialNumber: issued.serialNumber,
+        notAfter: issued.notAfter.getTime()
+      })
+      remember(issued.certificateId, peer)
       return peer
     }
   })
+
+  function remember (certificateId: string, peer: PeerCertificate | null): void {
+    // bounded LRU: a fleet larger than the cache only loses the shortcut for its least recent devices
+    if (classified.size >= MAX_CLASSIFIED) classified.delete(classified.keys().next().value!)
+    classified.set(certificateId, peer)
+  }
 }
 
 /** TLS options a listener is served with, from one Trust: the parts a reload replaces */
@@ -304,6 +338,7 @@ export function createTrustHolder (dir: string): TrustHolder {
     get manufacturerFingerprints () { return trust.manufacturerFingerprints },
     admin,
     classify: (socket: TLSSocket) => trust.classify(socket),
+    noteIssued: (issued: IssuedCertificate, commonName: string) => trust.noteIssued(issued, commonName),
     current: () => trust,
     reload (): Trust {
       const next = loadTrust(dir)

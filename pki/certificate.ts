@@ -63,6 +63,8 @@ export interface IssuedCertificate {
   /** lowercase hex, no leading zero octet (the form X509Certificate.serialNumber has, lowercased) */
   serialNumber: string
   notAfter: Date
+  /** hex sha256 of the signing CA's certificate DER (its certificateId); a self-signed one's own */
+  issuerCertificateId: string
 }
 
 const CLOCK_SKEW_MS = 5 * 60 * 1000
@@ -153,12 +155,14 @@ export function issueCertificate (opts: IssueOptions): IssuedCertificate {
   // ECDSA signatures come out DER-encoded (dsaEncoding 'der'), the form X.509 carries
   const signature = sign(signer.scheme.hash, tbsDer, signer.key)
   const der = signedEnvelope(tbsDer, signer.scheme.algorithmId, signature)
+  const certificateId = createHash('sha256').update(der).digest('hex')
   return {
     pem: toPem('CERTIFICATE', der),
     der,
-    certificateId: createHash('sha256').update(der).digest('hex'),
+    certificateId,
     serialNumber: hex,
-    notAfter: new Date(notAfter)
+    notAfter: new Date(notAfter),
+    issuerCertificateId: opts.issuer === 'self' ? certificateId : opts.issuer.certificateId
   }
 }
 

@@ -33,6 +33,8 @@ export interface ClaimDeps extends RegistrationDeps {
   readonly templates: ReadonlyMap<string, Template>
   readonly issuer: Issuer
   readonly certValidityDays: number
+  /** the trust's noteIssued: the device's first connect with its final certificate is then a cache hit */
+  readonly noteIssued?: (issued: IssuedCertificate, commonName: string) => unknown
 }
 
 /** Validates the parameters and runs the pre-provisioning check; returns the final parameters and device id. */
@@ -271,6 +273,8 @@ async function register (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
   const provisional = await deps.registry.getCertificate(r.token!.certificateId)
   if (provisional) certificates.push({ certificateId: provisional.certificateId, serialNumber: provisional.serialNumber, notAfter: provisional.notAfter })
   await commitRegistration(deps, { deviceId: r.deviceId!, template: r.template!, parameters: r.finalParameters!, certificates, token: r.tokenValue })
+  // registered: the device reconnects with this certificate next
+  deps.noteIssued?.(final, r.deviceId!)
 }
 
 export const registerActions: readonly ClaimStep[] = [checkTemplateName, findTemplate, readToken, checkOwner, decideDevice, issueFinal, register]
