@@ -15,7 +15,6 @@ import type { AuthenticateAnswer, AuthenticateEvent, Plugin, PluginHooks } from 
 import { liveClients, stateOf, type ConnectionState, type Identity, type PeerCertificate } from '../broker/session.js'
 import { configTopic } from '../broker/config-store.js'
 import { CsrError } from '../pki/csr.js'
-import type { IssuedCertificate } from '../pki/certificate.js'
 import { permissionsFor, type Policy } from './policy.js'
 import { issueFromCsr, issueWithGeneratedKey, newOwnershipToken, type Issued } from './provisioning/issuance.js'
 import { boundParameters, claimCredentialOf, claimThrottleKeyOf } from './provisioning/enrollment.js'
@@ -72,7 +71,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       armedClaimTimers--
     }
     const deps = { registry, broker, audit, now: ctx.now, configs: options.configs }
-    const claimDeps = { ...deps, templates, issuer, certValidityDays: config.certValidityDays, noteIssued: (issued: IssuedCertificate, commonName: string) => ctx.trust.noteIssued(issued, commonName) }
+    const claimDeps = { ...deps, templates, issuer, certValidityDays: config.certValidityDays, trust: ctx.trust }
 
     /**
      * Opt-in (PROVISION_REPLY_COMPANION): also deliver to the claim connection named

@@ -15,6 +15,7 @@ import { configTopic, publishInitialConfig, type InitialConfigPublisher } from '
 import { JitpError } from '../../broker/errors.js'
 import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
 import type { IssuedCertificate, Issuer } from '../../pki/certificate.js'
+import type { Trust } from '../../broker/trust.js'
 import { issueFor, storedPublicKey } from './issuance.js'
 import { formDeviceId, healthWindow, type PreProvisioningAnswer, type PreProvisioningRequest, type Template } from './templates.js'
 
@@ -33,8 +34,8 @@ export interface ClaimDeps extends RegistrationDeps {
   readonly templates: ReadonlyMap<string, Template>
   readonly issuer: Issuer
   readonly certValidityDays: number
-  /** the trust's noteIssued: the device's first connect with its final certificate is then a cache hit */
-  readonly noteIssued?: (issued: IssuedCertificate, commonName: string) => unknown
+  /** told of each final certificate: the device's first connect with it is then a cache hit */
+  readonly trust: Pick<Trust, 'noteIssued'>
 }
 
 /** Validates the parameters and runs the pre-provisioning check; returns the final parameters and device id. */
@@ -274,7 +275,7 @@ async function register (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
   if (provisional) certificates.push({ certificateId: provisional.certificateId, serialNumber: provisional.serialNumber, notAfter: provisional.notAfter })
   await commitRegistration(deps, { deviceId: r.deviceId!, template: r.template!, parameters: r.finalParameters!, certificates, token: r.tokenValue })
   // registered: the device reconnects with this certificate next
-  deps.noteIssued?.(final, r.deviceId!)
+  deps.trust.noteIssued(final, r.deviceId!)
 }
 
 export const registerActions: readonly ClaimStep[] = [checkTemplateName, findTemplate, readToken, checkOwner, decideDevice, issueFinal, register]
