@@ -5,6 +5,7 @@
  * against a Trust that never saw the note, over real mutual-TLS sockets.
  */
 import t from 'tap'
+import { X509Certificate } from 'node:crypto'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import { connect, createServer, type TLSSocket } from 'node:tls'
@@ -12,7 +13,7 @@ import { issueCertificate } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
 import type { PeerCertificate } from '../../broker/session.js'
 import { tlsServerOptions } from '../../broker/tls.js'
-import { loadTrust, type Trust } from '../../broker/trust.js'
+import { commonNameOf, loadTrust, type Trust } from '../../broker/trust.js'
 import { devPki, newDevPki } from '../helpers/broker.js'
 
 /** what each Trust's classify answers for one mutual-TLS connection with this certificate */
@@ -70,4 +71,16 @@ t.test('not noted: a certificate another CA signed, or a name whose printed form
   const [answer] = await classifyWith([trust], pki.read('root-ca.pem'), spaced.pem + pki.read('device-ca.pem'), privateKeyToPem(keys.privateKey))
   t.equal(answer?.commonName, 'with space')
   t.equal(answer?.issuerRole, 'device')
+})
+
+t.test('the names noteIssued accepts read back from the certificate exactly as written', async (t) => {
+  const trust = loadTrust((await devPki()).dir)
+  const keys = generateKeyPair('ec')
+  // every character class of the plain form, at its edges
+  for (const name of ['sensor-0001', 'a:b.c_d-e', 'A.B:C', '-x-', '::', '._-', 'z'.repeat(64)]) {
+    const issued = issueCertificate({ commonName: name, publicKey: keys.publicKey, issuer: trust.deviceIssuer, validityDays: 30, extKeyUsage: ['clientAuth'] })
+    const noted = trust.noteIssued(issued, name)
+    t.equal(noted?.commonName, name, `${name.slice(0, 20)}: noted`)
+    t.equal(commonNameOf(new X509Certificate(issued.der)), name, 'and what classify would read is the same')
+  }
 })
