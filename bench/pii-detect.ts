@@ -24,7 +24,7 @@ export interface PiiDetectBenchResult {
   readonly micro: {
     readonly payloadBytes: number
     readonly iterations: number
-    /** µs per payload: the quick walk the hot path runs first (mayHoldPii), nothing found: all a clean payload costs */
+    /** µs per payload: the quick walk the hot path runs first (mayHoldPii) over distinct payloads, nothing found: all a clean payload costs */
     readonly quickCleanUs: number
     /** µs per payload: the full detection pass (scanJson), nothing found */
     readonly detectCleanUs: number
@@ -75,7 +75,10 @@ export function measureDetection (projectDir: string, iterations = 200_000): Pii
   if (scanJson(cleanData, opts).findings.length !== 0 || scanJson(emailData, opts).findings.length !== 1 || mayHoldPii(cleanData)) throw new Error('pii-detect bench: the payloads do not give the expected findings')
   const catalogue = loadSchemaCatalogue(join(projectDir, 'schemas'))
   let sink = 0
-  const quickCleanUs = timeUs(iterations, () => { sink += mayHoldPii(cleanData) ? 1 : 0 })
+  // the quick walk over distinct payloads, as on the wire (its memory of clean keys is warm after the first)
+  const distinct = Array.from({ length: 1000 }, (_, i) => JSON.parse(telemetryPayload(i, 1763769600000.123 + i).toString()) as unknown)
+  let next = 0
+  const quickCleanUs = timeUs(iterations, () => { sink += mayHoldPii(distinct[next++ % distinct.length]) ? 1 : 0 })
   const detectCleanUs = timeUs(iterations, () => { sink += scanJson(cleanData, opts).findings.length })
   const detectEmailUs = timeUs(iterations, () => { sink += scanJson(emailData, opts).findings.length })
   const validateUs = timeUs(iterations / 4, () => { sink += validatePayload(catalogue, 65536, 'devices/bench-0000/telemetry', clean).verdict.length })
@@ -151,7 +154,7 @@ export function renderPiiDetect (r: PiiDetectBenchResult): string[] {
     'Inline personal-data detection (bench/pii-detect.ts):', '',
     '| measure | value |',
     '|---|---:|',
-    `| quick walk per ${m.payloadBytes}-byte telemetry payload, nothing found (what the hot path runs; the full pass only when it may hold something), µs | ${m.quickCleanUs} |`,
+    `| quick walk per ${m.payloadBytes}-byte telemetry payload, nothing found (the hot path's first pass; 1,000 distinct payloads, keys remembered), µs | ${m.quickCleanUs} |`,
     `| full detection pass per ${m.payloadBytes}-byte telemetry payload, nothing found, µs | ${m.detectCleanUs} |`,
     `| the same with one e-mail address found, µs | ${m.detectEmailUs} |`,
     `| parse + schema validation of the same payload, µs (for scale) | ${m.validateUs} |`

@@ -528,24 +528,25 @@ export function mayHoldPii (data: unknown, skip?: SkipMap): boolean {
 }
 
 /**
- * Strings findPii found nothing in, so the quick walk need not scan them again:
- * a topic's payloads repeat their keys ("temperature", "battery") and many of
- * their values ("closed"), and a Set lookup is cheaper than a scan. The answer
- * depends on the string alone, so a hit is exact. Bounded in entries and in the
- * length of what is kept; full, it starts over (payloads of ever-new strings only
- * cost the insert).
+ * Object keys findPii found nothing in, so the quick walk need not scan them
+ * again: a topic's payloads repeat their keys ("temperature", "battery"), and a
+ * Set lookup is cheaper than a scan. The answer depends on the string alone, so
+ * a hit is exact. Keys only: values are where free text (a name, an address the
+ * detector does not know) sits, and the process should not keep those. Bounded
+ * in entries and in the length of what is kept; full, it starts over (payloads
+ * of ever-new keys only cost the insert).
  */
 const CLEAN_MAX_LENGTH = 64
 const CLEAN_MAX_ENTRIES = 4096
-const knownClean = new Set<string>()
+const cleanKeys = new Set<string>()
 
-function textMayHold (s: string): boolean {
-  if (s.length < MIN_LENGTH) return false
-  if (s.length > CLEAN_MAX_LENGTH) return findPii(s, 1).length > 0
-  if (knownClean.has(s)) return false
-  if (findPii(s, 1).length > 0) return true
-  if (knownClean.size >= CLEAN_MAX_ENTRIES) knownClean.clear()
-  knownClean.add(s)
+function keyMayHold (key: string): boolean {
+  if (key.length < MIN_LENGTH) return false
+  if (key.length > CLEAN_MAX_LENGTH) return findPii(key, 1).length > 0
+  if (cleanKeys.has(key)) return false
+  if (findPii(key, 1).length > 0) return true
+  if (cleanKeys.size >= CLEAN_MAX_ENTRIES) cleanKeys.clear()
+  cleanKeys.add(key)
   return false
 }
 
@@ -562,7 +563,7 @@ function containerMayHold (container: object, skip: SkipMap | undefined, depth: 
   const record = container as Record<string, unknown>
   // for-in over a parsed JSON object: its own keys (nothing enumerable is inherited), no array allocated
   for (const key in record) {
-    if (textMayHold(key)) return true
+    if (keyMayHold(key)) return true
     if (skipped?.has(key) === true) continue
     if (valueMayHold(record[key], skip, depth)) return true
   }
@@ -570,7 +571,7 @@ function containerMayHold (container: object, skip: SkipMap | undefined, depth: 
 }
 
 function valueMayHold (value: unknown, skip: SkipMap | undefined, depth: number): boolean {
-  if (typeof value === 'string') return textMayHold(value)
+  if (typeof value === 'string') return value.length >= MIN_LENGTH && findPii(value, 1).length > 0
   return value !== null && typeof value === 'object' && containerMayHold(value, skip, depth + 1)
 }
 

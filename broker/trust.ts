@@ -62,7 +62,7 @@ export interface Trust {
    * printed form could differ from what classify would read (then classify parses
    * it as for any other certificate).
    */
-  noteIssued (issued: IssuedCertificate, commonName: string): PeerCertificate | null
+  noteIssued (issued: IssuedCertificate): PeerCertificate | null
   /**
    * The admin listener's trust (CONTRACT §2 `admin`): only the admin CAs, never
    * accepted on MQTT, and no MQTT role's CA here. Null when CERTS_DIR has no
@@ -260,7 +260,9 @@ export function loadTrust (dir: string): Trust {
       remember(certificateId, peer)
       return peer
     },
-    noteIssued (issued: IssuedCertificate, commonName: string): PeerCertificate | null {
+    noteIssued (issued: IssuedCertificate): PeerCertificate | null {
+      // the name is the one the certificate was issued with, never a caller's word for it
+      const commonName = issued.commonName
       if (issued.issuerCertificateId !== signingCa.fingerprint || !PLAIN_NAME.test(commonName)) return null
       const peer: PeerCertificate = Object.freeze({
         issuerRole: signingCa.role,
@@ -338,7 +340,7 @@ export function createTrustHolder (dir: string): TrustHolder {
     get manufacturerFingerprints () { return trust.manufacturerFingerprints },
     admin,
     classify: (socket: TLSSocket) => trust.classify(socket),
-    noteIssued: (issued: IssuedCertificate, commonName: string) => trust.noteIssued(issued, commonName),
+    noteIssued: (issued: IssuedCertificate) => trust.noteIssued(issued),
     current: () => trust,
     reload (): Trust {
       const next = loadTrust(dir)

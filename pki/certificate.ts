@@ -65,6 +65,8 @@ export interface IssuedCertificate {
   notAfter: Date
   /** hex sha256 of the signing CA's certificate DER (its certificateId); a self-signed one's own */
   issuerCertificateId: string
+  /** the subject's common name, as issued */
+  commonName: string
 }
 
 const CLOCK_SKEW_MS = 5 * 60 * 1000
@@ -162,7 +164,8 @@ export function issueCertificate (opts: IssueOptions): IssuedCertificate {
     certificateId,
     serialNumber: hex,
     notAfter: new Date(notAfter),
-    issuerCertificateId: opts.issuer === 'self' ? certificateId : opts.issuer.certificateId
+    issuerCertificateId: opts.issuer === 'self' ? certificateId : opts.issuer.certificateId,
+    commonName: opts.commonName
   }
 }
 

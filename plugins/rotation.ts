@@ -126,7 +126,7 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
         // revoked while the request was in flight: its session is closing, nothing issued
         if (outcome.result === 'refused') throw new JitpError('RotationNotAllowed', 'the presented certificate is no longer active')
         // the device reconnects with it next: a cache hit in classify, not a parse
-        ctx.trust.noteIssued(certificate, deviceId)
+        ctx.trust.noteIssued(certificate)
         metrics.rotations.inc({ outcome: 'issued' })
         metrics.certificatesIssued.inc({ flow: 'rotation' })
         const fields = { clientId: rc.client.id, deviceId, role: 'device', remoteAddress: rc.remoteAddress }

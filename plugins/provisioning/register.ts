@@ -275,7 +275,7 @@ async function register (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
   if (provisional) certificates.push({ certificateId: provisional.certificateId, serialNumber: provisional.serialNumber, notAfter: provisional.notAfter })
   await commitRegistration(deps, { deviceId: r.deviceId!, template: r.template!, parameters: r.finalParameters!, certificates, token: r.tokenValue })
   // registered: the device reconnects with this certificate next
-  deps.trust.noteIssued(final, r.deviceId!)
+  deps.trust.noteIssued(final)
 }
 
 export const registerActions: readonly ClaimStep[] = [checkTemplateName, findTemplate, readToken, checkOwner, decideDevice, issueFinal, register]

@@ -207,7 +207,8 @@ const ACK_WAIT_MS = 30_000
 
 function withinAck<T> (what: string, start: (resolve: (value: T) => void, reject: (err: Error) => void) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${what} within ${ACK_WAIT_MS} ms`)), ACK_WAIT_MS)
+    // unref'd: a wait nobody awaits any more (a publish whose failure a test ignores) keeps no process alive
+    const timer = setTimeout(() => reject(new Error(`no ${what} within ${ACK_WAIT_MS} ms`)), ACK_WAIT_MS).unref()
     start((value) => { clearTimeout(timer); resolve(value) }, (err) => { clearTimeout(timer); reject(err) })
   })
 }

@@ -264,8 +264,8 @@ t.test('mayHoldPii: false exactly when scanJson finds nothing (the quick walk ne
   t.equal(mayHoldPii('a@b.co'), findPii('a@b.co').length > 0, 'a bare string: as scanJson, whatever its length')
 })
 
-t.test('mayHoldPii remembers clean strings, bounded: past the bound it starts over and still misses nothing', async (t) => {
-  // more distinct clean keys and values than the memory holds (4,096), twice over
+t.test('mayHoldPii remembers clean keys, bounded: past the bound it starts over and still misses nothing', async (t) => {
+  // more distinct clean keys than the memory holds (4,096), twice over
   for (let round = 0; round < 2; round++) {
     for (let i = 0; i < 5000; i++) {
       const o = { [`reading-${i}`]: `state-${i}`, note: 'closed' }

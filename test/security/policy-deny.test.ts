@@ -169,10 +169,15 @@ t.test('redis: a wide filter does not fill its own persistent queue with what it
   for (let i = 0; i < 5; i++) await publish(device, 'devices/pw-1/telemetry', telemetry(i), { qos: 1 })
   // the config's own copy leaves the queue when the broker has read its PUBACK (Aedes'
   // 'ack', emitted after outgoingClearMessageId), which is after the device has it
-  const acked = new Promise<void>((resolve) => {
-    tb.handle.broker.on('ack', (packet, client) => {
-      if (client?.id === 'pw-1' && (packet as { topic?: string } | undefined)?.topic === 'devices/pw-1/config') resolve()
-    })
+  const acked = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no PUBACK of the config reached the broker within 10 s')), 10_000)
+    const onAck = (packet: unknown, client: { id?: string } | null | undefined): void => {
+      if (client?.id !== 'pw-1' || (packet as { topic?: string } | undefined)?.topic !== 'devices/pw-1/config') return
+      clearTimeout(timer)
+      tb.handle.broker.off('ack', onAck)
+      resolve()
+    }
+    tb.handle.broker.on('ack', onAck)
   })
   await publishDeviceConfig(tb.handle.broker, tb.handle.audit, 'pw-1', 2, { interval: 5 })
   await waitFor(() => got.some((m) => m.topic === 'devices/pw-1/config'), 10_000, 'its config, which it may receive')
