@@ -94,6 +94,11 @@ export function commonNameOf (cert: X509Certificate): string | null {
  */
 const PLAIN_NAME = /^[A-Za-z0-9._:-]{1,64}$/
 
+/** the one shape of classify's answer, whether parsed or noted at issuance */
+function peerOf (ca: RoleCa, certificateId: string, commonName: string | null, serialNumber: string, notAfter: number): PeerCertificate {
+  return Object.freeze({ issuerRole: ca.role, issuerFingerprint: ca.fingerprint, certificateId, commonName, serialNumber, notAfter })
+}
+
 /** `AB:CD:…` (the legacy peer certificate's fingerprint256) as a certificateId; hashes the DER when it is absent */
 function certificateIdOf (fingerprint256: string | undefined, der: Buffer): string {
   if (typeof fingerprint256 === 'string' && fingerprint256.length === 95) return fingerprint256.replaceAll(':', '').toLowerCase()
@@ -246,14 +251,7 @@ export function loadTrust (dir: string): Trust {
       for (const ca of cas) {
         // name/key-id match first (cheap), then the signature proves it
         if (leaf.checkIssued(ca.cert) && leaf.verify(ca.cert.publicKey)) {
-          peer = Object.freeze({
-            issuerRole: ca.role,
-            issuerFingerprint: ca.fingerprint,
-            certificateId,
-            commonName: commonNameOf(leaf),
-            serialNumber: leaf.serialNumber.toLowerCase(),
-            notAfter: Date.parse(leaf.validTo)
-          })
+          peer = peerOf(ca, certificateId, commonNameOf(leaf), leaf.serialNumber.toLowerCase(), Date.parse(leaf.validTo))
           break
         }
       }
@@ -264,14 +262,7 @@ export function loadTrust (dir: string): Trust {
       // the name is the one the certificate was issued with, never a caller's word for it
       const commonName = issued.commonName
       if (issued.issuerCertificateId !== signingCa.fingerprint || !PLAIN_NAME.test(commonName)) return null
-      const peer: PeerCertificate = Object.freeze({
-        issuerRole: signingCa.role,
-        issuerFingerprint: signingCa.fingerprint,
-        certificateId: issued.certificateId,
-        commonName,
-        serialNumber: issued.serialNumber,
-        notAfter: issued.notAfter.getTime()
-      })
+      const peer = peerOf(signingCa, issued.certificateId, commonName, issued.serialNumber, issued.notAfter.getTime())
       remember(issued.certificateId, peer)
       return peer
     }

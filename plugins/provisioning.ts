@@ -71,7 +71,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
       armedClaimTimers--
     }
     const deps = { registry, broker, audit, now: ctx.now, configs: options.configs }
-    const claimDeps = { ...deps, templates, issuer, certValidityDays: config.certValidityDays, trust: ctx.trust }
+    const claimDeps = { ...deps, templates, certValidityDays: config.certValidityDays, trust: ctx.trust }
 
     /**
      * Opt-in (PROVISION_REPLY_COMPANION): also deliver to the claim connection named

@@ -14,7 +14,7 @@ import type { Audit } from '../../broker/audit.js'
 import { configTopic, publishInitialConfig, type InitialConfigPublisher } from '../../broker/config-store.js'
 import { JitpError } from '../../broker/errors.js'
 import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
-import type { IssuedCertificate, Issuer } from '../../pki/certificate.js'
+import type { IssuedCertificate } from '../../pki/certificate.js'
 import type { Trust } from '../../broker/trust.js'
 import { issueFor, storedPublicKey } from './issuance.js'
 import { formDeviceId, healthWindow, type PreProvisioningAnswer, type PreProvisioningRequest, type Template } from './templates.js'
@@ -32,10 +32,9 @@ export interface RegistrationDeps {
 
 export interface ClaimDeps extends RegistrationDeps {
   readonly templates: ReadonlyMap<string, Template>
-  readonly issuer: Issuer
   readonly certValidityDays: number
-  /** told of each final certificate: the device's first connect with it is then a cache hit */
-  readonly trust: Pick<Trust, 'noteIssued'>
+  /** signs each final certificate, and is told of it: the device's first connect with it is then a cache hit */
+  readonly trust: Pick<Trust, 'deviceIssuer' | 'noteIssued'>
 }
 
 /** Validates the parameters and runs the pre-provisioning check; returns the final parameters and device id. */
@@ -264,7 +263,7 @@ async function decideDevice (_deps: ClaimDeps, r: ClaimRegistration): Promise<vo
 
 /** the certificate the device keeps must name it: issued now that the id is known (CPU only, nothing stored) */
 function issueFinal (deps: ClaimDeps, r: ClaimRegistration): void {
-  r.final = issueFor(deps.issuer, storedPublicKey(r.token!.publicKeyPem!), r.deviceId!, deps.certValidityDays)
+  r.final = issueFor(deps.trust.deviceIssuer, storedPublicKey(r.token!.publicKeyPem!), r.deviceId!, deps.certValidityDays)
 }
 
 async function register (deps: ClaimDeps, r: ClaimRegistration): Promise<void> {
