@@ -179,7 +179,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     releases.push(['session store', () => sessionStore.close()])
 
     // flow control (broker/flow-control.ts): bounded session queues, slow consumers, drain timeout
-    const flow = createFlowControl(config, { audit, metrics })
+    const flow = createFlowControl(config, { audit, metrics, redis: sessionStore.redis })
     releases.push(['flow control', () => flow.close()])
     // the persistence wrappers (broker/store/wrappers.ts), closest to the store first
     // a message is not stored for a live subscriber that may not receive it (a wide filter such as devices/<id>/#)
