@@ -100,6 +100,8 @@ interface IoredisInternals {
   setStatus (status: 'end'): void
   flushQueue (err: Error): void
   manuallyClosing: boolean
+  offlineQueue: { toArray (): Array<{ command: { promise: Promise<unknown> } }> }
+  commandQueue: { toArray (): Array<{ command: { promise: Promise<unknown> } }> }
 }
 
 /**
@@ -124,6 +126,12 @@ function endsEvenWhileReconnecting (conn: Redis): void {
     const internals = conn as unknown as IoredisInternals
     internals.manuallyClosing = false
     internals.setStatus('end')
+    // the commands still queued are rejected: whoever awaits one still sees that, but one
+    // nobody awaits (ioredis' own re-SUBSCRIBE after a reconnect is such a command) must
+    // not become an unhandled rejection because this process closed the connection
+    for (const queue of [internals.offlineQueue, internals.commandQueue]) {
+      for (const item of queue.toArray()) item.command.promise.catch(() => undefined)
+    }
     internals.flushQueue(new Error('Connection is closed.'))
   }
 }

@@ -6,7 +6,7 @@ import t from 'tap'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
 import {
-  STORES, collect, connect, credentials, endClient, publish, registerDevice, sleep, startBroker,
+  STORES, collect, connect, connectCollecting, credentials, endClient, publish, registerDevice, sleep, startBroker,
   subscribe, unregisteredDevice, waitFor, type TestBroker
 } from '../helpers/broker.js'
 
@@ -148,8 +148,9 @@ for (const store of STORES) {
       await publish(service, 'devices/dev-q/commands/reboot', '{"name":"reboot","args":{}}')
       await publish(service, 'devices/dev-p/commands/reboot', '{"name":"reboot","args":{}}')
       await endClient(service)
-      dp = await connect(tb, p, { clientId: 'dev-p', clean: false })
-      const got = collect(dp)
+      const back = await connectCollecting(tb, p, { clientId: 'dev-p', clean: false })
+      dp = back.client
+      const got = back.got
       await waitFor(() => got.length >= 1)
       await sleep(300)
       t.same(got.map((m) => m.topic), ['devices/dev-p/commands/reboot'])

@@ -26,9 +26,9 @@ import { cli } from '../helpers/cli.js'
 import { provision, type Provisioned } from '../helpers/provisioning.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
-const WINDOW_S = 3
+const WINDOW_S = 5
 /** the window of the devices that live through a broker restart (which takes a few seconds on a loaded machine) */
-const RESTART_WINDOW_S = 5
+const RESTART_WINDOW_S = 7
 /** the health plugin's sweep interval (plugins/health.ts) */
 const SWEEP_MS = 1000
 

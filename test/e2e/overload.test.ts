@@ -19,7 +19,7 @@ import { startBrokerChild } from '../../bench/processes.js'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
 import {
-  STORES, collect, connect, credentials, devPki, endClient, sleep, subscribe, waitFor, type ClientCredentials
+  STORES, connect, connectCollecting, credentials, devPki, endClient, sleep, subscribe, waitFor, type ClientCredentials
 } from '../helpers/broker.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
@@ -163,8 +163,7 @@ for (const store of STORES) {
     // behind; one still on its way when the session is back is delivered to it live (as
     // bare Aedes does), which is not what this test counts. Redis pub/sub keeps the
     // order of one publishing broker, so a marker seen by a watcher comes after them all
-    const watcher = await connect(tb, service, { clientId: 'overload-watcher' })
-    const watched = collect(watcher)
+    const { client: watcher, got: watched } = await connectCollecting(tb, service, { clientId: 'overload-watcher' })
     t.same(await subscribe(watcher, 'devices/flood-0/telemetry', 0), [0], 'the watcher subscribed')
     const marker = JSON.stringify({ ts: Date.now(), seq: 0, values: { marker: 'end of flood' } })
     await new Promise<void>((resolve, reject) => devices[0]!.client.publish('devices/flood-0/telemetry', marker, { qos: 1 }, (err) => { if (err) reject(err); else resolve() }))
@@ -174,8 +173,7 @@ for (const store of STORES) {
     for (const { client } of devices) await endClient(client)
 
     // the session comes back and gets what was queued within the limit: nothing more, nothing less
-    const back = await connect(tb, service, { clientId: 'overload-service', clean: false })
-    const got = collect(back)
+    const { client: back, got } = await connectCollecting(tb, service, { clientId: 'overload-service', clean: false })
     await waitFor(() => got.length >= LIMIT, 10_000, `${LIMIT} queued messages`)
     await sleep(500)
     t.equal(got.length, LIMIT, `exactly the ${LIMIT} queued messages arrive`)

@@ -7,7 +7,7 @@
  */
 import t from 'tap'
 import { createRegistry } from '../../broker/store/create-registry.js'
-import { collect, connect, credentials, devPki, endClient, subscribe, waitFor } from '../helpers/broker.js'
+import { connect, connectCollecting, credentials, devPki, endClient, subscribe, waitFor } from '../helpers/broker.js'
 import { registerDeviceIn, startBrokerProcess } from '../helpers/broker-process.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
@@ -49,8 +49,7 @@ t.test('broker SIGKILLed at the last PUBACK: every acknowledged message reaches 
   t.equal(acknowledged.size, MESSAGES, 'all 1,000 were acknowledged before the kill')
 
   const second = await startBrokerProcess({ redisUrl: redis.url, pki })
-  const again = await connect(second, credentials(pki, 'service'), { clientId: SUBSCRIBER, clean: false })
-  const got = collect(again)
+  const { client: again, got } = await connectCollecting(second, credentials(pki, 'service'), { clientId: SUBSCRIBER, clean: false })
   const received = (): Set<number> => new Set(got.map((m) => (JSON.parse(m.payload) as { seq: number }).seq))
   try {
     await waitFor(() => [...acknowledged].every((seq) => received().has(seq)), 30_000, 'every acknowledged message')

@@ -73,7 +73,7 @@ t.test('a cleaned session leaves no packet:* key behind', async (t) => {
 })
 
 t.test('a queue dropped by unsubscribing: its packets expire after PACKET_TTL_SECONDS', async (t) => {
-  const tb = await startBroker({ store: 'redis', overrides: { PACKET_TTL_SECONDS: 2 } })
+  const tb = await startBroker({ store: 'redis', overrides: { PACKET_TTL_SECONDS: 5 } })
   t.teardown(() => tb.close())
   const redis = new Redis(tb.redis!.url)
   t.teardown(() => { redis.disconnect() })

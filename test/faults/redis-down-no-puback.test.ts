@@ -6,7 +6,7 @@
  * [MQTT-4.4.0-1] is acknowledged and delivered.
  */
 import t from 'tap'
-import { collect, connect, credentials, endClient, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
+import { connect, connectCollecting, credentials, endClient, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
 const DEVICE = 'down-dev-1'
@@ -50,8 +50,7 @@ t.test('Redis down: a QoS 1 publish is not acknowledged, audited, and the resend
   await waitFor(() => acknowledged, 30_000, 'the resend to be acknowledged once Redis is back')
   t.ok(acknowledged, 'the resend is acknowledged')
 
-  const again = await connect(tb, credentials(tb.pki, 'service'), { clientId: SUBSCRIBER, clean: false })
-  const got = collect(again)
+  const { client: again, got } = await connectCollecting(tb, credentials(tb.pki, 'service'), { clientId: SUBSCRIBER, clean: false })
   await waitFor(() => got.length > 0, 10_000, 'the queued message')
   t.equal((JSON.parse(got[0]!.payload) as { seq: number }).seq, 1, 'the subscriber gets the message')
   await endClient(again)

@@ -8,7 +8,7 @@
  * no audit line and no metric.
  */
 import t from 'tap'
-import { collect, connect, credentials, endClient, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
+import { connect, connectCollecting, credentials, endClient, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 
 const MESSAGES = 2000
@@ -57,8 +57,7 @@ t.test('Redis SIGKILLed mid-stream: every acknowledged message delivered, the re
   t.ok(lines.length >= 1, 'and audited as PublishNotStored')
   t.equal(lines[0]?.clientId, DEVICE, 'for the publishing device')
 
-  const again = await connect(tb, credentials(tb.pki, 'service'), { clientId: SUBSCRIBER, clean: false })
-  const got = collect(again)
+  const { client: again, got } = await connectCollecting(tb, credentials(tb.pki, 'service'), { clientId: SUBSCRIBER, clean: false })
   const received = (): Set<number> => new Set(got.map((m) => (JSON.parse(m.payload) as { seq: number }).seq))
   try {
     await waitFor(() => received().size >= MESSAGES, 30_000, 'every acknowledged message')

@@ -166,6 +166,24 @@ export interface ConnectResult { client: MqttClient }
 
 /** Connects over mutual TLS; resolves once CONNACK 0 arrives, rejects with the CONNACK code or TLS error. */
 export function connect (tb: { port: number, pki: Pki }, creds: ClientCredentials | null, opts: IClientOptions = {}): Promise<MqttClient> {
+  return connectWith(tb, creds, opts, null)
+}
+
+export type Collected = Array<{ topic: string, payload: string, retain: boolean }>
+
+/**
+ * connects, collecting every message from before the CONNACK: a persistent session's
+ * queue is written right after it, and MQTT.js may emit those messages before its own
+ * 'connect' (which waits for its outgoing store), so a listener added after
+ * `await connect()` can miss the first of them
+ */
+export async function connectCollecting (tb: { port: number, pki: Pki }, creds: ClientCredentials | null, opts: IClientOptions = {}): Promise<{ client: MqttClient, got: Collected }> {
+  let got: Collected = []
+  const client = await connectWith(tb, creds, opts, (c) => { got = collect(c) })
+  return { client, got }
+}
+
+function connectWith (tb: { port: number, pki: Pki }, creds: ClientCredentials | null, opts: IClientOptions, beforeConnack: ((client: MqttClient) => void) | null): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
     const client = mqtt.connect({
       protocol: 'mqtts',
@@ -178,6 +196,7 @@ export function connect (tb: { port: number, pki: Pki }, creds: ClientCredential
       protocolVersion: 4,
       ...opts
     })
+    beforeConnack?.(client)
     const fail = (err: Error): void => {
       client.removeAllListeners('connect')
       client.end(true)
@@ -231,8 +250,8 @@ export function publish (client: MqttClient, topic: string, payload: string | Bu
 }
 
 /** Collects messages on a client. */
-export function collect (client: MqttClient): Array<{ topic: string, payload: string, retain: boolean }> {
-  const got: Array<{ topic: string, payload: string, retain: boolean }> = []
+export function collect (client: MqttClient): Collected {
+  const got: Collected = []
   client.on('message', (topic, payload, packet) => got.push({ topic, payload: payload.toString(), retain: packet.retain }))
   return got
 }

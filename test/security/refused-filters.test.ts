@@ -8,7 +8,7 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import {
-  collect, connect, credentials, endClient, publish, registerDevice, startBroker, STORES, subscribe, waitFor
+  connect, connectCollecting, credentials, endClient, publish, registerDevice, startBroker, STORES, subscribe, waitFor
 } from '../helpers/broker.js'
 
 const FOREIGN = 50
@@ -49,8 +49,7 @@ for (const store of STORES) {
     await endClient(service)
     if (redis) t.equal(await redis.llen(queueKey), 1, 'its own command is queued (the queue works)')
 
-    const again = await connect(tb, dev, { clientId: id, clean: false })
-    const got = collect(again)
+    const { client: again, got } = await connectCollecting(tb, dev, { clientId: id, clean: false })
     // queued messages come in order: had anything been queued for #, it would arrive before the command
     await waitFor(() => got.some((m) => m.topic === `devices/${id}/commands/reboot`), 10_000, 'the queued command')
     t.same(got.map((m) => m.topic), [`devices/${id}/commands/reboot`], 'after reconnect: the command, nothing for #')

@@ -26,6 +26,14 @@ export const tokenRecord = (clientId: string): OwnershipTokenRecord => ({
   certificateId: certId(`cert-${clientId}`), clientId, claimFingerprint: certId(`claim-${clientId}`), expiresAt: T0 + 60_000
 })
 
+/**
+ * a pending certificate's TTL in the expiry tests: long enough that the reads made
+ * while it lives finish first on a loaded machine (Redis expires on its own clock),
+ * and expiry is then waited for, never assumed at a fixed instant
+ */
+const SHORT_TTL_MS = 1000
+const EXPIRY_WAIT_MS = 5000
+
 /** polls until `check` holds or `ms` pass; returns whether it held */
 export async function eventually (check: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms
@@ -324,11 +332,10 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     await registry.revoke({ caFingerprint: issuerB })
     t.equal((await records(query('c3', issuerB, 'ff'))).revoked, true, 'listed by CA')
     const pending = certificate('p9', null, { status: 'pending' })
-    await registry.putPendingCertificate(pending, 'tok-p9', tokenRecord('a'), 100)
+    await registry.putPendingCertificate(pending, 'tok-p9', tokenRecord('a'), SHORT_TTL_MS)
     t.strictSame((await records(query('p9'))).certificate, pending, 'a pending certificate while its token lives')
-    advance(300)
-    await sleep(300)
-    t.equal((await records(query('p9'))).certificate, null, 'and not after')
+    advance(SHORT_TTL_MS + 100)
+    t.ok(await eventually(async () => (await records(query('p9'))).certificate === null, EXPIRY_WAIT_MS), 'and not after')
   })
 
   // --- registration (CONTRACT §3.3): atomic, token used up only by a registration ---
@@ -340,28 +347,28 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
   t.test(`${name}: a pending certificate expires with its token`, async (t) => {
     const { registry, advance } = await setup(t)
     const pending = certificate('p1', null, { status: 'pending' })
-    await registry.putPendingCertificate(pending, 'tok-p1', withKey('a'), 100)
+    await registry.putPendingCertificate(pending, 'tok-p1', withKey('a'), SHORT_TTL_MS)
     t.strictSame(await registry.getCertificate(pending.certificateId), pending, 'readable while its token lives')
     t.same(await registry.peekToken('tok-p1'), withKey('a'), 'peekToken reads the record')
     t.same(await registry.peekToken('tok-p1'), withKey('a'), '...without using it up')
     // memory follows the injected clock, Redis its own (PEXPIRE): advance both
-    advance(300)
-    await sleep(300)
-    t.equal(await registry.getCertificate(pending.certificateId), null, 'the never registered certificate is gone')
+    advance(SHORT_TTL_MS + 100)
+    t.ok(await eventually(async () => await registry.getCertificate(pending.certificateId) === null, EXPIRY_WAIT_MS), 'the never registered certificate is gone')
     t.equal(await registry.peekToken('tok-p1'), null, 'and so is its token')
   })
 
   t.test(`${name}: registerDevice binds a pending certificate for good and uses the token up`, async (t) => {
     const { registry, advance } = await setup(t)
     const pending = certificate('p2', null, { status: 'pending' })
-    await registry.putPendingCertificate(pending, 'tok-p2', withKey('b'), 100)
+    await registry.putPendingCertificate(pending, 'tok-p2', withKey('b'), SHORT_TTL_MS)
     const bound = [certificate('final-2', 'd2'), certificate('p2', 'd2')]
     t.same(await registry.registerDevice(registration('tok-p2', 'd2', bound)), { result: 'registered', revoked: [] })
     t.same(await registry.getDevice('d2'), device('d2'))
     t.same(ids(await registry.certificatesOfDevice('d2')), ids(bound), 'both certificates bound')
     t.equal(await registry.peekToken('tok-p2'), null, 'the token is used up')
-    advance(300)
-    await sleep(300)
+    advance(SHORT_TTL_MS + 100)
+    // past the pending TTL on Redis's own clock too
+    await sleep(SHORT_TTL_MS + 100)
     t.strictSame(await registry.getCertificate(pending.certificateId), bound[1], 'a bound certificate no longer expires')
     t.same(await registry.registerDevice(registration('tok-p2', 'd2b', [certificate('other', 'd2b')])), { result: 'token-used' }, 'a token registers once')
     t.equal(await registry.getDevice('d2b'), null, 'nothing written for a used token')

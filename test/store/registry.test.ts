@@ -21,6 +21,14 @@ registryContract(t, 'memory', async ({ now }) => {
   return { registry, cleanup: () => registry.close() }
 })
 
+/**
+ * fail fast in an outage: the ping's budget is 500 ms and a command's wait 1 s (broker/store/redis.ts);
+ * asserted with a second more, which a loaded machine's event loop may take on top
+ * (ioredis' own default would hold a command for its whole reconnect schedule)
+ */
+const PING_BOUND_MS = 1500
+const COMMAND_BOUND_MS = 2500
+
 t.test('redis', async (t) => {
   const server = await startRedisServer()
   t.teardown(() => server.stop())
@@ -212,25 +220,25 @@ t.test('redis', async (t) => {
     await fragile.kill()
     let started = performance.now()
     t.equal(await a.ping(), false, 'ping false while Redis is down')
-    t.ok(performance.now() - started < 1000, `ping answered in ${Math.round(performance.now() - started)} ms`)
+    t.ok(performance.now() - started < PING_BOUND_MS, `ping answered in ${Math.round(performance.now() - started)} ms`)
 
     const calls: Array<[string, () => Promise<unknown>]> = [['getDevice', () => a.getDevice('d1')], ['revokeDevice', () => b.revokeDevice('d1')]]
     for (const [what, call] of calls) {
       started = performance.now()
       await t.rejects(call(), `${what} rejects while Redis is down`)
       const elapsed = performance.now() - started
-      t.ok(elapsed < 2000, `${what} rejected in ${Math.round(elapsed)} ms`)
+      t.ok(elapsed < COMMAND_BOUND_MS, `${what} rejected in ${Math.round(elapsed)} ms`)
     }
     // the first reconnect attempt (100 ms after the socket closed) is refused; that refusal is an 'error' event
-    t.ok(await eventually(() => errors.length > 0, 1000), 'connection errors went to onError')
+    t.ok(await eventually(() => errors.length > 0, 5000), 'connection errors went to onError')
 
     // now the connections are reconnecting, not merely holding a dead socket
     started = performance.now()
     t.equal(await b.ping(), false, 'ping false during a sustained outage')
-    t.ok(performance.now() - started < 1000, `ping answered in ${Math.round(performance.now() - started)} ms`)
+    t.ok(performance.now() - started < PING_BOUND_MS, `ping answered in ${Math.round(performance.now() - started)} ms`)
     started = performance.now()
     await t.rejects(a.takeToken('any'), 'takeToken rejects during a sustained outage')
-    t.ok(performance.now() - started < 2000, `takeToken rejected in ${Math.round(performance.now() - started)} ms`)
+    t.ok(performance.now() - started < COMMAND_BOUND_MS, `takeToken rejected in ${Math.round(performance.now() - started)} ms`)
 
     await fragile.restart()
     started = performance.now()

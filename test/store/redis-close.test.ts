@@ -1,0 +1,37 @@
+/**
+ * Closing a connection while Redis is away (broker/store/redis.ts): the commands
+ * still queued are rejected, the caller who awaits one sees it, and one nobody awaits
+ * (ioredis' own re-SUBSCRIBE after a reconnect is such a command) does not become an
+ * unhandled rejection, which would fail a shutdown during an outage (seen once in
+ * test/plugins/activity.test.ts, a registry closed in teardown after Redis was killed).
+ */
+import t from 'tap'
+import { connectRedis, quitGracefully } from '../../broker/store/redis.js'
+import { startRedisServer } from '../helpers/redis-server.js'
+import { waitFor } from '../helpers/broker.js'
+
+t.test('a subscriber closed while reconnecting: queued commands rejected, none unhandled', async (t) => {
+  const server = await startRedisServer()
+  t.teardown(() => server.stop())
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+
+  const conn = connectRedis(server.url, 'subscriber', () => undefined)
+  await conn.subscribe('chan')
+  await server.kill()
+  await waitFor(() => conn.status === 'reconnecting', 5000, 'the connection to be reconnecting')
+
+  // the subscriber preset keeps commands queued until Redis answers again: one awaited, one not
+  const awaited = conn.subscribe('awaited')
+  void conn.subscribe('nobody-waits')
+  const closed = quitGracefully(conn)
+  await t.rejects(awaited, /Connection is closed/, 'the awaited command is rejected')
+  await closed
+  t.equal(conn.status, 'end', 'the connection ended')
+  // an unhandled rejection is reported after the microtasks of its turn: give it a turn
+  await new Promise((resolve) => setImmediate(resolve))
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(unhandled.map(String), [], 'no unhandled rejection')
+})
