@@ -68,6 +68,10 @@ async function agreesWithRegistry (t: Test, tb: TestBroker, s: SimulationSummary
   t.equal(s.quarantined, count('quarantined'), 'quarantined counted as the registry has it')
 }
 
+// 35-58 s here, up to 58 s with three busy loops beside the suite: tap's 120 s per file
+// (.taprc) is too close for a slower CI machine; the run bounds itself (boundsHit)
+t.setTimeout(5 * 60_000)
+
 t.test('simulate against a broker, both stores', async (t) => {
   const pki = await devPki()
   const templates = templatesDir()
