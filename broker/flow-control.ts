@@ -40,6 +40,8 @@ const redisQueueKey = (clientId: string): string => `outgoing:${encodeURICompone
 
 type QueuedPacket = StoredPacket
 type Sub = StoredSub
+/** what admit counted in: the subscriptions and, in the same order, the queue entries it counted them on */
+interface Admitted { readonly subs: Sub[], readonly queues: ClientQueue[] }
 
 interface ClientQueue {
   /** messages stored for this client and not yet acknowledged (this process's view) */
@@ -49,6 +51,8 @@ interface ClientQueue {
   /** when `length` was last read from Redis */
   syncedAt: number
   syncing: Promise<void> | null
+  /** reads from Redis applied so far: a removal that saw one land meanwhile may already be in it */
+  syncs: number
   /** packets not stored because the queue was full, while the client was connected */
   dropped: Set<string> | null
 }
@@ -92,7 +96,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
   function queueOf (clientId: string): ClientQueue {
     let q = queues.get(clientId)
     if (!q) {
-      q = { length: 0, pending: 0, syncedAt: 0, syncing: null, dropped: null }
+      q = { length: 0, pending: 0, syncedAt: 0, syncing: null, syncs: 0, dropped: null }
       queues.set(clientId, q)
     }
     return q
@@ -126,6 +130,7 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     q.syncing ??= redis.llen(redisQueueKey(clientId)).then((len) => {
       // admitted but not yet pushed count too, or a burst would slip past the limit
       q.length = len + q.pending
+      q.syncs++
     }, () => undefined).finally(() => {
       q.syncedAt = Date.now()
       q.syncing = null
@@ -138,8 +143,8 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
    * instant (a length read from Redis that settles before the push is sent must still
    * count it: pending is what it adds)
    */
-  async function admit (subs: Sub[], packet: QueuedPacket): Promise<Sub[]> {
-    const kept: Sub[] = []
+  async function admit (subs: Sub[], packet: QueuedPacket): Promise<Admitted> {
+    const kept: Admitted = { subs: [], queues: [] }
     for (const sub of subs) {
       const q = queueOf(sub.clientId)
       if (q.length >= limit) await resync(sub.clientId, q)
@@ -149,23 +154,30 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
       }
       q.length++
       q.pending++
-      kept.push(sub)
+      kept.subs.push(sub)
+      // the very objects counted in: a clean connect meanwhile may replace the client's entry
+      kept.queues.push(q)
     }
     return kept
   }
 
   /** stores for the admitted subscriptions, pending (counted in by admit) until the store has them */
-  async function enqueueAdmitted (kept: Sub[], packet: QueuedPacket, enqueue: (subs: Sub[], packet: QueuedPacket) => Promise<void>): Promise<void> {
-    if (kept.length === 0) return
-    const qs = kept.map((sub) => queueOf(sub.clientId))
+  async function enqueueAdmitted (kept: Admitted, packet: QueuedPacket, enqueue: (subs: Sub[], packet: QueuedPacket) => Promise<void>): Promise<void> {
+    if (kept.subs.length === 0) return
     try {
-      await enqueue(kept, packet)
+      await enqueue(kept.subs, packet)
     } catch (err) {
-      // not stored (the publish fails, unacknowledged): it takes no room in the queues
-      for (const q of qs) if (q.length > 0) q.length--
+      // the publish fails, unacknowledged. In memory nothing was stored: it takes no room.
+      // With Redis some of its pushes may have landed all the same (several subscriptions,
+      // or a lost reply): the length is read again before the next drop rather than
+      // guessed lower, which could let a queue past the limit
+      for (const q of kept.queues) {
+        if (redis === null) q.length = Math.max(0, q.length - 1)
+        else q.syncedAt = 0
+      }
       throw err
     } finally {
-      for (const q of qs) q.pending--
+      for (const q of kept.queues) q.pending--
     }
   }
 
@@ -186,22 +198,43 @@ export function createFlowControl (config: Config, deps: FlowControlDeps): FlowC
     persistence.outgoingUpdate = async function outgoingUpdate (client, packet) {
       // a packet not stored for a live client is still written to it: Aedes asks
       // to update it first, which would fail ("no such packet") and close the client
-      const dropped = queues.get(client.id)?.dropped
-      if (dropped?.delete(packetKey(packet))) return
-      return update(client, packet)
+      const q = queues.get(client.id)
+      if (q?.dropped?.delete(packetKey(packet))) return
+      if ((packet as { cmd?: string }).cmd !== 'pubrel' || q === undefined) return update(client, packet)
+      // QoS 2: the store takes the packet out of the list and pushes the PUBREL back in
+      // two steps; a length read between them must still count it
+      q.pending++
+      try {
+        return await update(client, packet)
+      } finally {
+        q.pending--
+      }
     }
     persistence.outgoingClearMessageId = async function outgoingClearMessageId (client, packet) {
       const q = queues.get(client.id)
       // a delivery authorizeForward refused is cleared instead of updated
       q?.dropped?.delete(packetKey(packet))
+      const syncs = q?.syncs
       const removed = await clear(client, packet)
-      if (removed && q && q.length > 0) q.length--
+      // a length read from Redis meanwhile may already have seen the removal: then it is
+      // not taken off twice (counting one too many is put right by the next read)
+      if (removed && q && q.syncs === syncs && q.length > 0) q.length--
       return removed
     }
     persistence.cleanSubscriptions = async function cleanSubscriptions (client) {
       await clean(client)
-      // a clean session starts with an empty queue
-      queues.delete(client.id)
+      const q = queues.get(client.id)
+      if (q === undefined) return
+      if (q.pending === 0) {
+        // a clean session starts with an empty queue
+        queues.delete(client.id)
+        return
+      }
+      // pushes admitted before the clean may still land in the new list: they are all
+      // it holds, and its length is read again before anything is dropped for it
+      q.length = q.pending
+      q.dropped = null
+      q.syncedAt = 0
     }
     return persistence
   }
