@@ -167,19 +167,35 @@ export async function quitGracefully (conn: Redis): Promise<void> {
 export function waitReady (conn: Redis, ms: number): Promise<boolean> {
   if (conn.status === 'ready') return Promise.resolve(true)
   if (conn.status === 'end' || ms <= 0) return Promise.resolve(false)
-  return new Promise((resolve) => {
-    const done = (ok: boolean): void => {
-      clearTimeout(timer)
-      conn.off('ready', onReady)
-      conn.off('end', onEnd)
-      resolve(ok)
-    }
-    const onReady = (): void => done(true)
-    const onEnd = (): void => done(false)
-    const timer = setTimeout(done, ms, false)
-    conn.once('ready', onReady)
-    conn.once('end', onEnd)
-  })
+  return within(readyOrEnd(conn), ms).then((ok) => ok === true)
+}
+
+/**
+ * One promise per connection and outage that settles on 'ready' (true) or 'end'
+ * (false), shared by every call waiting for it. A listener pair per waiting call
+ * piled up in an outage, where every registry call waits: past ten, Node printed
+ * a MaxListenersExceededWarning ("possible memory leak") on each connection.
+ */
+const settling = new WeakMap<Redis, Promise<boolean>>()
+
+function readyOrEnd (conn: Redis): Promise<boolean> {
+  let settled = settling.get(conn)
+  if (settled === undefined) {
+    settled = new Promise<boolean>((resolve) => {
+      const done = (ok: boolean): void => {
+        conn.off('ready', onReady)
+        conn.off('end', onEnd)
+        settling.delete(conn)
+        resolve(ok)
+      }
+      const onReady = (): void => done(true)
+      const onEnd = (): void => done(false)
+      conn.once('ready', onReady)
+      conn.once('end', onEnd)
+    })
+    settling.set(conn, settled)
+  }
+  return settled
 }
 
 /** a Lua script run by its SHA-1 (EVALSHA): Redis neither receives nor hashes its text on every call */

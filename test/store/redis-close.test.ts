@@ -6,7 +6,7 @@
  * test/plugins/activity.test.ts, a registry closed in teardown after Redis was killed).
  */
 import t from 'tap'
-import { connectRedis, quitGracefully } from '../../broker/store/redis.js'
+import { connectRedis, quitGracefully, waitReady } from '../../broker/store/redis.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 import { waitFor } from '../helpers/broker.js'
 
@@ -34,4 +34,29 @@ t.test('a subscriber closed while reconnecting: queued commands rejected, none u
   await new Promise((resolve) => setImmediate(resolve))
   await new Promise((resolve) => setTimeout(resolve, 50))
   t.same(unhandled.map(String), [], 'no unhandled rejection')
+})
+
+t.test('many calls waiting for a connection share one listener; each gets its answer', async (t) => {
+  const server = await startRedisServer()
+  t.teardown(() => server.stop())
+  const warnings: string[] = []
+  const onWarning = (w: Error): void => { warnings.push(w.name) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+
+  const conn = connectRedis(server.url, 'failFast', () => undefined)
+  t.teardown(() => quitGracefully(conn))
+  t.equal(await waitReady(conn, 5000), true, 'ready')
+  await server.kill()
+  await waitFor(() => conn.status !== 'ready', 5000, 'the connection to notice')
+  const before = conn.listenerCount('ready')
+  // an outage with many registry calls waiting at once, some briefly, some until Redis is back
+  const brief = Array.from({ length: 30 }, () => waitReady(conn, 50))
+  const patient = Array.from({ length: 30 }, () => waitReady(conn, 10_000))
+  t.ok(conn.listenerCount('ready') - before <= 1, `one 'ready' listener for 60 waiting calls (${conn.listenerCount('ready') - before} added)`)
+  t.same(await Promise.all(brief), Array.from({ length: 30 }, () => false), 'the brief ones time out: false')
+  await server.restart()
+  t.same(await Promise.all(patient), Array.from({ length: 30 }, () => true), 'the patient ones: true once Redis is back')
+  t.equal(conn.listenerCount('ready'), before, 'and the listener is gone')
+  t.notOk(warnings.includes('MaxListenersExceededWarning'), 'no MaxListenersExceededWarning')
 })
