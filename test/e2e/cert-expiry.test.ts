@@ -7,12 +7,11 @@
  * first and not the second; the gauge counts active certificates by expiry.
  */
 import t from 'tap'
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { certExpiryOf, rotateCommandTopic, type CertExpiry } from '../../plugins/cert-expiry.js'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
 import { generateKeyPair, privateKeyToPem } from '../../pki/keys.js'
 import { adminRequest } from '../helpers/admin.js'
-import { collect, connect, endClient, startBroker, STORES, subscribe, waitFor, type ClientCredentials, type TestBroker } from '../helpers/broker.js'
+import { collect, connect, connectCollecting, endClient, startBroker, STORES, subscribe, waitFor, type ClientCredentials, type TestBroker } from '../helpers/broker.js'
 import { cli } from '../helpers/cli.js'
 
 interface Device extends ClientCredentials { deviceId: string, certificateId: string, notAfter: number }
@@ -30,20 +29,6 @@ async function deviceValidFor (tb: TestBroker, deviceId: string, days: number): 
     notAfter: issued.notAfter.getTime(), createdAt: now, updatedAt: now
   })
   return { deviceId, cert: issued.pem + tb.pki.read('device-ca.pem'), key: privateKeyToPem(keys.privateKey), certificateId: issued.certificateId, notAfter: issued.notAfter.getTime() }
-}
-
-/** a persistent session's queue is written right after CONNACK: listen before connecting */
-function connectCollecting (tb: TestBroker, d: Device, opts: IClientOptions): Promise<{ client: MqttClient, got: Array<{ topic: string, payload: string }> }> {
-  return new Promise((resolve, reject) => {
-    const client = mqtt.connect({
-      protocol: 'mqtts', host: '127.0.0.1', port: tb.port, ca: tb.pki.read('root-ca.pem'), cert: d.cert, key: d.key,
-      clientId: d.deviceId, reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 4, ...opts
-    })
-    const got: Array<{ topic: string, payload: string }> = []
-    client.on('message', (topic, payload) => got.push({ topic, payload: payload.toString() }))
-    client.once('connect', () => resolve({ client, got }))
-    client.once('error', reject)
-  })
 }
 
 const command = (d: Device): { name: string, args: { notAfter: number } } => ({ name: 'rotate-certificate', args: { notAfter: d.notAfter } })
@@ -93,14 +78,14 @@ for (const store of STORES) {
     })
 
     await t.test('POST /v1/devices/{id}/rotate while the device is offline: its persistent session gets it at reconnect', async (t) => {
-      const { client } = await connectCollecting(tb, offline, { clean: false })
+      const { client } = await connectCollecting(tb, offline, { clientId: offline.deviceId, clean: false })
       await subscribe(client, `devices/${offline.deviceId}/commands/#`)
       await endClient(client)
       const r = await adminRequest(tb.adminPort!, tb.pki, 'POST', `/v1/devices/${offline.deviceId}/rotate`)
       t.equal(r.status, 200, r.raw)
       t.same(r.body, { deviceId: offline.deviceId, status: 'active' })
       t.match(requested(offline.deviceId), [{ reason: 'operator', actor: String }])
-      const back = await connectCollecting(tb, offline, { clean: false })
+      const back = await connectCollecting(tb, offline, { clientId: offline.deviceId, clean: false })
       await waitFor(() => back.got.length > 0, 5000, 'the queued command')
       t.same(back.got.map((m) => m.topic), [rotateCommandTopic(offline.deviceId)])
       t.same(JSON.parse(back.got[0]!.payload), command(offline))

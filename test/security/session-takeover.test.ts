@@ -8,27 +8,11 @@
  * still takes its own session over, as MQTT requires.
  */
 import t from 'tap'
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import type { IClientOptions } from 'mqtt'
 import {
-  STORES, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
+  STORES, connect, connectCollecting, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
   type ClientCredentials, type TestBroker
 } from '../helpers/broker.js'
-
-type Message = { topic: string, payload: string }
-
-/** connects with the message listener in place before CONNACK, so no queued delivery is missed */
-function connectCollecting (tb: TestBroker, creds: ClientCredentials, clientId: string): Promise<{ client: MqttClient, got: Message[] }> {
-  return new Promise((resolve, reject) => {
-    const got: Message[] = []
-    const client = mqtt.connect({
-      protocol: 'mqtts', host: '127.0.0.1', port: tb.port, ca: tb.pki.read('root-ca.pem'), cert: creds.cert, key: creds.key,
-      clientId, clean: false, reconnectPeriod: 0, connectTimeout: 5000, protocolVersion: 4
-    })
-    client.on('message', (topic, payload) => got.push({ topic, payload: payload.toString() }))
-    client.once('connect', () => resolve({ client, got }))
-    client.once('error', reject)
-  })
-}
 
 /** the CONNACK return code a refused connect got (0 when it was accepted) */
 async function connackOf (tb: TestBroker, creds: ClientCredentials, clientId: string, clean: boolean): Promise<number | string | undefined> {
@@ -50,7 +34,7 @@ for (const store of STORES) {
     const claim = credentials(tb.pki, 'claim')
     const service = credentials(tb.pki, 'service')
 
-    let device = await connectCollecting(tb, creds, id)
+    let device = await connectCollecting(tb, creds, { clientId: id, clean: false })
     let closes = 0
     device.client.on('close', () => closes++)
     t.same(await subscribe(device.client, `devices/${id}/commands/+`), [1], 'the device subscribes to its commands')
@@ -72,9 +56,9 @@ for (const store of STORES) {
     await publish(backend, `devices/${id}/commands/reboot`, JSON.stringify({ name: 'reboot', id: 'cmd-1' }), { qos: 1 })
     t.equal(await connackOf(tb, claim, id, true), 2, 'offline, command queued: claim refused again')
 
-    device = await connectCollecting(tb, creds, id)
+    device = await connectCollecting(tb, creds, { clientId: id, clean: false })
     await waitFor(() => device.got.length === 1, 10_000, 'the queued command after reconnect')
-    t.same(device.got, [{ topic: `devices/${id}/commands/reboot`, payload: JSON.stringify({ name: 'reboot', id: 'cmd-1' }) }], 'the command queued while offline is delivered')
+    t.same(device.got, [{ topic: `devices/${id}/commands/reboot`, payload: JSON.stringify({ name: 'reboot', id: 'cmd-1' }), retain: false }], 'the command queued while offline is delivered')
     await endClient(device.client)
     await endClient(backend)
 
