@@ -185,3 +185,40 @@ t.test('redis: an acknowledgement and a length read at the same time take the me
   t.equal(await stored(sub.clientId), LIMIT, `exactly the limit (${LIMIT}), not one over`)
   t.same(errors, [], 'no store error')
 })
+
+t.test('redis: a QoS 2 PUBREL swap (LREM, then RPUSH) with a length read between them leaves the bound exact', async (t) => {
+  const { persistence, redis, packet, stored, errors } = await setup(t)
+  const sub = { clientId: 'qos2', topic: 'devices/+/telemetry', qos: 2 }
+  const client = { id: sub.clientId }
+  const packets: StoredPacket[] = []
+  for (let i = 0; i < LIMIT; i++) {
+    const p = packet()
+    packets.push(p)
+    await persistence.outgoingEnqueueCombi([sub] as never, p)
+  }
+  await persistence.outgoingUpdate(client as never, { ...packets[0], qos: 2, messageId: 1 } as never)
+  await pastResync()
+  // the store's RPUSH of the PUBREL held until a publish has read the length: the timing
+  // is the test's, the commands go to the real Redis (the store's own connection)
+  const rpush = redis.rpush.bind(redis) as (...args: unknown[]) => Promise<number>
+  const held = gate()
+  const lremDone = gate()
+  const conn = redis as unknown as { rpush: (...args: unknown[]) => Promise<number> }
+  // once: the swap's own RPUSH, the one right after its LREM
+  conn.rpush = async (...args: unknown[]) => {
+    conn.rpush = rpush
+    lremDone.open()
+    await held.promise
+    return rpush(...args)
+  }
+  const swap = persistence.outgoingUpdate(client as never, { cmd: 'pubrel', messageId: 1, brokerId: packets[0]!.brokerId, brokerCounter: packets[0]!.brokerCounter } as never)
+  await lremDone.promise
+  t.equal(await stored(sub.clientId), LIMIT - 1, 'between the two: the list is one short')
+  // a publish now reads the length: the swap's message must still count
+  await persistence.outgoingEnqueueCombi([sub] as never, packet())
+  held.open()
+  await swap
+  for (let i = 0; i < 5; i++) await persistence.outgoingEnqueueCombi([sub] as never, packet())
+  t.equal(await stored(sub.clientId), LIMIT, `exactly the limit (${LIMIT}), not one over`)
+  t.same(errors, [], 'no store error')
+})
