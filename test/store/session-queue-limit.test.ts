@@ -66,6 +66,17 @@ async function setup (t: Test, beneath?: (store: AedesPersistence) => void): Pro
   }
 }
 
+/** a session's queue filled to the limit; the packets in order */
+async function fill (persistence: AedesPersistence, packet: () => StoredPacket, sub: { clientId: string }): Promise<StoredPacket[]> {
+  const packets: StoredPacket[] = []
+  for (let i = 0; i < LIMIT; i++) {
+    const p = packet()
+    packets.push(p)
+    await persistence.outgoingEnqueueCombi([sub] as never, p)
+  }
+  return packets
+}
+
 /** past flow control's RESYNC_MS: the next enqueue at the limit reads the length from Redis */
 const pastResync = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 110))
 
@@ -160,12 +171,7 @@ t.test('redis: an acknowledgement and a length read at the same time take the me
   })
   const sub = { clientId: 'acker', topic: 'devices/+/telemetry', qos: 1 }
   const client = { id: sub.clientId }
-  const packets: StoredPacket[] = []
-  for (let i = 0; i < LIMIT; i++) {
-    const p = packet()
-    packets.push(p)
-    await persistence.outgoingEnqueueCombi([sub] as never, p)
-  }
+  const packets = await fill(persistence, packet, sub)
   // delivered to the live session (message ids assigned), which then acknowledges the first
   for (let i = 0; i < LIMIT; i++) await persistence.outgoingUpdate(client as never, { ...packets[i], messageId: i + 1 } as never)
   await pastResync()
@@ -190,12 +196,7 @@ t.test('redis: a QoS 2 PUBREL swap (LREM, then RPUSH) with a length read between
   const { persistence, redis, packet, stored, errors } = await setup(t)
   const sub = { clientId: 'qos2', topic: 'devices/+/telemetry', qos: 2 }
   const client = { id: sub.clientId }
-  const packets: StoredPacket[] = []
-  for (let i = 0; i < LIMIT; i++) {
-    const p = packet()
-    packets.push(p)
-    await persistence.outgoingEnqueueCombi([sub] as never, p)
-  }
+  const packets = await fill(persistence, packet, sub)
   await persistence.outgoingUpdate(client as never, { ...packets[0], qos: 2, messageId: 1 } as never)
   await pastResync()
   // the store's RPUSH of the PUBREL held until a publish has read the length: the timing
