@@ -9,12 +9,13 @@
  * new material from the next call on, while connections already classified keep
  * the answer they got.
  */
-import { createHash, createPrivateKey, X509Certificate } from 'node:crypto'
+import { createHash, createPrivateKey, hash, X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createSecureContext, type TLSSocket } from 'node:tls'
 import { loadIssuer, type IssuedCertificate, type Issuer } from '../pki/certificate.js'
 import { JitpError } from './errors.js'
+import { peerCertificateDer } from './peer-der.js'
 import type { IssuerRole, PeerCertificate } from './session.js'
 
 export const TRUST_FILES = Object.freeze({
@@ -100,11 +101,6 @@ function peerOf (ca: RoleCa, certificateId: string, commonName: string | null, s
 }
 
 /** `AB:CD:…` (the legacy peer certificate's fingerprint256) as a certificateId; hashes the DER when it is absent */
-function certificateIdOf (fingerprint256: string | undefined, der: Buffer): string {
-  if (typeof fingerprint256 === 'string' && fingerprint256.length === 95) return fingerprint256.replaceAll(':', '').toLowerCase()
-  return createHash('sha256').update(der).digest('hex')
-}
-
 /** certificates whose classification is remembered (see classify) */
 const MAX_CLASSIFIED = 10_000
 
@@ -208,8 +204,8 @@ export function loadTrust (dir: string): Trust {
         caPems: [...roots, ...adminCas.map((c) => c.cert.toString())],
         classify (socket: TLSSocket): AdminPeer | null {
           if (!socket.authorized) return null
-          const der = socket.getPeerCertificate(false).raw as Buffer | undefined
-          if (!der || der.length === 0) return null
+          const der = peerCertificateDer(socket)
+          if (der === null) return null
           // admin connections are few: parsed each time, never cached
           const leaf = new X509Certificate(der)
           const now = Date.now()
@@ -219,7 +215,7 @@ export function loadTrust (dir: string): Trust {
           if (!ca || !commonName) return null
           return Object.freeze({
             issuerFingerprint: ca.fingerprint,
-            certificateId: createHash('sha256').update(der).digest('hex'),
+            certificateId: hash('sha256', der),
             serialNumber: leaf.serialNumber.toLowerCase(),
             commonName
           })
@@ -227,15 +223,11 @@ export function loadTrust (dir: string): Trust {
       }),
     classify (socket: TLSSocket): PeerCertificate | null {
       if (!socket.authorized) return null
-      // the legacy object, not getPeerX509Certificate(): one X509Certificate per connect grew a
-      // plain Node 20 TLS server's RSS by ~5 KB per connection without a plateau (see
-      // docs/SECURITY.md); the DER is all the cache lookup needs
-      const legacy = socket.getPeerCertificate(false)
-      const der = legacy.raw as Buffer | undefined
-      if (!der || der.length === 0) return null
-      // the SHA-256 of the DER, which that object carries already (computed in C++ with it):
-      // reformatted instead of hashing the DER a second time
-      const certificateId = certificateIdOf(legacy.fingerprint256, der)
+      // the DER is all the cache lookup needs, read without building Node's certificate
+      // object (broker/peer-der.ts says why)
+      const der = peerCertificateDer(socket)
+      if (der === null) return null
+      const certificateId = hash('sha256', der)
       // the same certificate always gets the same answer (the CAs are fixed at start):
       // a device that reconnects is not verified again (a signature check per connect)
       const known = classified.get(certificateId)
