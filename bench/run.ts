@@ -9,6 +9,7 @@
  *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, rollout, overload, workers)
  *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning, storm)
  *   BENCH_HANDSHAKES=32 npm run bench   MAX_CONCURRENT_HANDSHAKES for the aedes-jitp brokers (default: the broker's)
+ *   BENCH_HANDSHAKE_BUDGET=0 npm run bench   HANDSHAKE_TURN_BUDGET_MS for the aedes-jitp brokers (default: the broker's)
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
  */
@@ -158,7 +159,8 @@ async function main (): Promise<void> {
     // (CONTRACT §11) would measure the limit, not the broker
     CONNECT_RATE_PER_ADDRESS: 100_000_000,
     MAX_PENDING_CONNECTIONS_PER_ADDRESS: 100_000,
-    ...(process.env.BENCH_HANDSHAKES ? { MAX_CONCURRENT_HANDSHAKES: Number(process.env.BENCH_HANDSHAKES) } : {})
+    ...(process.env.BENCH_HANDSHAKES ? { MAX_CONCURRENT_HANDSHAKES: Number(process.env.BENCH_HANDSHAKES) } : {}),
+    ...(process.env.BENCH_HANDSHAKE_BUDGET ? { HANDSHAKE_TURN_BUDGET_MS: Number(process.env.BENCH_HANDSHAKE_BUDGET) } : {})
   }
   const starters: Record<TargetKey, (redis: RedisServer | null) => Promise<Target | null>> = {
     'aedes-memory': () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),

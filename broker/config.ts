@@ -92,7 +92,9 @@ const configSchema = {
     // several broker processes per host (CONTRACT §1): a number, or auto (one per core)
     WORKERS: { anyOf: [{ type: 'integer', minimum: 1, maximum: 256 }, { const: 'auto' }], default: 1 },
     // connect admission (CONTRACT §11): TLS handshakes in progress at once; beyond, new connections wait in the backlog
-    MAX_CONCURRENT_HANDSHAKES: { type: 'integer', minimum: 1, default: 256 }
+    MAX_CONCURRENT_HANDSHAKES: { type: 'integer', minimum: 1, default: 256 },
+    // and how long of each event-loop turn may go to starting them (0: no budget, the slots only)
+    HANDSHAKE_TURN_BUDGET_MS: { type: 'number', minimum: 0, maximum: 1000, default: 4 }
   }
 } as const
 
@@ -165,6 +167,7 @@ export interface Config {
   /** resolved: 'auto' becomes the number of cores */
   readonly workers: number
   readonly maxConcurrentHandshakes: number
+  readonly handshakeTurnBudgetMs: number
 }
 
 export const CONFIG_KEYS = Object.freeze(Object.keys(configSchema.properties))
@@ -299,6 +302,7 @@ export function loadConfig (opts: LoadConfigOptions = {}): Config {
     enrollmentDir: c.ENROLLMENT_DIR === undefined ? undefined : resolve(c.ENROLLMENT_DIR),
     enrollmentTokenMaxSeconds: c.ENROLLMENT_TOKEN_MAX_SECONDS,
     workers: c.WORKERS === 'auto' ? Math.max(1, availableParallelism()) : c.WORKERS,
-    maxConcurrentHandshakes: c.MAX_CONCURRENT_HANDSHAKES
+    maxConcurrentHandshakes: c.MAX_CONCURRENT_HANDSHAKES,
+    handshakeTurnBudgetMs: c.HANDSHAKE_TURN_BUDGET_MS
   })
 }

@@ -120,6 +120,7 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
   // a reconnect storm's handshakes are spread over time (MAX_CONCURRENT_HANDSHAKES): the gate starts each one's TLS
   const handshakes = new HandshakeGate(server, {
     maxConcurrent: config.maxConcurrentHandshakes,
+    turnBudgetMs: config.handshakeTurnBudgetMs,
     onChange (running, waiting) {
       handshakeGauges.running.set(running)
       handshakeGauges.waiting.set(waiting)

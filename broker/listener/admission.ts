@@ -123,6 +123,18 @@ export interface HandshakeGateOptions {
   /** default: HANDSHAKE_QUEUE_PER_SLOT per slot, at least HANDSHAKE_QUEUE_MIN */
   readonly maxWaiting?: number
   readonly slotMaxMs?: number
+  /**
+   * HANDSHAKE_TURN_BUDGET_MS: handshakes start during at most this long of each
+   * turn of the event loop; 0: no budget, the slots only. Why a time and not only
+   * the slots: starting a handshake (reading the ClientHello, the key exchange
+   * and the server's signature) costs ~0.5–1 ms of this thread, and its client
+   * answers fast on a LAN, so the slots alone let one turn start a few hundred of
+   * them (and run their second flights the next turn) before the PUBLISHes of
+   * the devices already connected are read. With a budget the rest wait for the
+   * next turn, after its I/O: the storm takes the CPU it took before, in slices,
+   * and a delivery waits for one slice, not for the whole burst.
+   */
+  readonly turnBudgetMs: number
   readonly onChange?: (inProgress: number, queued: number) => void
   /** a connection refused when its first bytes came (admit() already returned): close it and say why */
   readonly onRefused: (raw: Socket) => void
@@ -158,6 +170,13 @@ export class HandshakeGate {
   readonly maxConcurrent: number
   readonly maxWaiting: number
   private readonly slotMaxMs: number
+  private readonly turnBudgetMs: number
+  /** when the first handshake of this turn started (performance.now()), or null: none yet this turn */
+  private turnStartedAt: number | null = null
+  /** the end of this turn (setImmediate: after its I/O), when handshakes were started or deferred in it */
+  private turnEnd: NodeJS.Immediate | null = null
+  /** a handshake started in this tick: its first step (Node's initRead) has not run yet */
+  private tickBusy = false
   /** told the counts after every change (the listener's gauges) */
   private readonly onChange: (inProgress: number, queued: number) => void
   /** a connection whose first bytes came when the queue was full: the listener closes it and says why */
@@ -174,6 +193,7 @@ export class HandshakeGate {
     this.maxConcurrent = opts.maxConcurrent
     this.maxWaiting = opts.maxWaiting ?? Math.max(HANDSHAKE_QUEUE_MIN, HANDSHAKE_QUEUE_PER_SLOT * opts.maxConcurrent)
     this.slotMaxMs = opts.slotMaxMs ?? HANDSHAKE_SLOT_MAX_MS
+    this.turnBudgetMs = opts.turnBudgetMs
     this.onChange = opts.onChange ?? (() => {})
     this.onRefused = opts.onRefused
     const own = server.listeners('connection')
@@ -231,15 +251,43 @@ export class HandshakeGate {
     this.waiting.clear()
     for (const timer of this.running.values()) clearTimeout(timer)
     this.running.clear()
+    if (this.turnEnd !== null) clearImmediate(this.turnEnd)
+    this.turnEnd = null
     this.onChange(0, 0)
   }
 
   /** false: the queue is full */
   private enqueue (raw: Socket): boolean {
-    if (this.running.size < this.maxConcurrent) this.start(raw)
+    // first come first served: nobody starts ahead of a connection already waiting
+    if (this.waiting.size === 0 && !this.tickBusy && this.running.size < this.maxConcurrent && this.mayStartThisTurn()) this.start(raw)
     else if (this.waiting.size < this.maxWaiting) this.waiting.add(raw)
     else return false
     return true
+  }
+
+  /**
+   * Whether this turn's budget has room for one more handshake to start. The first
+   * start of a turn opens it and arranges its end (setImmediate runs after the
+   * turn's I/O), where the queue is drained again in a fresh turn.
+   */
+  private mayStartThisTurn (): boolean {
+    if (this.turnBudgetMs <= 0) return true
+    const now = performance.now()
+    if (this.turnStartedAt === null) {
+      this.turnStartedAt = now
+      this.turnEnd ??= setImmediate(() => { this.endTurn() })
+      return true
+    }
+    return now - this.turnStartedAt < this.turnBudgetMs
+  }
+
+  private endTurn (): void {
+    this.turnEnd = null
+    this.turnStartedAt = null
+    this.next()
+    this.onChange(this.running.size, this.queued)
+    // still waiting (the slots are full): the next release drains; budget spent: the next turn does
+    if (this.waiting.size > 0 && this.running.size < this.maxConcurrent) this.turnEnd ??= setImmediate(() => { this.endTurn() })
   }
 
   private release (raw: Socket): void {
@@ -250,12 +298,29 @@ export class HandshakeGate {
     this.next()
   }
 
+  /**
+   * Starts waiting connections while a slot is free and this turn has budget
+   * left. With a budget, one per tick: Node reads a new TLSSocket's ClientHello
+   * (the first, costly handshake step) on a tick of its own, so the next start
+   * waits for it (afterStart) and the budget counts it.
+   */
   private next (): void {
     for (const raw of this.waiting) {
-      if (this.running.size >= this.maxConcurrent) return
+      if (this.running.size >= this.maxConcurrent || this.tickBusy) return
+      if (!this.mayStartThisTurn()) {
+        this.turnEnd ??= setImmediate(() => { this.endTurn() })
+        return
+      }
       this.waiting.delete(raw)
       if (!raw.destroyed) this.start(raw)
     }
+  }
+
+  private afterStart (): void {
+    this.tickBusy = false
+    if (this.waiting.size === 0) return
+    this.next()
+    this.onChange(this.running.size, this.queued)
   }
 
   private start (raw: Socket): void {
@@ -265,6 +330,11 @@ export class HandshakeGate {
     }, this.slotMaxMs)
     timer.unref()
     this.running.set(raw, timer)
+    if (this.turnBudgetMs > 0) {
+      this.tickBusy = true
+      // queued after Node's initRead tick: runs once the handshake's first step is done
+      process.nextTick(() => { this.afterStart() })
+    }
     try {
       this.tlsConnectionListener.call(this.server, raw)
     } catch {

@@ -12,7 +12,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { Worker } from 'node:worker_threads'
-import { connect as netConnect, type AddressInfo, type Socket } from 'node:net'
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
 import type { WorkerTask } from '../../bench/load-worker.js'
 import { HANDSHAKE_QUEUE_MIN, HandshakeGate } from '../../broker/listener/admission.js'
@@ -137,6 +137,7 @@ t.test('beyond the queue: refused fast, before any TLS byte', async (t) => {
     maxConcurrent: 1,
     maxWaiting: 2,
     slotMaxMs: 60_000,
+    turnBudgetMs: 4,
     onRefused (raw) {
       refused.push(raw)
       raw.destroy()
@@ -232,4 +233,85 @@ t.test('the listener: a full queue is refused fast and audited, and drains when 
   const device = await connect(tb, creds, { clientId: 'behind-the-queue' })
   t.ok(device.connected, 'once the stalled clients are gone, a device connects')
   await endClient(device)
+})
+
+/** the bytes of one real ClientHello, as a TLS client sends them first */
+async function aClientHello (): Promise<Buffer> {
+  const sink = createNetServer()
+  const first = new Promise<Buffer>((resolve) => sink.once('connection', (s: Socket) => s.once('data', (b: Buffer) => { resolve(b); s.destroy() })))
+  await new Promise<void>((resolve) => sink.listen(0, '127.0.0.1', resolve))
+  const client = tlsConnect({ host: '127.0.0.1', port: (sink.address() as AddressInfo).port, servername: 'localhost' })
+  client.on('error', () => {})
+  const hello = await first
+  client.destroy()
+  sink.close()
+  return hello
+}
+
+/**
+ * HANDSHAKE_TURN_BUDGET_MS: a burst of ClientHellos that all arrive in one turn
+ * of the event loop. With the slots only, every one starts in that turn (its key
+ * exchange and signature on this thread before anything else is read); with the
+ * budget, only those that fit in its milliseconds do, and the rest start in the
+ * turns after, each after that turn's I/O.
+ */
+t.test('a burst of ClientHellos: handshakes start within a budget per event-loop turn', async (t) => {
+  const dir = (await devPki()).dir
+  const hello = await aClientHello()
+  t.equal(hello[0], 0x16, 'a TLS handshake record')
+  const BURST = 150
+
+  async function burst (turnBudgetMs: number): Promise<{ turns: Map<number, number>, answered: number }> {
+    const server = createTlsServer({ cert: readFileSync(`${dir}/server.pem`), key: readFileSync(`${dir}/server.key`) })
+    // the loop's turns, counted where they end (setImmediate runs once per turn, after its I/O)
+    let turn = 0
+    let ticking = true
+    const tick = (): void => { turn++; if (ticking) setImmediate(tick) }
+    setImmediate(tick)
+    // Node's own listener, wrapped before the gate takes it: each handshake start, by turn
+    const turns = new Map<number, number>()
+    const nodes = server.listeners('connection')[0] as (raw: Socket) => void
+    server.removeListener('connection', nodes)
+    server.on('connection', function counted (this: unknown, raw: Socket) {
+      turns.set(turn, (turns.get(turn) ?? 0) + 1)
+      nodes.call(this, raw)
+    })
+    const gate = new HandshakeGate(server, { maxConcurrent: 1000, maxWaiting: 2000, slotMaxMs: 60_000, turnBudgetMs, onRefused: (raw) => raw.destroy() })
+    let admitted = 0
+    server.on('connection', (raw: Socket) => {
+      raw.once('close', () => gate.done(raw))
+      if (gate.admit(raw) === 'refused') raw.destroy()
+      admitted++
+    })
+    server.on('tlsClientError', () => {})
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const port = (server.address() as AddressInfo).port
+    const clients = await Promise.all(Array.from({ length: BURST }, () => new Promise<Socket>((resolve) => {
+      const s = netConnect({ host: '127.0.0.1', port })
+      s.on('error', () => {})
+      s.once('connect', () => resolve(s))
+    })))
+    // the server holds every connection, reading for its first bytes
+    await waitFor(() => admitted === BURST, 10_000, `${BURST} connections admitted`)
+    let answered = 0
+    for (const c of clients) c.once('data', () => { answered++ })
+    // every ClientHello written in one go: on loopback they are all in the server's sockets before its next poll
+    for (const c of clients) c.write(hello)
+    await waitFor(() => answered === BURST, 30_000, `${BURST} ServerHellos`)
+    ticking = false
+    for (const c of clients) c.destroy()
+    gate.close()
+    server.close()
+    return { turns, answered }
+  }
+
+  const slotsOnly = await burst(0)
+  t.equal(slotsOnly.answered, BURST, 'slots only: every handshake started')
+  t.ok(slotsOnly.turns.size <= 2, `slots only: all ${BURST} start in one or two turns (${[...slotsOnly.turns.values()].join(', ')})`)
+
+  const budgeted = await burst(4)
+  t.equal(budgeted.answered, BURST, 'with a budget: every handshake started too')
+  const perTurn = [...budgeted.turns.values()]
+  t.ok(budgeted.turns.size >= 5, `with a 4 ms budget the starts spread over ${budgeted.turns.size} turns (${perTurn.join(', ')})`)
+  t.ok(Math.max(...perTurn) < BURST / 2, 'no turn starts half of them')
 })
