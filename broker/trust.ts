@@ -9,7 +9,7 @@
  * new material from the next call on, while connections already classified keep
  * the answer they got.
  */
-import { createHash, createPrivateKey, hash, X509Certificate } from 'node:crypto'
+import { createPrivateKey, hash, X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createSecureContext, type TLSSocket } from 'node:tls'
