@@ -84,6 +84,8 @@ function quitsWithinADeadline (conn: Redis): void {
       callback?.(null, 'OK')
       return Promise.resolve('OK' as const)
     }
+    // a socket that closes before the replies are read rejects what was sent before QUIT too
+    markQueuedHandled(conn as unknown as IoredisInternals)
     const quitting = quit(callback)
     quitting.catch(() => undefined)
     if (conn.status !== 'end') {
@@ -119,20 +121,25 @@ interface IoredisInternals {
  */
 function endsEvenWhileReconnecting (conn: Redis): void {
   const disconnect = conn.disconnect.bind(conn)
+  const internals = conn as unknown as IoredisInternals
   conn.disconnect = function disconnectEvenWhileReconnecting (reconnect = false): void {
     const socketGone = conn.status === 'reconnecting'
+    // closing rejects the commands still queued (now, or when the socket closes): whoever
+    // awaits one still sees that, but one nobody awaits (ioredis' own re-SUBSCRIBE after a
+    // reconnect, a ready check's follow-ups) must not become an unhandled rejection because
+    // this process closed the connection, whatever state the connection was in
+    if (!reconnect) markQueuedHandled(internals)
     disconnect(reconnect)
     if (reconnect || !socketGone || conn.status !== 'reconnecting') return
-    const internals = conn as unknown as IoredisInternals
     internals.manuallyClosing = false
     internals.setStatus('end')
-    // the commands still queued are rejected: whoever awaits one still sees that, but one
-    // nobody awaits (ioredis' own re-SUBSCRIBE after a reconnect is such a command) must
-    // not become an unhandled rejection because this process closed the connection
-    for (const queue of [internals.offlineQueue, internals.commandQueue]) {
-      for (const item of queue.toArray()) item.command.promise.catch(() => undefined)
-    }
     internals.flushQueue(new Error('Connection is closed.'))
+  }
+}
+
+function markQueuedHandled (internals: IoredisInternals): void {
+  for (const queue of [internals.offlineQueue, internals.commandQueue]) {
+    for (const item of queue.toArray()) item.command.promise.catch(() => undefined)
   }
 }
 

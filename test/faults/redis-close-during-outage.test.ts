@@ -6,6 +6,8 @@
  * test/plugins/activity.test.ts, a registry closed in teardown after Redis was killed).
  */
 import t from 'tap'
+import { once } from 'node:events'
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { connectRedis, quitGracefully, waitReady } from '../../broker/store/redis.js'
 import { startRedisServer } from '../helpers/redis-server.js'
 import { waitFor } from '../helpers/broker.js'
@@ -31,6 +33,31 @@ t.test('a subscriber closed while reconnecting: queued commands rejected, none u
   await closed
   t.equal(conn.status, 'end', 'the connection ended')
   // an unhandled rejection is reported after the microtasks of its turn: give it a turn
+  await new Promise((resolve) => setImmediate(resolve))
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(unhandled.map(String), [], 'no unhandled rejection')
+})
+
+t.test('closed before it was ready (a Redis that accepted and never answered): queued commands rejected, none unhandled', async (t) => {
+  // a half-open Redis: the TCP connection is accepted, nothing is ever answered
+  const held: Socket[] = []
+  const silent = createServer((s) => { held.push(s); s.on('error', () => {}) })
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(() => { for (const s of held) s.destroy(); silent.close() })
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+
+  const conn = connectRedis(`redis://127.0.0.1:${(silent.address() as AddressInfo).port}`, 'subscriber', () => undefined)
+  await waitFor(() => conn.status === 'connect', 5000, 'the TCP connection (the ready check unanswered)')
+  const awaited = conn.subscribe('awaited')
+  void conn.subscribe('nobody-waits')
+  const closed = quitGracefully(conn)
+  await t.rejects(awaited, /Connection is closed/, 'the awaited command is rejected')
+  await closed
+  t.equal(conn.status, 'end', 'the connection ended')
   await new Promise((resolve) => setImmediate(resolve))
   await new Promise((resolve) => setTimeout(resolve, 50))
   t.same(unhandled.map(String), [], 'no unhandled rejection')
