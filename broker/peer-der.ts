@@ -62,12 +62,17 @@ export function peerCertificateFromSession (session: Buffer): Buffer | null {
 
 /** the peer's leaf certificate (DER) of an authorised TLS socket, or null when it sent none */
 export function peerCertificateDer (socket: TLSSocket): Buffer | null {
-  const session = socket.getSession()
-  if (session !== undefined) {
-    const der = peerCertificateFromSession(session)
-    session.fill(0)
-    if (der !== null) return der
+  // both calls answer null (not undefined, whatever the types say) once the socket's handle is gone
+  const session = socket.getSession() as Buffer | null | undefined
+  if (session != null) {
+    try {
+      const der = peerCertificateFromSession(session)
+      if (der !== null) return der
+    } finally {
+      session.fill(0)
+    }
   }
-  const raw = socket.getPeerCertificate(false).raw as Buffer | undefined
+  const legacy = socket.getPeerCertificate(false) as ReturnType<TLSSocket['getPeerCertificate']> | null
+  const raw = legacy?.raw as Buffer | undefined
   return raw !== undefined && raw.length > 0 ? raw : null
 }

@@ -253,6 +253,8 @@ export class HandshakeGate {
     this.running.clear()
     if (this.turnEnd !== null) clearImmediate(this.turnEnd)
     this.turnEnd = null
+    this.turnStartedAt = null
+    this.tickBusy = false
     this.onChange(0, 0)
   }
 
@@ -260,8 +262,12 @@ export class HandshakeGate {
   private enqueue (raw: Socket): boolean {
     // first come first served: nobody starts ahead of a connection already waiting
     if (this.waiting.size === 0 && !this.tickBusy && this.running.size < this.maxConcurrent && this.mayStartThisTurn()) this.start(raw)
-    else if (this.waiting.size < this.maxWaiting) this.waiting.add(raw)
-    else return false
+    else if (this.waiting.size < this.maxWaiting) {
+      this.waiting.add(raw)
+      // whatever held it back (a start on this tick, the budget, the slots) drains the queue
+      // again: afterStart, the turn's end, a release; the turn's end is made sure of here
+      if (this.turnBudgetMs > 0 && this.turnStartedAt !== null) this.turnEnd ??= setImmediate(() => { this.endTurn() })
+    } else return false
     return true
   }
 
@@ -330,11 +336,7 @@ export class HandshakeGate {
     }, this.slotMaxMs)
     timer.unref()
     this.running.set(raw, timer)
-    if (this.turnBudgetMs > 0) {
-      this.tickBusy = true
-      // queued after Node's initRead tick: runs once the handshake's first step is done
-      process.nextTick(() => { this.afterStart() })
-    }
+    if (this.turnBudgetMs > 0) this.tickBusy = true
     try {
       this.tlsConnectionListener.call(this.server, raw)
     } catch {
@@ -342,5 +344,8 @@ export class HandshakeGate {
       this.release(raw)
       raw.destroy()
     }
+    // queued after the tick on which the TLSSocket's constructor reads the ClientHello
+    // (Node's initRead: the key exchange and the signature), so the budget counts that step
+    if (this.turnBudgetMs > 0) process.nextTick(() => { this.afterStart() })
   }
 }

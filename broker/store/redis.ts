@@ -85,7 +85,7 @@ function quitsWithinADeadline (conn: Redis): void {
       return Promise.resolve('OK' as const)
     }
     // a socket that closes before the replies are read rejects what was sent before QUIT too
-    markQueuedHandled(conn as unknown as IoredisInternals)
+    closingDeliberately.add(conn)
     const quitting = quit(callback)
     quitting.catch(() => undefined)
     if (conn.status !== 'end') {
@@ -98,13 +98,19 @@ function quitsWithinADeadline (conn: Redis): void {
 }
 
 /** what ioredis (5.11) keeps private and this module needs to finish a close it leaves half done */
+interface QueuedCommand { command: { promise: Promise<unknown>, reject (err: Error): void } }
 interface IoredisInternals {
   setStatus (status: 'end'): void
-  flushQueue (err: Error): void
+  flushQueue (err: Error, opts?: unknown): void
   manuallyClosing: boolean
-  offlineQueue: { toArray (): Array<{ command: { promise: Promise<unknown> } }> }
-  commandQueue: { toArray (): Array<{ command: { promise: Promise<unknown> } }> }
+  offlineQueue: { toArray (): QueuedCommand[] }
+  commandQueue: { toArray (): QueuedCommand[] }
+  /** the commands in flight when a ready connection dropped, resent once it is ready again */
+  prevCommandQueue: { toArray (): QueuedCommand[] } | null
 }
+
+/** connections this process is closing (disconnect() or quit()), until they connect again */
+const closingDeliberately = new WeakSet<Redis>()
 
 /**
  * ioredis ends a connection (status 'end', the 'end' event, pending commands
@@ -122,13 +128,29 @@ interface IoredisInternals {
 function endsEvenWhileReconnecting (conn: Redis): void {
   const disconnect = conn.disconnect.bind(conn)
   const internals = conn as unknown as IoredisInternals
+  // closing rejects the commands still queued, when the socket closes: whoever awaits one
+  // still sees that, but one nobody awaits (ioredis' own re-SUBSCRIBE and SELECT once a
+  // reconnect's ready check answers, even after disconnect()) must not become an unhandled
+  // rejection because this process closed the connection. So at a deliberate close every
+  // command is marked handled right before ioredis rejects it, whenever that is.
+  const flushQueue = internals.flushQueue.bind(conn)
+  internals.flushQueue = function flushQueueOfAClose (err: Error, opts?: unknown): void {
+    if (closingDeliberately.has(conn)) {
+      markQueuedHandled(internals)
+      // those in flight when the connection last dropped would wait for a resend that never comes
+      const previous = internals.prevCommandQueue
+      internals.prevCommandQueue = null
+      for (const item of previous?.toArray() ?? []) {
+        item.command.promise.catch(() => undefined)
+        item.command.reject(err)
+      }
+    }
+    flushQueue(err, opts)
+  }
+  conn.on('connect', () => { closingDeliberately.delete(conn) })
   conn.disconnect = function disconnectEvenWhileReconnecting (reconnect = false): void {
     const socketGone = conn.status === 'reconnecting'
-    // closing rejects the commands still queued (now, or when the socket closes): whoever
-    // awaits one still sees that, but one nobody awaits (ioredis' own re-SUBSCRIBE after a
-    // reconnect, a ready check's follow-ups) must not become an unhandled rejection because
-    // this process closed the connection, whatever state the connection was in
-    if (!reconnect) markQueuedHandled(internals)
+    if (!reconnect) closingDeliberately.add(conn)
     disconnect(reconnect)
     if (reconnect || !socketGone || conn.status !== 'reconnecting') return
     internals.manuallyClosing = false

@@ -63,6 +63,51 @@ t.test('closed before it was ready (a Redis that accepted and never answered): q
   t.same(unhandled.map(String), [], 'no unhandled rejection')
 })
 
+t.test('a command in flight when Redis died, then a close before the reconnect is ready: rejected, not left waiting for ever', async (t) => {
+  const server = await startRedisServer()
+  t.teardown(() => server.stop())
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+
+  const conn = connectRedis(server.url, 'failFast', () => undefined)
+  await conn.ping()
+  // in flight (sent, no reply yet) when the server dies: ioredis keeps it aside to resend once a reconnect is ready
+  const inFlight = conn.blpop('never-pushed', 0)
+  let settled = false
+  inFlight.then(() => { settled = true }, () => { settled = true })
+  for (let i = 0; Number(/blocked_clients:(\d+)/.exec(await probe(server.url))?.[1]) !== 1; i++) {
+    if (i > 100) throw new Error('the BLPOP never blocked in Redis')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  await server.kill()
+  // what answers on Redis' port next accepts the reconnect and never answers its ready check
+  const held: Socket[] = []
+  const silent = createServer((s) => { held.push(s); s.on('error', () => {}) })
+  silent.listen(Number(new URL(server.url).port), '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(() => { for (const s of held) s.destroy(); silent.close() })
+  await waitFor(() => held.length > 0 && conn.status === 'connect', 5000, 'the reconnect, not ready')
+
+  await quitGracefully(conn)
+  t.equal(conn.status, 'end', 'the connection ended')
+  await waitFor(() => settled, 2000, 'the command in flight to settle')
+  await t.rejects(inFlight, /Connection is closed/, 'it is rejected as closed')
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(unhandled.map(String), [], 'no unhandled rejection')
+})
+
+/** INFO clients of a Redis, read on a connection of its own */
+async function probe (url: string): Promise<string> {
+  const c = connectRedis(url, 'failFast', () => undefined)
+  try {
+    return await c.info('clients')
+  } finally {
+    await quitGracefully(c)
+  }
+}
+
 t.test('many calls waiting for a connection share one listener; each gets its answer', async (t) => {
   const server = await startRedisServer()
   t.teardown(() => server.stop())
