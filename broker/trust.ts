@@ -100,7 +100,6 @@ function peerOf (ca: RoleCa, certificateId: string, commonName: string | null, s
   return Object.freeze({ issuerRole: ca.role, issuerFingerprint: ca.fingerprint, certificateId, commonName, serialNumber, notAfter })
 }
 
-/** `AB:CD:…` (the legacy peer certificate's fingerprint256) as a certificateId; hashes the DER when it is absent */
 /** certificates whose classification is remembered (see classify) */
 const MAX_CLASSIFIED = 10_000
 
