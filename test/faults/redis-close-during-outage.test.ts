@@ -5,71 +5,42 @@
  * unhandled rejection, which would fail a shutdown during an outage (seen once in
  * test/plugins/activity.test.ts, a registry closed in teardown after Redis was killed).
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { connectRedis, quitGracefully, waitReady } from '../../broker/store/redis.js'
+import type { Redis } from 'ioredis'
 import { startRedisServer } from '../helpers/redis-server.js'
 import { waitFor } from '../helpers/broker.js'
 
 t.test('a subscriber closed while reconnecting: queued commands rejected, none unhandled', async (t) => {
   const server = await startRedisServer()
   t.teardown(() => server.stop())
-  const unhandled: unknown[] = []
-  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
-  process.on('unhandledRejection', onUnhandled)
-  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  const unhandled = unhandledRejections(t)
 
   const conn = connectRedis(server.url, 'subscriber', () => undefined)
   await conn.subscribe('chan')
   await server.kill()
   await waitFor(() => conn.status === 'reconnecting', 5000, 'the connection to be reconnecting')
 
-  // the subscriber preset keeps commands queued until Redis answers again: one awaited, one not
-  const awaited = conn.subscribe('awaited')
-  void conn.subscribe('nobody-waits')
-  const closed = quitGracefully(conn)
-  await t.rejects(awaited, /Connection is closed/, 'the awaited command is rejected')
-  await closed
-  t.equal(conn.status, 'end', 'the connection ended')
-  // an unhandled rejection is reported after the microtasks of its turn: give it a turn
-  await new Promise((resolve) => setImmediate(resolve))
-  await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(unhandled.map(String), [], 'no unhandled rejection')
+  // the subscriber preset keeps commands queued until Redis answers again
+  await closeWithTwoQueued(t, conn, unhandled)
 })
 
 t.test('closed before it was ready (a Redis that accepted and never answered): queued commands rejected, none unhandled', async (t) => {
   // a half-open Redis: the TCP connection is accepted, nothing is ever answered
-  const held: Socket[] = []
-  const silent = createServer((s) => { held.push(s); s.on('error', () => {}) })
-  silent.listen(0, '127.0.0.1')
-  await once(silent, 'listening')
-  t.teardown(() => { for (const s of held) s.destroy(); silent.close() })
-  const unhandled: unknown[] = []
-  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
-  process.on('unhandledRejection', onUnhandled)
-  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  const silent = await halfOpenRedis(t, 0)
+  const unhandled = unhandledRejections(t)
 
-  const conn = connectRedis(`redis://127.0.0.1:${(silent.address() as AddressInfo).port}`, 'subscriber', () => undefined)
+  const conn = connectRedis(`redis://127.0.0.1:${silent.port}`, 'subscriber', () => undefined)
   await waitFor(() => conn.status === 'connect', 5000, 'the TCP connection (the ready check unanswered)')
-  const awaited = conn.subscribe('awaited')
-  void conn.subscribe('nobody-waits')
-  const closed = quitGracefully(conn)
-  await t.rejects(awaited, /Connection is closed/, 'the awaited command is rejected')
-  await closed
-  t.equal(conn.status, 'end', 'the connection ended')
-  await new Promise((resolve) => setImmediate(resolve))
-  await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(unhandled.map(String), [], 'no unhandled rejection')
+  await closeWithTwoQueued(t, conn, unhandled)
 })
 
 t.test('a command in flight when Redis died, then a close before the reconnect is ready: rejected, not left waiting for ever', async (t) => {
   const server = await startRedisServer()
   t.teardown(() => server.stop())
-  const unhandled: unknown[] = []
-  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
-  process.on('unhandledRejection', onUnhandled)
-  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  const unhandled = unhandledRejections(t)
 
   const conn = connectRedis(server.url, 'failFast', () => undefined)
   await conn.ping()
@@ -83,20 +54,49 @@ t.test('a command in flight when Redis died, then a close before the reconnect i
   }
   await server.kill()
   // what answers on Redis' port next accepts the reconnect and never answers its ready check
-  const held: Socket[] = []
-  const silent = createServer((s) => { held.push(s); s.on('error', () => {}) })
-  silent.listen(Number(new URL(server.url).port), '127.0.0.1')
-  await once(silent, 'listening')
-  t.teardown(() => { for (const s of held) s.destroy(); silent.close() })
-  await waitFor(() => held.length > 0 && conn.status === 'connect', 5000, 'the reconnect, not ready')
+  const silent = await halfOpenRedis(t, Number(new URL(server.url).port))
+  await waitFor(() => silent.accepted() > 0 && conn.status === 'connect', 5000, 'the reconnect, not ready')
 
   await quitGracefully(conn)
   t.equal(conn.status, 'end', 'the connection ended')
   await waitFor(() => settled, 2000, 'the command in flight to settle')
   await t.rejects(inFlight, /Connection is closed/, 'it is rejected as closed')
-  await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(unhandled.map(String), [], 'no unhandled rejection')
+  t.same(await unhandled(), [], 'no unhandled rejection')
 })
+
+/** one command queued and awaited, one nobody awaits, then the close: the first rejected, the second not unhandled */
+async function closeWithTwoQueued (t: Test, conn: Redis, unhandled: () => Promise<string[]>): Promise<void> {
+  const awaited = conn.subscribe('awaited')
+  void conn.subscribe('nobody-waits')
+  const closed = quitGracefully(conn)
+  await t.rejects(awaited, /Connection is closed/, 'the awaited command is rejected')
+  await closed
+  t.equal(conn.status, 'end', 'the connection ended')
+  t.same(await unhandled(), [], 'no unhandled rejection')
+}
+
+/** the process' unhandled rejections from now to the end of the test; the answer waits a turn (they are reported after its microtasks) */
+function unhandledRejections (t: Test): () => Promise<string[]> {
+  const seen: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { seen.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  return async () => {
+    await new Promise((resolve) => setImmediate(resolve))
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    return seen.map(String)
+  }
+}
+
+/** a half-open Redis on `port` (0: any): TCP connections are accepted, nothing is ever answered */
+async function halfOpenRedis (t: Test, port: number): Promise<{ port: number, accepted (): number }> {
+  const held: Socket[] = []
+  const silent = createServer((s) => { held.push(s); s.on('error', () => {}) })
+  silent.listen(port, '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(() => { for (const s of held) s.destroy(); silent.close() })
+  return { port: (silent.address() as AddressInfo).port, accepted: () => held.length }
+}
 
 /** INFO clients of a Redis, read on a connection of its own */
 async function probe (url: string): Promise<string> {
