@@ -11,10 +11,11 @@
  * (`getSession()`, ~35 µs). Its ASN.1 (OpenSSL's ssl/ssl_asn1.c, unchanged since
  * 0.9.8) is a SEQUENCE whose field `[3] EXPLICIT Certificate` is the peer's leaf,
  * encoded by the same `i2d_X509` of the same certificate that gives
- * `getPeerCertificate().raw`, so its SHA-256 is the same certificate id. The walk below reads only tags and
- * lengths, within bounds; anything unexpected answers null and the caller falls
- * back to `getPeerCertificate()`. The serialised session also holds the session's
- * master key: the buffer is zeroed before this returns, the certificate copied out.
+ * `getPeerCertificate().raw`, so its SHA-256 is the same certificate id. The walk
+ * below reads only tags and lengths, within bounds; anything unexpected answers
+ * null and the caller falls back to `getPeerCertificate()`. The serialised session
+ * also holds the session's master key: the buffer is zeroed before this returns,
+ * the certificate copied out.
  */
 import type { TLSSocket } from 'node:tls'
 

@@ -137,8 +137,9 @@ function endsEvenWhileReconnecting (conn: Redis): void {
   internals.flushQueue = function flushQueueOfAClose (err: Error, opts?: unknown): void {
     if (closingDeliberately.has(conn)) {
       markQueuedHandled(internals)
-      // those in flight when the connection last dropped would wait for a resend that never comes
-      const previous = internals.prevCommandQueue
+      // those in flight when the connection last dropped would wait for a resend that never
+      // comes (until a reconnect, ioredis keeps them in the command queue itself, flushed below)
+      const previous = internals.prevCommandQueue === (internals.commandQueue as unknown) ? null : internals.prevCommandQueue
       internals.prevCommandQueue = null
       for (const item of previous?.toArray() ?? []) {
         item.command.promise.catch(() => undefined)
