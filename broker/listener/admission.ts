@@ -262,19 +262,19 @@ export class HandshakeGate {
   private enqueue (raw: Socket): boolean {
     // first come first served: nobody starts ahead of a connection already waiting
     if (this.waiting.size === 0 && !this.tickBusy && this.running.size < this.maxConcurrent && this.mayStartThisTurn()) this.start(raw)
-    else if (this.waiting.size < this.maxWaiting) {
-      this.waiting.add(raw)
-      // whatever held it back (a start on this tick, the budget, the slots) drains the queue
-      // again: afterStart, the turn's end, a release; the turn's end is made sure of here
-      if (this.turnBudgetMs > 0 && this.turnStartedAt !== null) this.turnEnd ??= setImmediate(() => { this.endTurn() })
-    } else return false
+    // whatever held it back drains the queue again: a start on this tick (afterStart), the
+    // budget (the turn's end), the slots (a release)
+    else if (this.waiting.size < this.maxWaiting) this.waiting.add(raw)
+    else return false
     return true
   }
 
   /**
    * Whether this turn's budget has room for one more handshake to start. The first
    * start of a turn opens it and arranges its end (setImmediate runs after the
-   * turn's I/O), where the queue is drained again in a fresh turn.
+   * turn's I/O), where the queue is drained again in a fresh turn: an open turn
+   * (turnStartedAt set) always has its end scheduled, so a refusal here needs
+   * nothing more.
    */
   private mayStartThisTurn (): boolean {
     if (this.turnBudgetMs <= 0) return true
@@ -290,10 +290,10 @@ export class HandshakeGate {
   private endTurn (): void {
     this.turnEnd = null
     this.turnStartedAt = null
+    // what next() leaves waiting: a release drains it (slots full), afterStart (a start on
+    // this tick) or the end of the turn it just opened (budget spent)
     this.next()
     this.onChange(this.running.size, this.queued)
-    // still waiting (the slots are full): the next release drains; budget spent: the next turn does
-    if (this.waiting.size > 0 && this.running.size < this.maxConcurrent) this.turnEnd ??= setImmediate(() => { this.endTurn() })
   }
 
   private release (raw: Socket): void {
@@ -312,11 +312,7 @@ export class HandshakeGate {
    */
   private next (): void {
     for (const raw of this.waiting) {
-      if (this.running.size >= this.maxConcurrent || this.tickBusy) return
-      if (!this.mayStartThisTurn()) {
-        this.turnEnd ??= setImmediate(() => { this.endTurn() })
-        return
-      }
+      if (this.running.size >= this.maxConcurrent || this.tickBusy || !this.mayStartThisTurn()) return
       this.waiting.delete(raw)
       if (!raw.destroyed) this.start(raw)
     }

@@ -136,15 +136,14 @@ function endsEvenWhileReconnecting (conn: Redis): void {
   const flushQueue = internals.flushQueue.bind(conn)
   internals.flushQueue = function flushQueueOfAClose (err: Error, opts?: unknown): void {
     if (closingDeliberately.has(conn)) {
-      markQueuedHandled(internals)
       // those in flight when the connection last dropped would wait for a resend that never
       // comes (until a reconnect, ioredis keeps them in the command queue itself, flushed below)
       const previous = internals.prevCommandQueue === (internals.commandQueue as unknown) ? null : internals.prevCommandQueue
       internals.prevCommandQueue = null
-      for (const item of previous?.toArray() ?? []) {
-        item.command.promise.catch(() => undefined)
-        item.command.reject(err)
+      for (const queue of [internals.offlineQueue, internals.commandQueue, previous]) {
+        for (const item of queue?.toArray() ?? []) item.command.promise.catch(() => undefined)
       }
+      for (const item of previous?.toArray() ?? []) item.command.reject(err)
     }
     flushQueue(err, opts)
   }
@@ -157,12 +156,6 @@ function endsEvenWhileReconnecting (conn: Redis): void {
     internals.manuallyClosing = false
     internals.setStatus('end')
     internals.flushQueue(new Error('Connection is closed.'))
-  }
-}
-
-function markQueuedHandled (internals: IoredisInternals): void {
-  for (const queue of [internals.offlineQueue, internals.commandQueue]) {
-    for (const item of queue.toArray()) item.command.promise.catch(() => undefined)
   }
 }
 
