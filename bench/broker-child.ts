@@ -3,10 +3,11 @@
  * measured: either this broker with every plugin on (`buildBroker`), or bare
  * Aedes of the same version with the same persistence behind the same mutual-TLS
  * listener and no hooks at all. Talks to its parent over IPC:
- *   child → parent  {type:'ready', port, httpPort}   {type:'usage', ...}   {type:'gc'}
+ *   child → parent  {type:'ready', port, httpPort}   {type:'usage', ...}   {type:'gc', heapUsed, external}
  *   parent → child  {type:'usage'}  {type:'gc'}  {type:'stop'}
  * Run: node dist/bench/broker-child.js '<json BrokerChildOptions>'
  */
+import { writeHeapSnapshot } from 'node:v8'
 import { Aedes } from 'aedes'
 import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
@@ -38,7 +39,7 @@ export interface BrokerChildOptions {
 export type ChildMessage =
   | { type: 'ready', port: number, httpPort: number | null, adminPort: number | null }
   | { type: 'usage', rss: number, heapUsed: number, cpuUser: number, cpuSystem: number }
-  | { type: 'gc' }
+  | { type: 'gc', heapUsed?: number, external?: number }
 
 function send (msg: ChildMessage): void {
   process.send?.(msg)
@@ -109,7 +110,10 @@ async function main (): Promise<void> {
       send({ type: 'usage', rss: m.rss, heapUsed: m.heapUsed, cpuUser: u.user, cpuSystem: u.system })
     } else if (msg.type === 'gc') {
       (globalThis as { gc?: () => void }).gc?.()
-      send({ type: 'gc' })
+      // after the collection: what the heap and Buffers really hold, apart from what the allocator keeps
+      const m = process.memoryUsage()
+      if (process.env.BENCH_HEAP_SNAPSHOTS) writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOTS}/${opts.kind}-${opts.store}-${Date.now()}.heapsnapshot`)
+      send({ type: 'gc', heapUsed: m.heapUsed, external: m.external })
     } else if (msg.type === 'stop') {
       // bounded: a broker that does not close in 5 s is done anyway
       setTimeout(() => process.exit(0), 5000).unref()

@@ -30,10 +30,13 @@ export interface Target {
   usage (): ProcUsage | null
   /** the broker's private redis-server, when it has one: its CPU is the store's cost of the broker's work */
   storeUsage? (): ProcUsage | null
-  /** a full GC in a Node child before a memory reading; no-op for Mosquitto */
-  gc (): Promise<void>
+  /** a full GC in a Node child before a memory reading, and what its heap and Buffers hold after it (null: Mosquitto, or no answer) */
+  gc (): Promise<HeapReading | null>
   stop (): Promise<void>
 }
+
+/** a Node child's memory right after a full GC, bytes */
+export interface HeapReading { readonly heapUsed: number, readonly external: number }
 
 export function onPath (bin: string): string | null {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
@@ -147,14 +150,14 @@ export async function startBrokerChild (key: string, opts: BrokerChildOptions, l
     usage: () => procUsage(pid),
     ...(launch.storePid !== undefined ? { storeUsage: () => procUsage(launch.storePid!) } : {}),
     gc () {
-      if (exited(child) || !child.connected) return Promise.resolve()
-      return new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 5000)
+      if (exited(child) || !child.connected) return Promise.resolve(null)
+      return new Promise<HeapReading | null>((resolve) => {
+        const timer = setTimeout(() => resolve(null), 5000)
         child.on('message', function onGc (msg: ChildMessage) {
           if (msg.type !== 'gc') return
           child.off('message', onGc)
           clearTimeout(timer)
-          resolve()
+          resolve(msg.heapUsed !== undefined && msg.external !== undefined ? { heapUsed: msg.heapUsed, external: msg.external } : null)
         })
         child.send({ type: 'gc' })
       })
@@ -217,7 +220,7 @@ export async function startMosquitto (certsDir: string): Promise<Target | null> 
     exitStatus: () => exitStatusOf(child),
     stderrTail,
     usage: () => procUsage(pid),
-    gc: () => Promise.resolve(),
+    gc: () => Promise.resolve(null),
     async stop () {
       await terminate(child)
       rmSync(dir, { recursive: true, force: true })
@@ -316,7 +319,7 @@ export async function startCliBroker (key: string, env: Record<string, string>, 
     usage: () => treeUsage(pid),
     primaryUsage: () => procUsage(pid),
     ...(launch.storePid !== undefined ? { storeUsage: () => procUsage(launch.storePid!) } : {}),
-    gc: () => Promise.resolve(),
+    gc: () => Promise.resolve(null),
     async stop () {
       if (exited(child)) return
       const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))

@@ -5,13 +5,14 @@
  * Redis. Prints markdown tables (docs/PERFORMANCE.md holds the latest) and
  * writes every figure to bench/results-<timestamp>.json.
  *
- *   npm run bench                       the whole run (about 5 minutes)
+ *   npm run bench                       the whole run (about 12 minutes)
  *   BENCH_ONLY=jitp-memory npm run bench    one target (comma-separated keys; also nodelay, admin, rollout, overload, workers)
  *   BENCH_SCENARIOS=provisioning npm run bench   some scenarios only (idle, connects, connectLatency, qos0, qos1, paced, provisioning, storm)
  *   BENCH_HANDSHAKES=32 npm run bench   MAX_CONCURRENT_HANDSHAKES for the aedes-jitp brokers (default: the broker's)
  *   BENCH_HANDSHAKE_BUDGET=0 npm run bench   HANDSHAKE_TURN_BUDGET_MS for the aedes-jitp brokers (default: the broker's)
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
+ *   BENCH_HEAP_SNAPSHOTS=/dir npm run bench   a heap snapshot of a broker child at each of its full GCs (before and after the idle connections)
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'

@@ -278,7 +278,7 @@ export async function pacedLatency (target: Target, env: BenchEnv): Promise<Scen
 /** Broker RSS per idle mTLS device connection, 2,000 of them (full GC before each reading). */
 export async function idleMemory (target: Target, env: BenchEnv): Promise<ScenarioResult> {
   const groups = split(env.devices.slice(0, IDLE_CONNECTIONS), GENERATOR_THREADS)
-  await target.gc()
+  const heapBefore = await target.gc()
   await sleep(500)
   const before = target.usage()
   const a = snapshot(target)
@@ -289,7 +289,7 @@ export async function idleMemory (target: Target, env: BenchEnv): Promise<Scenar
       const b = snapshot(target)
       const connected = ready.reduce((s, r) => s + r.connected, 0)
       await sleep(1000)
-      await target.gc()
+      const heapAfter = await target.gc()
       await sleep(500)
       const after = target.usage()
       for (const w of workers) w.send('close')
@@ -303,6 +303,9 @@ export async function idleMemory (target: Target, env: BenchEnv): Promise<Scenar
           firstError: ready.find((r) => r.firstError)?.firstError ?? null,
           rssBeforeMB: round(before.rssBytes / 1048576, 1),
           rssAfterMB: round(after.rssBytes / 1048576, 1),
+          // the part of the RSS growth that is live JavaScript objects and Buffers, per connection (Node brokers only)
+          heapKBPerConnection: heapBefore && heapAfter ? round((heapAfter.heapUsed - heapBefore.heapUsed) / connected / 1024, 2) : null,
+          externalKBPerConnection: heapBefore && heapAfter ? round((heapAfter.external - heapBefore.external) / connected / 1024, 2) : null,
           connectsPerSecond: round(connected / ((b.t - a.t) / 1000))
         },
         cpu: cpuBetween(a, b)
