@@ -150,7 +150,8 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
     conn.handshakeTimer = setTimeout(handshakeExpired, config.tlsHandshakeTimeoutMs, conn)
     live.add(conn)
     byRaw.set(raw, conn)
-    raw.once('close', () => closed(conn))
+    // one listener function for every connection, no closure per socket ('close' comes once)
+    raw.on('close', rawClosed)
     if (handshakes.admit(raw) === 'refused') refuseHandshake(raw)
   }
 
@@ -183,9 +184,7 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
     byTls.set(socket, conn)
     // the chain reads the password of these, and never a certificate (broker/chain/connect.ts, classifyPeer)
     if (tokens) markTokenSocket(socket)
-    guardPackets(socket, config.maxPacketBytes, function packetRefused (verdict, scanner) {
-      oversizeOrMalformed(conn, verdict, scanner)
-    })
+    guardPackets(socket, config.maxPacketBytes, oversizeOrMalformed, conn)
     // Aedes' connectTimeout (CONNECT_TIMEOUT_MS, set in build.ts) runs from here
     broker.handle(socket)
   }
@@ -201,7 +200,7 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
     if (!socket.destroyed) socket.destroy()
   }
 
-  function oversizeOrMalformed (conn: Connection, verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner): void {
+  function oversizeOrMalformed (verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner, conn: Connection): void {
     silenced.add(conn.raw)
     const reason = verdict === 'PacketTooLarge'
       ? `packet of ${scanner.announced} bytes announced, limit ${scanner.beforeFirstPacket ? 'for CONNECT ' : ''}exceeded`
@@ -249,6 +248,11 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
     conn.settled = true
     admission.settle(conn.address)
     pendingGauge.dec()
+  }
+
+  function rawClosed (this: Socket): void {
+    const conn = byRaw.get(this)
+    if (conn) closed(conn)
   }
 
   function closed (conn: Connection): void {

@@ -80,8 +80,9 @@ export interface ConnectionState {
   identity: Identity | null
   /** filled by authorization at connect: the rules compiled for this identity */
   rules: unknown
-  /** rejected payloads in the current one-minute window */
-  offences: { windowStart: number, count: number }
+  /** rejected payloads in the current one-minute window, and when it began (two fields, not an object per connection) */
+  offences: number
+  offenceWindowStart: number
   /** why the broker closed this session (e.g. CertificateRevoked), for the `disconnect` audit line */
   closeReason?: { readonly errorCode: string, readonly reason: string }
 }

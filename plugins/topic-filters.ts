@@ -87,8 +87,10 @@ export function intersect (a: Levels, b: Levels): string[] | null {
  * `devices/+/#`. A filter already ending in `#`, or of one level, is its own scope.
  */
 export function scopeOf (filter: Levels): string[] {
-  if (filter.length < 2 || filter[filter.length - 1] === '#') return [...filter]
-  return [...filter.slice(0, -1), '#']
+  // slice and concat size the array exactly: a spread grows it with room to spare, and
+  // every connected identity keeps its scopes
+  if (filter.length < 2 || filter[filter.length - 1] === '#') return filter.slice()
+  return filter.slice(0, -1).concat('#')
 }
 
 /** steps of the union check before it gives up (a few thousand for any realistic policy) */

@@ -127,7 +127,7 @@ function classifyPeer (req: ConnectRequest): ConnectAnswer {
   const conn = req.client.conn
   const peer = conn instanceof TLSSocket ? ctx.trust.classify(conn) : null
   if (peer === null && isTokenSocket(conn) && !conn.destroyed) {
-    const state: ConnectionState = { peer: null, remoteAddress: req.remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: { windowStart: ctx.now(), count: 0 } }
+    const state: ConnectionState = { peer: null, remoteAddress: req.remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: 0, offenceWindowStart: ctx.now() }
     setState(req.client, state)
     req.state = state
     return 'next'
@@ -139,7 +139,7 @@ function classifyPeer (req: ConnectRequest): ConnectAnswer {
     refuseEarly(req, code)
     return new JitpError(code)
   }
-  const state: ConnectionState = { peer, remoteAddress: req.remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: { windowStart: ctx.now(), count: 0 } }
+  const state: ConnectionState = { peer, remoteAddress: req.remoteAddress, connectedAt: ctx.now(), identity: null, rules: null, offences: 0, offenceWindowStart: ctx.now() }
   setState(req.client, state)
   req.state = state
   return 'next'

@@ -181,10 +181,13 @@ export function report (chain: ChainContext, client: Client, r: ErrorReport): vo
 function countOffence (chain: ChainContext, client: Client, state: ConnectionState): void {
   const { audit, config, metrics } = chain.ctx
   const now = chain.ctx.now()
-  if (now - state.offences.windowStart >= 60_000) state.offences = { windowStart: now, count: 0 }
-  state.offences.count++
-  if (state.offences.count > config.badPayloadsPerMinute) {
-    state.offences.count = 0
+  if (now - state.offenceWindowStart >= 60_000) {
+    state.offenceWindowStart = now
+    state.offences = 0
+  }
+  state.offences++
+  if (state.offences > config.badPayloadsPerMinute) {
+    state.offences = 0
     metrics.offendersDisconnected.inc()
     audit.write('client.disconnected.offender', { ...auditFields(client, state), errorCode: 'TooManyBadPayloads', reason: Errors.TooManyBadPayloads.message }, 'warn')
     // after the PUBACK went out, so the device is not left waiting

@@ -87,24 +87,52 @@ export class FixedHeaderScanner {
   }
 }
 
+/** what a guarded socket carries: its scanner, whether it tripped, and whom to tell */
+class SocketGuard<C> extends FixedHeaderScanner {
+  tripped = false
+  constructor (
+    maxPacketBytes: number,
+    readonly read: TLSSocket['read'],
+    readonly onViolation: (verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner, context: C) => void,
+    readonly context: C
+  ) {
+    super(maxPacketBytes)
+  }
+}
+
+const kGuard = Symbol('packet guard')
+type GuardedSocket = TLSSocket & { [kGuard]: SocketGuard<unknown> }
+
+/**
+ * The one `read` every guarded socket gets: its state is the socket's guard, so a
+ * connection costs one object here instead of a closure with its context (the
+ * broker keeps thousands of idle connections).
+ */
+function guardedRead (this: GuardedSocket, size?: number): unknown {
+  const guard = this[kGuard]
+  const chunk: unknown = guard.read.call(this, size)
+  if (chunk === null || guard.tripped || !Buffer.isBuffer(chunk)) return chunk
+  const verdict = guard.scan(chunk)
+  if (verdict === 'ok') return chunk
+  guard.tripped = true
+  this.destroy()
+  guard.onViolation(verdict, guard, guard.context)
+  return null
+}
+
 /**
  * Wraps `socket.read` so every chunk Aedes takes is scanned first. On a violation
- * the socket is destroyed, `onViolation` is told once, and the chunk is withheld
- * (Aedes gets null, as from an empty socket).
+ * the socket is destroyed, `onViolation` is told once (with `context`), and the
+ * chunk is withheld (Aedes gets null, as from an empty socket).
  */
-export function guardPackets (socket: TLSSocket, maxPacketBytes: number, onViolation: (verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner) => void): FixedHeaderScanner {
-  const scanner = new FixedHeaderScanner(maxPacketBytes)
-  const read = socket.read
-  let tripped = false
-  socket.read = function guardedRead (this: TLSSocket, size?: number) {
-    const chunk: unknown = read.call(this, size)
-    if (chunk === null || tripped || !Buffer.isBuffer(chunk)) return chunk
-    const verdict = scanner.scan(chunk)
-    if (verdict === 'ok') return chunk
-    tripped = true
-    socket.destroy()
-    onViolation(verdict, scanner)
-    return null
-  }
-  return scanner
+export function guardPackets<C> (
+  socket: TLSSocket,
+  maxPacketBytes: number,
+  onViolation: (verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner, context: C) => void,
+  context: C
+): FixedHeaderScanner {
+  const guard = new SocketGuard(maxPacketBytes, socket.read, onViolation, context)
+  ;(socket as GuardedSocket)[kGuard] = guard as SocketGuard<unknown>
+  socket.read = guardedRead as TLSSocket['read']
+  return guard
 }

@@ -16,7 +16,7 @@ async function connection (identity: Identity) {
     connectedAt: 0,
     identity,
     rules: null,
-    offences: { windowStart: 0, count: 0 }
+    offences: 0, offenceWindowStart: 0
   }
   const client = {} as Client
   hooks.connected!(client, state)
@@ -86,7 +86,7 @@ t.test('rules compiled anew (a status change) never meet the answers given under
 
 /** a new connection's state after the plugin's connected hook: what it compiled (or kept) is in `rules` */
 function connectedState (hooks: PluginHooks, identity: Identity): ConnectionState {
-  const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: { windowStart: 0, count: 0 } }
+  const state: ConnectionState = { peer: null, remoteAddress: '127.0.0.1', connectedAt: 0, identity, rules: null, offences: 0, offenceWindowStart: 0 }
   hooks.connected!({} as Client, state)
   return state
 }
