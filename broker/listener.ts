@@ -64,6 +64,8 @@ interface Connection {
   /** authenticated (Aedes registered the client), or closed: no longer pending */
   settled: boolean
   authenticated: boolean
+  /** its raw socket closed and the counts were taken down */
+  closed: boolean
 }
 
 function noop (): void {}
@@ -146,7 +148,7 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
     }
     openGauge.inc()
     pendingGauge.inc()
-    const conn: Connection = { raw, address, tls: null, handshakeTimer: null, settled: false, authenticated: false }
+    const conn: Connection = { raw, address, tls: null, handshakeTimer: null, settled: false, authenticated: false, closed: false }
     conn.handshakeTimer = setTimeout(handshakeExpired, config.tlsHandshakeTimeoutMs, conn)
     live.add(conn)
     byRaw.set(raw, conn)
@@ -256,6 +258,9 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
   }
 
   function closed (conn: Connection): void {
+    // counted down once, whatever emits 'close' (the listener is `on`, not `once`)
+    if (conn.closed) return
+    conn.closed = true
     if (conn.handshakeTimer) clearTimeout(conn.handshakeTimer)
     conn.handshakeTimer = null
     handshakes.done(conn.raw)

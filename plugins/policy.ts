@@ -344,8 +344,34 @@ export function permissionsFor (policy: Policy, role: Role): ReadonlySet<string>
   let byRole = rolePermissions.get(policy)
   if (byRole === undefined) rolePermissions.set(policy, byRole = new Map())
   let set = byRole.get(role)
-  if (set === undefined) byRole.set(role, set = new Set(policy.permissions?.[role] ?? []))
+  if (set === undefined) byRole.set(role, set = new SealedSet(policy.permissions?.[role] ?? []))
   return set
+}
+
+/**
+ * A set that refuses changes once built: shared by every identity of a role, a change
+ * made through a cast would grant (or take) a permission on every connection at once.
+ */
+class SealedSet<T> extends Set<T> {
+  private readonly sealed: boolean
+  constructor (values: Iterable<T>) {
+    super(values)
+    this.sealed = true
+  }
+
+  override add (value: T): this {
+    // the constructor fills the set through add, before it is sealed
+    if (this.sealed) throw new TypeError('a role\'s permissions cannot be changed')
+    return super.add(value)
+  }
+
+  override delete (): boolean {
+    throw new TypeError('a role\'s permissions cannot be changed')
+  }
+
+  override clear (): void {
+    throw new TypeError('a role\'s permissions cannot be changed')
+  }
 }
 
 export interface TokenGrant {

@@ -131,6 +131,8 @@ export function guardPackets<C> (
   onViolation: (verdict: Exclude<GuardVerdict, 'ok'>, scanner: FixedHeaderScanner, context: C) => void,
   context: C
 ): FixedHeaderScanner {
+  // a second guard would take the shared guardedRead for the original read and call itself
+  if (kGuard in socket) throw new Error('packet guard: this socket is guarded already')
   const guard = new SocketGuard(maxPacketBytes, socket.read, onViolation, context)
   ;(socket as GuardedSocket)[kGuard] = guard as SocketGuard<unknown>
   socket.read = guardedRead as TLSSocket['read']

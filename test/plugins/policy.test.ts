@@ -2,7 +2,7 @@ import t from 'tap'
 import { writeFileSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { compileRules, defaultPolicy, loadPolicy, type Policy, type PolicyRule } from '../../plugins/policy.js'
+import { compileRules, defaultPolicy, loadPolicy, permissionsFor, type Policy, type PolicyRule } from '../../plugins/policy.js'
 import { decideDelivery, decidePublish, decideSubscription } from '../../plugins/authorization.js'
 import { coveredByAny, covers, intersect, matches, matchesTopic, scopeOf } from '../../plugins/topic-filters.js'
 import type { Identity } from '../../broker/session.js'
@@ -53,6 +53,22 @@ t.test('intersect and scopeOf', async (t) => {
   t.same(scopeOf(split('devices/${deviceId}/config')), split('devices/${deviceId}/#'))
   t.same(scopeOf(split('devices/+/#')), split('devices/+/#'))
   t.same(scopeOf(['alerts']), ['alerts'], 'a one-level rule is its own scope, never the whole tree')
+})
+
+t.test('permissionsFor: one sealed set per policy and role, shared by every identity of the role', async (t) => {
+  const policy = defaultPolicy({ awsTopics: false })
+  const service = permissionsFor(policy, 'service')
+  t.ok(service.has('pii'), 'the default policy grants services pii')
+  t.equal(permissionsFor(policy, 'service'), service, 'the same set for the next identity: none built per connection')
+  t.notOk(permissionsFor(policy, 'device').has('pii'))
+  t.not(permissionsFor(defaultPolicy({ awsTopics: false }), 'service'), service, 'another policy object (a reload) gets sets of its own')
+  // shared by every connection of the role: a change through a cast would grant or take a permission for all of them
+  const mutable = permissionsFor(policy, 'device') as Set<string>
+  t.throws(() => mutable.add('pii'), TypeError)
+  t.throws(() => (service as Set<string>).delete('pii'), TypeError)
+  t.throws(() => (service as Set<string>).clear(), TypeError)
+  t.notOk(permissionsFor(policy, 'device').has('pii'), 'the refused add left nothing behind')
+  t.ok(permissionsFor(policy, 'service').has('pii'))
 })
 
 // an oracle for the union check: every topic over a small alphabet, `c` standing for
