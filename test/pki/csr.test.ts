@@ -49,6 +49,24 @@ t.test('the key a certificate gets: the request\'s own SPKI bytes, a compressed 
   t.ok(parsed.spki.equals(uncompressed), 'expanded to the uncompressed point every TLS stack reads')
 })
 
+// a P-256 key with an uncompressed point is read from its coordinates (pki/csr.ts, checkKey):
+// a point off the curve, or coordinates beyond the field, must still be refused there
+t.test('a P-256 SubjectPublicKeyInfo whose point is not on the curve is refused', async (t) => {
+  const good = ec.publicKey.export({ type: 'spki', format: 'der' })
+  const offCurve = Buffer.from(good)
+  offCurve[offCurve.length - 1]! ^= 0x01
+  rejects(t, createCsr({ commonName: 'off-curve', ...ec, spki: offCurve }), 'unsupported-key')
+  const zeros = Buffer.from(good)
+  zeros.fill(0, good.length - 64)
+  rejects(t, createCsr({ commonName: 'zero', ...ec, spki: zeros }), 'unsupported-key')
+  const beyond = Buffer.from(good)
+  beyond.fill(0xff, good.length - 64, good.length - 32)
+  rejects(t, createCsr({ commonName: 'beyond', ...ec, spki: beyond }), 'unsupported-key')
+  // another key's valid point, signed by ours: the key reads, the signature does not verify
+  const other = generateKeyPair('ec').publicKey.export({ type: 'spki', format: 'der' })
+  rejects(t, createCsr({ commonName: 'swapped', ...ec, spki: other }), 'bad-signature')
+})
+
 t.test('RSA-2048 CSR is accepted', async (t) => {
   const rsa = generateKeyPair('rsa')
   const parsed = parseCsr(createCsr({ commonName: 'rsa-device', ...rsa }))
