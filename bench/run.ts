@@ -13,11 +13,13 @@
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
  *   BENCH_HEAP_SNAPSHOTS=/dir npm run bench   a heap snapshot of a broker child at each of its full GCs (before and after the idle connections)
+ *   BENCH_AB_DIST=/other/dist npm run bench   the bare-Aedes slots run aedes-jitp from another build instead (a worktree of another
+ *                                       commit, its node_modules linked to this one's): the two builds side by side, round by round
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join, resolve } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { loadConfig } from '../broker/config.js'
 import { generateDevPki } from '../certs-dev/generate.js'
 import { issueCertificate, loadIssuer } from '../pki/certificate.js'
@@ -163,10 +165,20 @@ async function main (): Promise<void> {
     ...(process.env.BENCH_HANDSHAKES ? { MAX_CONCURRENT_HANDSHAKES: Number(process.env.BENCH_HANDSHAKES) } : {}),
     ...(process.env.BENCH_HANDSHAKE_BUDGET ? { HANDSHAKE_TURN_BUDGET_MS: Number(process.env.BENCH_HANDSHAKE_BUDGET) } : {})
   }
+  // another build of this broker in the bare-Aedes slots: the ratios then compare two commits, in alternating rounds
+  const abDist = process.env.BENCH_AB_DIST ? resolve(process.env.BENCH_AB_DIST) : null
+  // its own schemas and templates: an older build may refuse today's (its checkout is dist's parent)
+  const abOverrides = abDist
+    ? await overridesKnownTo(abDist, { ...jitpOverrides, SCHEMAS_DIR: join(abDist, '..', 'schemas'), TEMPLATES_DIR: join(abDist, '..', 'templates') }, log)
+    : null
+  if (abDist) log(`BENCH_AB_DIST: the "bare Aedes" columns are aedes-jitp built in ${abDist}`)
+  const other = (key: TargetKey, store: 'memory' | 'redis', redis: RedisServer | null): Promise<Target> => child(key, {
+    kind: 'jitp', store, ...(redis ? { redisUrl: redis.url } : {}), certsDir, devicesFile, auditLog: join(work, `audit-${key}.log`), overrides: abOverrides ?? {}
+  }, redis?.pid, join(abDist!, 'bench', 'broker-child.js'))
   const starters: Record<TargetKey, (redis: RedisServer | null) => Promise<Target | null>> = {
-    'aedes-memory': () => child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),
+    'aedes-memory': () => abDist ? other('aedes-memory', 'memory', null) : child('aedes-memory', { kind: 'aedes', store: 'memory', certsDir }),
     'jitp-memory': () => child('jitp-memory', { kind: 'jitp', store: 'memory', certsDir, devicesFile, auditLog: join(work, 'audit-memory.log'), overrides: jitpOverrides }),
-    'aedes-redis': (r) => child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }, r!.pid),
+    'aedes-redis': (r) => abDist ? other('aedes-redis', 'redis', r) : child('aedes-redis', { kind: 'aedes', store: 'redis', redisUrl: r!.url, certsDir }, r!.pid),
     'jitp-redis': (r) => child('jitp-redis', { kind: 'jitp', store: 'redis', redisUrl: r!.url, certsDir, devicesFile, auditLog: join(work, 'audit-redis.log'), overrides: jitpOverrides }, r!.pid),
     mosquitto: () => startMosquitto(certsDir)
   }
@@ -177,8 +189,9 @@ async function main (): Promise<void> {
     { keys: ['mosquitto'], redis: false }
   ]
 
-  function child (key: string, opts: BrokerChildOptions, storePid?: number): Promise<Target> {
+  function child (key: string, opts: BrokerChildOptions, storePid?: number, script?: string): Promise<Target> {
     return startBrokerChild(key, opts, {
+      ...(script !== undefined ? { script } : {}),
       execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${key}-${Date.now()}.cpuprofile`] : [],
       ...(storePid !== undefined ? { storePid } : {})
     })
@@ -373,3 +386,23 @@ main().then(() => process.exit(0), (err: unknown) => {
   log(`failed: ${(err as Error).stack ?? String(err)}`)
   process.exit(1)
 })
+
+/**
+ * The configuration overrides another build accepts: an older commit refuses keys it
+ * does not know (its config schema has no additional properties), and each one left
+ * out is said.
+ */
+async function overridesKnownTo (dist: string, overrides: Record<string, unknown>, log: (line: string) => void): Promise<Record<string, unknown>> {
+  const { loadConfig: load } = await import(pathToFileURL(join(dist, 'broker', 'config.js')).href) as { loadConfig: typeof loadConfig }
+  const known: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(overrides)) {
+    try {
+      load({ env: {}, overrides: { GENERATE_DEV_CERTS: false, [key]: value } })
+      known[key] = value
+    } catch (err) {
+      if (/unknown configuration key/.test(err instanceof Error ? err.message : String(err))) log(`BENCH_AB_DIST: ${key} is unknown to that build, left out`)
+      else known[key] = value
+    }
+  }
+  return known
+}
