@@ -26,6 +26,8 @@ export interface BenchResults {
   /** every connect and fan-in round, keyed `<target> connects|qos0|qos1`: connects/s or delivered msg/s, broker and Redis CPU % */
   fanInRounds: Record<string, Array<{ value: number | null, brokerCpu: number | null, redisCpu?: number | null }>>
   provisioningBuilt: boolean
+  /** BENCH_AB_DIST: the other build whose aedes-jitp ran in the bare-Aedes slots, or null */
+  abDist?: string | null
   /** WORKERS=1 against WORKERS=2 on Redis through the real CLI (bench/workers.ts) */
   workers?: WorkersResult | null
   durationSeconds: number

@@ -12,7 +12,8 @@
  *   BENCH_HANDSHAKE_BUDGET=0 npm run bench   HANDSHAKE_TURN_BUDGET_MS for the aedes-jitp brokers (default: the broker's)
  *   BENCH_KEEP_WORK=1 npm run bench     keep the temporary folder (PKI, the brokers' audit logs)
  *   BENCH_CPU_PROF=1 npm run bench      also write V8 CPU profiles of the broker children to bench/profiles/
- *   BENCH_HEAP_SNAPSHOTS=/dir npm run bench   a heap snapshot of a broker child at each of its full GCs (before and after the idle connections)
+ *   BENCH_HEAP_SNAPSHOTS=/dir npm run bench   a heap snapshot of a broker child at each of its full GCs (before and after the idle
+ *                                       connections); the heap row still holds, the RSS row then measures the snapshots
  *   BENCH_AB_DIST=/other/dist npm run bench   the bare-Aedes slots run aedes-jitp from another build instead (a worktree of another
  *                                       commit, its node_modules linked to this one's): the two builds side by side, round by round
  */
@@ -172,6 +173,7 @@ async function main (): Promise<void> {
     ? await overridesKnownTo(abDist, { ...jitpOverrides, SCHEMAS_DIR: join(abDist, '..', 'schemas'), TEMPLATES_DIR: join(abDist, '..', 'templates') }, log)
     : null
   if (abDist) log(`BENCH_AB_DIST: the "bare Aedes" columns are aedes-jitp built in ${abDist}`)
+  results.abDist = abDist
   const other = (key: TargetKey, store: 'memory' | 'redis', redis: RedisServer | null): Promise<Target> => child(key, {
     kind: 'jitp', store, ...(redis ? { redisUrl: redis.url } : {}), certsDir, devicesFile, auditLog: join(work, `audit-${key}.log`), overrides: abOverrides ?? {}
   }, redis?.pid, join(abDist!, 'bench', 'broker-child.js'))
