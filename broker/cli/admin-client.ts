@@ -90,6 +90,20 @@ function explain (err: NodeJS.ErrnoException, target: AdminTarget, answered: boo
 export function adminCall<T = unknown> (target: AdminTarget, method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<T> {
   const payload = body === undefined ? undefined : JSON.stringify(body)
   const url = new URL(path, target.url)
+  return callOnce<T>(target, method, url, payload).catch((err: unknown) => {
+    // a kept-alive connection the server closed as idle (ADMIN keepAliveTimeout) just as this
+    // request went out on it: the request never reached the API, so it is sent once more on a
+    // connection of its own, outside the pool (what Node's http docs advise for `reusedSocket`).
+    // Never once an answer began
+    if (err instanceof StaleConnection) return callOnce<T>({ url: target.url, cert: target.cert, key: target.key, ca: target.ca }, method, url, payload)
+    throw err
+  })
+}
+
+/** the request went out on a reused keep-alive connection that was closed before any answer */
+class StaleConnection extends Error {}
+
+function callOnce<T> (target: AdminTarget, method: string, url: URL, payload: string | undefined): Promise<T> {
   return new Promise<T>((resolve_, reject) => {
     let answered = false
     const req = request(url, {
@@ -120,7 +134,10 @@ export function adminCall<T = unknown> (target: AdminTarget, method: 'GET' | 'PO
       })
     })
     req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
-    req.on('error', (err: NodeJS.ErrnoException) => reject(new Error(explain(err, target, answered))))
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (!answered && req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) return reject(new StaleConnection(err.message))
+      reject(new Error(explain(err, target, answered)))
+    })
     req.end(payload)
   })
 }
