@@ -40,6 +40,12 @@ export interface PiiNode {
   pii: boolean
   /** declared properties; null: declared, nothing personal beneath (still blocks patterns and additionalProperties) */
   readonly props: Map<string, PiiNode | null>
+  /**
+   * The keys of `props` that lead to personal data (set once the map is pruned): the
+   * per-message presence test reads this array, where iterating the Map's entries
+   * allocated an iterator and an entry pair per key on every message.
+   */
+  readonly liveKeys: string[]
   readonly patterns: Array<readonly [RegExp, PiiNode]>
   /** additionalProperties of each branch, with that branch's own patterns (which exempt a key from it) */
   readonly additional: Array<readonly [PiiNode, readonly RegExp[]]>
@@ -160,7 +166,7 @@ export function compilePiiMap (schema: unknown): PiiMap | null {
     const key = set.map((n) => n.id).join(',')
     const hit = merged.get(key)
     if (hit) return hit
-    const out: PiiNode = { pii: set.some((n) => n.pii), props: new Map(), patterns: [], additional: [], tuple: [], rest: null }
+    const out: PiiNode = { pii: set.some((n) => n.pii), props: new Map(), liveKeys: [], patterns: [], additional: [], tuple: [], rest: null }
     merged.set(key, out)
     all.push(out)
     const children: PiiNode[] = []
@@ -229,6 +235,7 @@ export function compilePiiMap (schema: unknown): PiiMap | null {
       // the whole value is personal: nothing beneath needs a visit
       n.props.clear(); n.patterns.length = 0; n.additional.length = 0; n.tuple.length = 0; n.rest = null
     }
+    for (const [k, c] of n.props) if (c) n.liveKeys.push(k)
   }
   return root
 }
@@ -237,8 +244,9 @@ export function compilePiiMap (schema: unknown): PiiMap | null {
 function nothingDeclaredPresent (map: PiiMap, data: unknown): boolean {
   if (data === null || typeof data !== 'object' || Array.isArray(data)) return false
   if (map.patterns.length > 0 || map.additional.length > 0) return false
-  for (const [key, child] of map.props) {
-    if (child !== null && Object.prototype.hasOwnProperty.call(data, key)) return false
+  const keys = map.liveKeys
+  for (let i = 0; i < keys.length; i++) {
+    if (Object.prototype.hasOwnProperty.call(data, keys[i]!)) return false
   }
   return true
 }

@@ -261,8 +261,17 @@ export const validationPlugin: Plugin<ValidationOptions> = {
         const value = detected === null ? data : detected.changed
         const sealed = personalData.sealParsed(packet.topic, value)
         if (sealed !== null) return { ...answer, payload: sealed }
-        // redacted, with nothing to seal: the one serialization of what is routed
-        return detected === null ? answer : { ...answer, payload: Buffer.from(JSON.stringify(value)) }
+        // nothing to seal: what is routed holds no x-pii value in clear, and the store
+        // (a persistent subscriber's queue) need not parse it again to find that out
+        const hasPiiMap = mapping.format.kind === 'json' && mapping.format.pii !== null
+        if (detected === null) {
+          if (hasPiiMap) personalData.noteClearOfPii(packet.payload)
+          return answer
+        }
+        // redacted: the one serialization of what is routed
+        const payload = Buffer.from(JSON.stringify(value))
+        if (hasPiiMap) personalData.noteClearOfPii(payload)
+        return { ...answer, payload }
       },
       transformForward ({ identity, packet }) {
         const mapping = catalogue.lookup(packet.topic)

@@ -126,3 +126,18 @@ t.test('wide and deep payloads do not exhaust the call stack', async (t) => {
   visitPersonalData(deep, data, () => { count++ })
   t.equal(count, 20_001, '20,000 levels of nesting, no stack overflow')
 })
+
+t.test('the presence test reads the declared keys that lead to personal data, and only those', async (t) => {
+  const map = compilePiiMap({
+    type: 'object',
+    properties: { ts: { type: 'integer' }, owner: PII, site: { type: 'object', properties: { contact: PII, room: { type: 'string' } } }, values: { type: 'object' } }
+  })
+  t.ok(map !== null)
+  t.same([...map!.liveKeys].sort(), ['owner', 'site'])
+  t.same(map!.props.get('ts'), null, 'a declared key with nothing personal beneath stays declared (it still exempts the key)')
+  // absent: nothing to visit; present, even inherited-looking names, only own keys count
+  t.same(found(map, { ts: 1, values: { owner: 'x' } }), [])
+  t.same(found(map, Object.assign(Object.create({ owner: 'inherited' }) as object, { ts: 1 })), [])
+  t.same(found(map, { ts: 1, owner: 'Jane Roe' }), ['/owner'])
+  t.same(found(map, { site: { contact: 'a@b.example', room: 'B-12' } }), ['/site/contact'])
+})
