@@ -149,7 +149,7 @@ function closure (start: Iterable<RawNode>): RawNode[] {
 /**
  * Compiles a schema into its personal-data map, or null when nothing in it is
  * marked x-pii (the topic then costs nothing per message). Throws on a `$ref`
- * that does not resolve inside the document.
+ * that does not resolve inside the document, and on x-pii that marks the whole payload.
  */
 export function compilePiiMap (schema: unknown): PiiMap | null {
   if (!isSchemaObject(schema)) return null
@@ -213,6 +213,11 @@ export function compilePiiMap (schema: unknown): PiiMap | null {
 
   const root = node([rootRaw])
   if (!root) return null
+  // Personal data is sealed, removed or replaced in its container; the payload itself
+  // has none, so a schema that marks the whole payload (at its root, or through a
+  // combinator or $ref there) would have it stored and delivered in clear. Refused at
+  // start-up instead (fail closed): mark the properties or items that are personal.
+  if (root.pii) throw new Error('"x-pii" marks the whole payload (at the schema\'s root, directly or through a combinator or $ref); mark the properties or items that hold personal data instead')
 
   // which nodes have personal data at or beneath them: a fixpoint, as $ref may loop
   const live = new Set(all.filter((n) => n.pii))

@@ -23,6 +23,7 @@
 import type { AedesPublishPacket } from 'aedes'
 import { isAscii } from 'node:buffer'
 import { auditFields } from '../broker/chain/audit-fields.js'
+import { hasDuplicateMemberNames } from '../broker/json-keys.js'
 import { JitpError, type ErrorCode } from '../broker/errors.js'
 import type { PayloadProblem, Plugin, PluginContext, PluginHooks, PublishEvent, ValidationAnswer } from '../broker/plugin.js'
 import { createPiiCipher, piiKeyFrom } from '../broker/pii-crypto.js'
@@ -85,6 +86,9 @@ function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: stri
       // V8's parse errors quote the payload: a report or audit line must not
       return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload is not valid JSON' }])
     }
+    // the parse kept the last of two same-named members, but these bytes are what is routed
+    // and stored: a first one could carry personal data past sealing and detection (broker/json-keys.ts)
+    if (hasDuplicateMemberNames(bytes, data)) return invalid('InvalidJson', format.schema, [{ path: '', message: 'payload repeats a member name in an object' }])
   }
   if (format.validate(data)) {
     out.data = data

@@ -141,3 +141,13 @@ t.test('the presence test reads the declared keys that lead to personal data, an
   t.same(found(map, { ts: 1, owner: 'Jane Roe' }), ['/owner'])
   t.same(found(map, { site: { contact: 'a@b.example', room: 'B-12' } }), ['/site/contact'])
 })
+
+t.test('x-pii that marks the whole payload is refused at start-up: nothing could seal it in place', async (t) => {
+  const whole = /marks the whole payload/
+  t.throws(() => compilePiiMap({ type: 'string', 'x-pii': true }), whole, 'at the root')
+  t.throws(() => compilePiiMap({ allOf: [{ type: 'object' }, { 'x-pii': true }] }), whole, 'through a combinator at the root')
+  t.throws(() => compilePiiMap({ anyOf: [{ type: 'object', properties: { a: { type: 'string' } } }, { type: 'string', 'x-pii': true }] }), whole, 'one branch is enough')
+  t.throws(() => compilePiiMap({ $defs: { secret: PII }, $ref: '#/$defs/secret' }), whole, 'through a $ref at the root')
+  // personal data beneath the root is what the map is for
+  t.ok(compilePiiMap({ type: 'array', items: PII }), 'array items at the root are fine: the array is their container')
+})
