@@ -84,6 +84,13 @@ function resolveLocal (root: Schema, ref: string, where: string): Schema {
   return node
 }
 
+/** whether `"x-pii": true` appears anywhere in this part of a schema document */
+function hasPiiMark (s: unknown): boolean {
+  if (s === null || typeof s !== 'object') return false
+  if (!Array.isArray(s) && (s as Record<string, unknown>)['x-pii'] === true) return true
+  return Object.values(s).some(hasPiiMark)
+}
+
 function compileRaw (root: Schema): RawNode {
   const memo = new Map<Schema, RawNode>()
   let ids = 0
@@ -92,6 +99,12 @@ function compileRaw (root: Schema): RawNode {
   function raw (schema: Schema): RawNode {
     const seen = memo.get(schema)
     if (seen) return seen
+    // AJV resolves a $ref against the nearest $id; this map resolves it against the document
+    // root. A nested $id would make the two disagree on where a $ref leads, and x-pii values
+    // behind it would be missed: refused (the catalogue already drops the root's $id)
+    if (schema !== root && schema.$id !== undefined) throw new Error(`${where}: a nested $id ('${String(schema.$id)}') is not supported: $ref would resolve elsewhere than the validator resolves it`)
+    // a key cannot be sealed, removed or replaced in place: x-pii there would be accepted and never enforced
+    if (hasPiiMark(schema.propertyNames)) throw new Error(`${where}: "x-pii" under propertyNames cannot be enforced (object keys are not sealed); use patternProperties with the values marked`)
     const node: RawNode = { id: ids++, pii: schema['x-pii'] === true, props: new Map(), patterns: [], additional: null, tuple: [], rest: null, contains: null, also: [] }
     // registered before its children, so a $ref back to it ends here
     memo.set(schema, node)
@@ -180,11 +193,13 @@ export function compilePiiMap (schema: unknown): PiiMap | null {
     for (const k of declared) {
       const forKey: RawNode[] = []
       for (const n of set) {
+        // properties and patternProperties both apply to a declared key (JSON Schema, and AJV);
+        // additionalProperties only when neither does
         const p = n.props.get(k)
-        if (p) { forKey.push(p); continue }
         const matched = n.patterns.filter(([re]) => re.test(k))
+        if (p) forKey.push(p)
         for (const [, c] of matched) forKey.push(c)
-        if (matched.length === 0 && n.additional) forKey.push(n.additional)
+        if (!p && matched.length === 0 && n.additional) forKey.push(n.additional)
       }
       out.props.set(k, keep(node(forKey)))
     }
@@ -344,4 +359,41 @@ export function visitPersonalData (map: PiiMap, data: unknown, visit: PiiVisitor
     visit(container, key, value)
   }
   return found
+}
+
+/**
+ * A JSON pointer into a payload (a validation error's instancePath) with every
+ * segment beneath a personal value written '*'. Error reports go to
+ * `devices/<id>/errors`, which services without `pii` read, and the keys of an x-pii
+ * object are its contents (`/guests/Jane Roe`). The descent follows the map as
+ * visitPersonalData does; a numeric segment is tried as an array index and as a
+ * key alike, so the answer can only hide more.
+ */
+export function maskBeneathPersonal (map: PiiMap | null, pointer: string): string {
+  if (map === null || pointer === '') return pointer
+  const segments = pointer.split('/').slice(1)
+  let nodes: PiiNode[] = [map]
+  for (let i = 0; i < segments.length; i++) {
+    if (nodes.some((n) => n.pii)) return '/' + [...segments.slice(0, i), ...segments.slice(i).map(() => '*')].join('/')
+    const key = segments[i]!.replace(/~1/g, '/').replace(/~0/g, '~')
+    const next: PiiNode[] = []
+    for (const n of nodes) {
+      if (/^(0|[1-9][0-9]*)$/.test(key)) {
+        const index = Number(key)
+        const c = index < n.tuple.length ? n.tuple[index] : n.rest
+        if (c) next.push(c)
+      }
+      const declared = n.props.get(key)
+      if (declared !== undefined) {
+        if (declared) next.push(declared)
+        continue
+      }
+      for (const [re, c] of n.patterns) if (re.test(key)) next.push(c)
+      for (const [c, own] of n.additional) if (!own.some((re) => re.test(key))) next.push(c)
+    }
+    // nothing personal at or beneath this point: the rest of the path names no personal value
+    if (next.length === 0) return pointer
+    nodes = next
+  }
+  return pointer
 }

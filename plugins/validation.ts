@@ -31,7 +31,7 @@ import { createPiiDetectionLog } from '../broker/pii-detection-log.js'
 import { mayHoldPii, safePointer, scanJson, type JsonFinding, type PiiKind, type SkipMap } from '../broker/pii-detect.js'
 import { isEnvelope, watchPiiKeyring, type PiiKeyringHolder } from '../broker/pii-keys.js'
 import { createPersonalData, type PersonalData } from '../broker/store/personal-data.js'
-import { visitPersonalData, type PiiMap, type PiiVisitor } from './pii-map.js'
+import { maskBeneathPersonal, visitPersonalData, type PiiMap, type PiiVisitor } from './pii-map.js'
 import { loadSchemaCatalogue, type PiiTreatment, type SchemaCatalogue, type TopicMapping } from './schema-catalogue.js'
 
 const MAX_MESSAGE = 200
@@ -54,6 +54,32 @@ function valid (schema: string): ValidationAnswer {
   let answer = validAnswers.get(schema)
   if (answer === undefined) validAnswers.set(schema, answer = Object.freeze({ verdict: 'valid', schema }))
   return answer
+}
+
+/** the x-pii values a personalValues() map points at, read now (a redaction may move them) */
+function valuesAt (skip: SkipMap): unknown[] {
+  const values: unknown[] = []
+  for (const [container, keys] of skip) for (const key of keys) values.push((container as Record<string | number, unknown>)[key])
+  return values
+}
+
+/**
+ * Whether every value in `before` is still at an x-pii position of `after` (as many
+ * times as before: the same object, or an equal primitive). Values that became personal
+ * are fine: they get sealed. Only on the redaction path, which is rare.
+ */
+function allStillPersonal (before: readonly unknown[], map: PiiMap, after: unknown): boolean {
+  const left = new Map<unknown, number>()
+  visitPersonalData(map, after, (container, key) => {
+    const v = (container as Record<string | number, unknown>)[key]
+    left.set(v, (left.get(v) ?? 0) + 1)
+  })
+  for (const v of before) {
+    const n = left.get(v) ?? 0
+    if (n === 0) return false
+    left.set(v, n - 1)
+  }
+  return true
 }
 
 /** the answer; for a valid JSON payload, also the parsed value and its mapping in `out` (for detection and sealing) */
@@ -100,7 +126,8 @@ function check (catalogue: SchemaCatalogue, maxPayloadBytes: number, topic: stri
   const path = e ? e.instancePath + (e.keyword === 'required' ? `/${String(e.params.missingProperty)}` : e.keyword === 'additionalProperties' ? `/${String(e.params.additionalProperty)}` : '') : ''
   // the path names the payload's own keys, and the report goes to `devices/<id>/errors`, which services read:
   // a key that looks like personal data is written '*', and a deep or long path is cut (broker/pii-detect.ts)
-  return invalid('SchemaViolation', format.schema, [{ path: safePointer(path), message: (e?.message ?? 'invalid').slice(0, MAX_MESSAGE) }])
+  // and a segment beneath an x-pii value is that value's own content (the keys of an x-pii object): '*' too
+  return invalid('SchemaViolation', format.schema, [{ path: safePointer(maskBeneathPersonal(format.pii, path)), message: (e?.message ?? 'invalid').slice(0, MAX_MESSAGE) }])
 }
 
 export interface ValidationOptions {
@@ -222,6 +249,8 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       const skip = personalValues(format.pii, data)
       // nothing to find (nearly every message): one walk that allocates nothing, and done
       if (!mayHoldPii(data, skip)) return null
+      // a redaction renames keys: read what the x-pii values are before it can move them
+      const personalBefore = mode === 'redact' && format.pii !== null && skip !== undefined ? valuesAt(skip) : null
       const result = scanJson(data, {
         skip,
         redact: mode === 'redact',
@@ -243,6 +272,15 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       // a will is vetted at CONNECT and again when it is published: reported once, then
       if (!ev.isWill) reportFindings(ev, mapping, result.findings, mode === 'redact' ? 'redacted' : 'flagged')
       if (mode === 'flag') return null
+      // A renamed key can take x-pii values beneath it out of the schema's reach (a
+      // patternProperties key that held an address no longer matches as "[email]"): they
+      // would then be routed and stored in clear. Every value that was personal before the
+      // redaction must still be found after it, or nothing is routed.
+      if (personalBefore !== null && format.pii !== null && !allStillPersonal(personalBefore, format.pii, result.value)) {
+        const kind = result.findings[0]?.kind
+        if (kind !== undefined && !ev.isWill) ctx.metrics.piiDetections.inc({ topic: mapping.filter, kind })
+        return invalid('PiiDetected', format.schema, [{ path: result.findings[0]?.path ?? '', message: 'a key above personal data cannot be redacted' }])
+      }
       // what is routed must still be what the schema promises subscribers
       if (!format.validate(result.value)) {
         return invalid('PiiDetected', format.schema, [{ path: result.findings[0]!.path, message: 'the redacted payload no longer fits its schema' }])

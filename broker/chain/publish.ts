@@ -74,10 +74,29 @@ function validatePayload (chain: ChainContext, ev: PublishEvent): PublishRefusal
   return null
 }
 
-/** Vets a publish (or a will); returns null when allowed, or why not. */
+/** what a refusal says when a step threw: nothing of the error, which may quote the payload */
+const INTERNAL_PROBLEM: readonly PayloadProblem[] = Object.freeze([Object.freeze({ path: '', message: 'the broker could not check this message' })])
+
+/**
+ * Vets a publish (or a will); returns null when allowed, or why not.
+ *
+ * A step that throws refuses the message (InternalError) instead of letting the
+ * exception out: Aedes does not catch what authorizePublish throws, so one payload
+ * that made a hook throw (a value nested thousands deep that JSON.stringify cannot
+ * serialize when its x-pii values are sealed) took the whole process down with every
+ * device on it. Fail closed: the message is dropped like any refused one.
+ */
 export function vet (chain: ChainContext, ev: PublishEvent): PublishRefusal | null {
   for (let i = 0; i < vetActions.length; i++) {
-    const refusal = vetActions[i]!(chain, ev)
+    const step = vetActions[i]!
+    let refusal: PublishRefusal | null
+    try {
+      refusal = step(chain, ev)
+    } catch (err) {
+      // the error's name only: its message can quote the payload (V8's JSON errors do)
+      chain.ctx.log.error({ step: step.name, error: err instanceof Error ? err.name : typeof err, topic: ev.packet.topic }, 'a publish hook threw: message refused')
+      return { event: step === validatePayload ? 'payload.rejected' : 'publish.denied', code: 'InternalError', errors: INTERNAL_PROBLEM }
+    }
     if (refusal !== null) return refusal
   }
   return null

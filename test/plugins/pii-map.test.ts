@@ -4,7 +4,7 @@
  * loops on a recursive schema.
  */
 import t from 'tap'
-import { compilePiiMap, visitPersonalData, type PiiMap } from '../../plugins/pii-map.js'
+import { compilePiiMap, maskBeneathPersonal, visitPersonalData, type PiiMap } from '../../plugins/pii-map.js'
 
 const PII = { type: 'string', 'x-pii': true }
 
@@ -150,4 +150,48 @@ t.test('x-pii that marks the whole payload is refused at start-up: nothing could
   t.throws(() => compilePiiMap({ $defs: { secret: PII }, $ref: '#/$defs/secret' }), whole, 'through a $ref at the root')
   // personal data beneath the root is what the map is for
   t.ok(compilePiiMap({ type: 'array', items: PII }), 'array items at the root are fine: the array is their container')
+})
+
+t.test('a declared key that also matches a pattern: both apply, as in the validator', async (t) => {
+  const map = compilePiiMap({
+    type: 'object',
+    properties: { email: { type: 'string' }, '😀': { type: 'string' } },
+    patternProperties: { '^\\u{65}mail$': PII, '^.$': PII }
+  })
+  t.same(found(map, { email: 'secret-value' }), ['/email'], 'the pattern marks a declared key')
+  t.same(found(map, { '😀': 'secret-value' }), ['/😀'], 'one astral character is one character (unicode flag, as AJV)')
+  t.same(found(map, { other: 'x' }), [])
+  // additionalProperties still applies only when neither properties nor a pattern does
+  const withAdditional = compilePiiMap({ type: 'object', properties: { a: { type: 'string' } }, additionalProperties: PII })
+  t.same(found(withAdditional, { a: 'not personal', b: 'personal' }), ['/b'])
+})
+
+t.test('schemas the map cannot follow as the validator does are refused at start-up', async (t) => {
+  t.throws(() => compilePiiMap({
+    definitions: { p: { type: 'object' } },
+    type: 'object',
+    properties: { c: { $id: 'inner.json', definitions: { p: { type: 'object', properties: { name: PII } } }, properties: { x: { $ref: '#/definitions/p' } } } }
+  }), /nested \$id/, 'a nested $id: $ref would resolve elsewhere than in AJV')
+  t.throws(() => compilePiiMap({ type: 'object', propertyNames: { type: 'string', 'x-pii': true }, properties: { a: PII } }), /propertyNames/, 'x-pii on keys cannot be enforced')
+  t.ok(compilePiiMap({ type: 'object', properties: { $id: { type: 'string' }, owner: PII } }), 'a payload property named $id is just a name')
+})
+
+t.test('an error path beneath a personal value names none of its contents', async (t) => {
+  const map = compilePiiMap({
+    type: 'object',
+    properties: {
+      guests: { type: 'object', 'x-pii': true, additionalProperties: { type: 'string' } },
+      list: { type: 'array', items: { type: 'object', properties: { name: PII, tags: { type: 'object' } } } },
+      plain: { type: 'object' }
+    },
+    patternProperties: { '^p-': { type: 'object', properties: { who: { type: 'object', 'x-pii': true } } } }
+  })
+  t.equal(maskBeneathPersonal(map, '/guests/Jane Roe'), '/guests/*')
+  t.equal(maskBeneathPersonal(map, '/guests/Jane Roe/deeper'), '/guests/*/*')
+  t.equal(maskBeneathPersonal(map, '/guests'), '/guests', 'the personal value\'s own name is the schema\'s')
+  t.equal(maskBeneathPersonal(map, '/list/3/name'), '/list/3/name')
+  t.equal(maskBeneathPersonal(map, '/list/3/tags/x'), '/list/3/tags/x', 'nothing personal beneath: kept')
+  t.equal(maskBeneathPersonal(map, '/p-1/who/Jane~1Roe'), '/p-1/who/*', 'through a pattern, escaped segment')
+  t.equal(maskBeneathPersonal(map, '/plain/anything'), '/plain/anything')
+  t.equal(maskBeneathPersonal(null, '/guests/Jane Roe'), '/guests/Jane Roe', 'no map: nothing is personal')
 })
