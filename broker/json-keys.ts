@@ -69,9 +69,11 @@ export function memberNamesInValue (data: unknown): number {
         continue
       }
       const record = v as Record<string, unknown>
-      // JSON.parse makes own data properties only. Were Object.prototype ever given an
-      // enumerable property, it would be counted too and every payload refused: fail closed
       for (const key in record) {
+        // JSON.parse makes own data properties only: anything inherited (an enumerable
+        // property someone put on Object.prototype) is not the payload's, and following it
+        // could loop (an inherited object reaches itself)
+        if (!Object.prototype.hasOwnProperty.call(record, key)) continue
         names++
         const item = record[key]
         if (item !== null && typeof item === 'object') pending.push(item)

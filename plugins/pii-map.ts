@@ -77,6 +77,9 @@ function resolveLocal (root: Schema, ref: string, where: string): Schema {
     for (const token of pointer.slice(1).split('/')) {
       const key = decodePointerToken(token)
       node = node !== null && typeof node === 'object' ? (node as Record<string, unknown>)[key] : undefined
+      // a schema passed through on the way (its own $id a string: a keyword map such as
+      // definitions holds schemas, not strings) would be AJV's base for $refs beneath it
+      if (isSchemaObject(node) && typeof node.$id === 'string') throw new Error(`${where}: $ref '${ref}' passes through a nested $id ('${node.$id}'): it would resolve elsewhere than the validator resolves it`)
     }
   }
   if (node === true || node === false) return {}
@@ -84,11 +87,16 @@ function resolveLocal (root: Schema, ref: string, where: string): Schema {
   return node
 }
 
-/** whether `"x-pii": true` appears anywhere in this part of a schema document */
-function hasPiiMark (s: unknown): boolean {
-  if (s === null || typeof s !== 'object') return false
-  if (!Array.isArray(s) && (s as Record<string, unknown>)['x-pii'] === true) return true
-  return Object.values(s).some(hasPiiMark)
+/** whether `"x-pii": true` appears anywhere in this part of a schema document, local $refs followed */
+function hasPiiMark (root: Schema, s: unknown, where: string, seen = new Set<unknown>()): boolean {
+  if (s === null || typeof s !== 'object' || seen.has(s)) return false
+  seen.add(s)
+  if (!Array.isArray(s)) {
+    const o = s as Record<string, unknown>
+    if (o['x-pii'] === true) return true
+    if (typeof o.$ref === 'string' && hasPiiMark(root, resolveLocal(root, o.$ref, where), where, seen)) return true
+  }
+  return Object.values(s).some((v) => hasPiiMark(root, v, where, seen))
 }
 
 function compileRaw (root: Schema): RawNode {
@@ -104,7 +112,7 @@ function compileRaw (root: Schema): RawNode {
     // behind it would be missed: refused (the catalogue already drops the root's $id)
     if (schema !== root && schema.$id !== undefined) throw new Error(`${where}: a nested $id ('${String(schema.$id)}') is not supported: $ref would resolve elsewhere than the validator resolves it`)
     // a key cannot be sealed, removed or replaced in place: x-pii there would be accepted and never enforced
-    if (hasPiiMark(schema.propertyNames)) throw new Error(`${where}: "x-pii" under propertyNames cannot be enforced (object keys are not sealed); use patternProperties with the values marked`)
+    if (hasPiiMark(root, schema.propertyNames, where)) throw new Error(`${where}: "x-pii" under propertyNames cannot be enforced (object keys are not sealed); use patternProperties with the values marked`)
     const node: RawNode = { id: ids++, pii: schema['x-pii'] === true, props: new Map(), patterns: [], additional: null, tuple: [], rest: null, contains: null, also: [] }
     // registered before its children, so a $ref back to it ends here
     memo.set(schema, node)

@@ -56,28 +56,32 @@ function valid (schema: string): ValidationAnswer {
   return answer
 }
 
-/** the x-pii values a personalValues() map points at, read now (a redaction may move them) */
-function valuesAt (skip: SkipMap): unknown[] {
-  const values: unknown[] = []
-  for (const [container, keys] of skip) for (const key of keys) values.push((container as Record<string | number, unknown>)[key])
-  return values
+/** the positions a personalValues() map names, copied (its Sets are the detector's to read, and a redaction runs next) */
+function copyOf (skip: SkipMap): SkipMap {
+  const out = new Map<object, ReadonlySet<string | number>>()
+  for (const [container, keys] of skip) out.set(container, new Set(keys))
+  return out
 }
 
 /**
- * Whether every value in `before` is still at an x-pii position of `after` (as many
- * times as before: the same object, or an equal primitive). Values that became personal
- * are fine: they get sealed. Only on the redaction path, which is rare.
+ * Whether every x-pii position of `before` (a personalValues() map: container → keys)
+ * is still an x-pii position of `after`. A redaction renames keys in place, on the
+ * same container objects, and never the key of an x-pii value itself: each such
+ * value keeps its container and key, and is found again unless a renamed key above
+ * it took it out of the schema's reach. Positions, not values: an equal value that
+ * became personal elsewhere does not stand in for one that stopped being. Positions
+ * that became personal are fine: they get sealed. Only on the redaction path (rare).
  */
-function allStillPersonal (before: readonly unknown[], map: PiiMap, after: unknown): boolean {
-  const left = new Map<unknown, number>()
+function allStillPersonal (before: SkipMap, map: PiiMap, after: unknown): boolean {
+  const found = new Map<object, Set<string | number>>()
   visitPersonalData(map, after, (container, key) => {
-    const v = (container as Record<string | number, unknown>)[key]
-    left.set(v, (left.get(v) ?? 0) + 1)
+    let keys = found.get(container)
+    if (keys === undefined) found.set(container, keys = new Set())
+    keys.add(key)
   })
-  for (const v of before) {
-    const n = left.get(v) ?? 0
-    if (n === 0) return false
-    left.set(v, n - 1)
+  for (const [container, keys] of before) {
+    const now = found.get(container)
+    for (const key of keys) if (now?.has(key) !== true) return false
   }
   return true
 }
@@ -250,7 +254,7 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       // nothing to find (nearly every message): one walk that allocates nothing, and done
       if (!mayHoldPii(data, skip)) return null
       // a redaction renames keys: read what the x-pii values are before it can move them
-      const personalBefore = mode === 'redact' && format.pii !== null && skip !== undefined ? valuesAt(skip) : null
+      const personalBefore = mode === 'redact' && format.pii !== null && skip !== undefined ? copyOf(skip) : null
       const result = scanJson(data, {
         skip,
         redact: mode === 'redact',

@@ -63,3 +63,15 @@ t.test('a payload that repeats a name is refused as invalid JSON, before the sch
   const nested = validatePayload(catalogue, 65_536, topic, Buffer.from('{"ts":1,"values":{"note":"jane@example.org"},"values":{"t":1}}'))
   t.match(nested, { verdict: 'invalid', code: 'InvalidJson' })
 })
+
+t.test('an enumerable property on Object.prototype changes no answer and cannot loop the walk', async (t) => {
+  const proto = Object.prototype as Record<string, unknown>
+  proto.polluted = {}
+  try {
+    t.equal(dup('{"a":1,"a":2}'), true)
+    t.equal(dup('{"a":{"b":1}}'), false)
+    t.equal(memberNamesInValue(JSON.parse('{"a":{"b":[{"c":1}]}}')), 3)
+  } finally {
+    delete proto.polluted
+  }
+})

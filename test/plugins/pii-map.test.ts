@@ -195,3 +195,18 @@ t.test('an error path beneath a personal value names none of its contents', asyn
   t.equal(maskBeneathPersonal(map, '/plain/anything'), '/plain/anything')
   t.equal(maskBeneathPersonal(null, '/guests/Jane Roe'), '/guests/Jane Roe', 'no map: nothing is personal')
 })
+
+t.test('the start-up refusals follow $refs', async (t) => {
+  t.throws(() => compilePiiMap({ definitions: { nm: { type: 'string', 'x-pii': true } }, type: 'object', propertyNames: { $ref: '#/definitions/nm' }, properties: { a: PII } }),
+    /propertyNames/, 'x-pii on keys through a $ref')
+  t.throws(() => compilePiiMap({
+    definitions: {
+      a: { $id: 'http://example.com/a', definitions: { b: { $ref: '#/definitions/c' }, c: { type: 'object', properties: { secret: PII } } } },
+      c: { type: 'object', properties: { secret: { type: 'number' } } }
+    },
+    type: 'object',
+    properties: { p: { $ref: '#/definitions/a/definitions/b' }, q: PII }
+  }), /nested \$id/, 'a $ref that passes through a nested $id')
+  t.ok(compilePiiMap({ definitions: { $id: { type: 'object', properties: { n: PII } } }, type: 'object', properties: { x: { $ref: '#/definitions/$id' } } }),
+    'a definition named $id is a name, not an $id')
+})

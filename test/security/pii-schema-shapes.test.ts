@@ -3,7 +3,8 @@
  * device publishing on its own state topic, against a schema an operator may write:
  * - redact renamed a key that held an address (`{"jane@…": {...}}` matched by a
  *   patternProperties "@"), and the x-pii values beneath it, no longer under a key
- *   the pattern matches, were routed and stored in clear;
+ *   the pattern matches, were routed and stored in clear (and, once that was checked
+ *   by value, an equal value made personal elsewhere by the same rename stood in);
  * - a schema violation inside an x-pii object named its keys in the report path
  *   (`/guests/Jane Roe`), and services without `pii` read `devices/<id>/errors`;
  * - a valid payload nested 6,000 deep with an x-pii value present made
@@ -41,6 +42,8 @@ writeFileSync(join(SCHEMAS_DIR, 'shapes.json'), JSON.stringify({
       additionalProperties: { type: 'object' }
     },
     guests: { type: 'object', 'x-pii': true, additionalProperties: { type: 'string', format: 'date' } },
+    // a key renamed to "[email]" becomes personal here: an equal value must not stand in for one that left
+    aliases: { type: 'object', patternProperties: { '^\\[': PII }, additionalProperties: { type: 'string' } },
     details: { type: 'object' }
   }
 }))
@@ -78,11 +81,12 @@ for (const store of STORES) {
     t.teardown(() => endClient(device))
 
     const renamed = JSON.stringify({ ts: 1, contacts: { [ADDRESS]: { name: NAME, mail: ADDRESS } } })
+    const standIn = JSON.stringify({ ts: 5, contacts: { [ADDRESS]: { name: NAME } }, aliases: { 'bob@example.org': NAME } })
     const guests = JSON.stringify({ ts: 2, guests: { [NAME]: 'tomorrow' } })
     const depth = 6000
     const deep = `{"ts":3,"owner":"${NAME}","details":{"a":${'['.repeat(depth)}1${']'.repeat(depth)}}}`
     const plain = JSON.stringify({ ts: 4, owner: NAME, details: { note: `write to ${ADDRESS}` } })
-    for (const payload of [renamed, guests, deep, plain]) await publish(device, topic, payload, { qos: 1, retain: true })
+    for (const payload of [renamed, standIn, guests, deep, plain]) await publish(device, topic, payload, { qos: 1, retain: true })
 
     // QoS 1 from one client is judged in order: the plain payload last
     await waitFor(() => got.some((m) => m.topic === topic), 5000, 'the plain payload routed (the broker is alive)')
@@ -91,15 +95,16 @@ for (const store of STORES) {
     t.notOk(got.some((m) => m.payload.includes(NAME) || m.payload.includes(ADDRESS)), 'no personal value reached the service, in a message or a report')
 
     const reports = (): Report[] => got.filter((m) => m.topic === `devices/${deviceId}/errors`).map((m) => JSON.parse(m.payload) as Report)
-    await waitFor(() => reports().length >= 3, 5000, 'three refusals reported')
+    await waitFor(() => reports().length >= 4, 5000, 'four refusals reported')
     t.match(reports(), [
+      { errorCode: 'PiiDetected', errors: [{ message: /cannot be redacted/ }] },
       { errorCode: 'PiiDetected', errors: [{ message: /cannot be redacted/ }] },
       { errorCode: 'SchemaViolation', errors: [{ path: '/guests/*' }] },
       { errorCode: 'InternalError' }
     ], 'the rename refused, the path masked, the throw turned into a refusal')
 
     t.notOk((await storeDump(tb, [`ps-q-${store}`])).includes(NAME), 'nothing in clear in the retained copy or the offline queue')
-    t.match(tb.events('payload.rejected').filter((l) => l.deviceId === deviceId).map((l) => l.errorCode), ['PiiDetected', 'SchemaViolation', 'InternalError'])
+    t.match(tb.events('payload.rejected').filter((l) => l.deviceId === deviceId).map((l) => l.errorCode), ['PiiDetected', 'PiiDetected', 'SchemaViolation', 'InternalError'])
     t.notOk(tb.audit.raw.join('\n').includes(NAME), 'the audit log holds no personal value')
   })
 }
