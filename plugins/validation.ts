@@ -56,13 +56,6 @@ function valid (schema: string): ValidationAnswer {
   return answer
 }
 
-/** the positions a personalValues() map names, copied (its Sets are the detector's to read, and a redaction runs next) */
-function copyOf (skip: SkipMap): SkipMap {
-  const out = new Map<object, ReadonlySet<string | number>>()
-  for (const [container, keys] of skip) out.set(container, new Set(keys))
-  return out
-}
-
 /**
  * Whether every x-pii position of `before` (a personalValues() map: container → keys)
  * is still an x-pii position of `after`. A redaction renames keys in place, on the
@@ -253,8 +246,6 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       const skip = personalValues(format.pii, data)
       // nothing to find (nearly every message): one walk that allocates nothing, and done
       if (!mayHoldPii(data, skip)) return null
-      // a redaction renames keys: read what the x-pii values are before it can move them
-      const personalBefore = mode === 'redact' && format.pii !== null && skip !== undefined ? copyOf(skip) : null
       const result = scanJson(data, {
         skip,
         redact: mode === 'redact',
@@ -278,9 +269,10 @@ export const validationPlugin: Plugin<ValidationOptions> = {
       if (mode === 'flag') return null
       // A renamed key can take x-pii values beneath it out of the schema's reach (a
       // patternProperties key that held an address no longer matches as "[email]"): they
-      // would then be routed and stored in clear. Every value that was personal before the
-      // redaction must still be found after it, or nothing is routed.
-      if (personalBefore !== null && format.pii !== null && !allStillPersonal(personalBefore, format.pii, result.value)) {
+      // would then be routed and stored in clear. Every x-pii position found before the
+      // redaction (`skip`: containers are renamed in place, so it still names them) must
+      // still be one after it, or nothing is routed.
+      if (skip !== undefined && format.pii !== null && !allStillPersonal(skip, format.pii, result.value)) {
         const kind = result.findings[0]?.kind
         if (kind !== undefined && !ev.isWill) ctx.metrics.piiDetections.inc({ topic: mapping.filter, kind })
         return invalid('PiiDetected', format.schema, [{ path: result.findings[0]?.path ?? '', message: 'a key above personal data cannot be redacted' }])
