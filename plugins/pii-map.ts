@@ -279,6 +279,15 @@ function nothingDeclaredPresent (map: PiiMap, data: unknown): boolean {
   return true
 }
 
+/**
+ * What an undeclared key of an object at `n` meets: every pattern it matches, and the
+ * additionalProperties of each branch none of whose own patterns it matches.
+ */
+function pushUndeclared (n: PiiNode, key: string, into: PiiNode[]): void {
+  for (const [re, c] of n.patterns) if (re.test(key)) into.push(c)
+  for (const [c, own] of n.additional) if (!own.some((re) => re.test(key))) into.push(c)
+}
+
 /** A container and the key (or index) of one personal value in it. */
 export type PiiVisitor = (container: Record<string, unknown> | unknown[], key: string | number, value: unknown) => void
 
@@ -325,8 +334,7 @@ export function visitPersonalData (map: PiiMap, data: unknown, visit: PiiVisitor
         }
         if (n.patterns.length === 0 && n.additional.length === 0) continue
         const nodes: PiiNode[] = []
-        for (const [re, c] of n.patterns) if (re.test(k)) nodes.push(c)
-        for (const [c, own] of n.additional) if (!own.some((re) => re.test(k))) nodes.push(c)
+        pushUndeclared(n, k, nodes)
         if (nodes.length > 0) reach(obj, k, nodes, depth)
       }
     }
@@ -396,8 +404,7 @@ export function maskBeneathPersonal (map: PiiMap | null, pointer: string): strin
         if (declared) next.push(declared)
         continue
       }
-      for (const [re, c] of n.patterns) if (re.test(key)) next.push(c)
-      for (const [c, own] of n.additional) if (!own.some((re) => re.test(key))) next.push(c)
+      pushUndeclared(n, key, next)
     }
     // nothing personal at or beneath this point: the rest of the path names no personal value
     if (next.length === 0) return pointer
