@@ -56,31 +56,28 @@ const pending: object[] = []
 export function memberNamesInValue (data: unknown): number {
   if (data === null || typeof data !== 'object') return 0
   let names = 0
+  // empty after every walk; cleared first all the same, so no earlier payload is ever followed
   pending.length = 0
   pending.push(data)
-  try {
-    while (pending.length > 0) {
-      const v = pending.pop()!
-      if (Array.isArray(v)) {
-        for (let i = 0; i < v.length; i++) {
-          const item: unknown = v[i]
-          if (item !== null && typeof item === 'object') pending.push(item)
-        }
-        continue
-      }
-      const record = v as Record<string, unknown>
-      for (const key in record) {
-        // JSON.parse makes own data properties only: anything inherited (an enumerable
-        // property someone put on Object.prototype) is not the payload's, and following it
-        // could loop (an inherited object reaches itself)
-        if (!Object.prototype.hasOwnProperty.call(record, key)) continue
-        names++
-        const item = record[key]
+  while (pending.length > 0) {
+    const v = pending.pop()!
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        const item: unknown = v[i]
         if (item !== null && typeof item === 'object') pending.push(item)
       }
+      continue
     }
-  } finally {
-    pending.length = 0
+    const record = v as Record<string, unknown>
+    for (const key in record) {
+      // JSON.parse makes own data properties only: anything inherited (an enumerable
+      // property someone put on Object.prototype) is not the payload's, and following it
+      // could loop (an inherited object reaches itself)
+      if (!Object.prototype.hasOwnProperty.call(record, key)) continue
+      names++
+      const item = record[key]
+      if (item !== null && typeof item === 'object') pending.push(item)
+    }
   }
   return names
 }

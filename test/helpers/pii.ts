@@ -8,7 +8,9 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { Aedes } from 'aedes'
 import { Redis } from 'ioredis'
+import type { MqttClient } from 'mqtt'
 import { defaultPolicy } from '../../plugins/policy.js'
+import { collect, connect, credentials, endClient, registerDevice, subscribe, type TestBroker } from './broker.js'
 
 /** every personal value the fixtures publish: none may appear in a store, a log or Redis traffic */
 export const PII_VALUES = ['Jane Roe', 'jane.roe@example.org', 'Occupant Alpha', 'Occupant Beta', 'Care Taker', 'Tele Owner'] as const
@@ -144,4 +146,33 @@ export async function memoryStoreDump (broker: Aedes, clientIds: readonly string
   for await (const packet of p.createRetainedStream('#')) parts.push(payloadOf(packet))
   for (const id of clientIds) for await (const packet of p.outgoingStream({ id })) parts.push(payloadOf(packet))
   return parts.join('\n')
+}
+
+/** what a broker's store holds for these sessions: Redis whole, or the memory store's retained messages and their offline queues */
+export async function storeDump (tb: TestBroker, clientIds: readonly string[]): Promise<string> {
+  return tb.redis ? redisDump(tb.redis.url) : memoryStoreDump(tb.handle.broker, clientIds)
+}
+
+/**
+ * One device's state topic, watched by a service (the broker's POLICY_FILE says
+ * whether it holds `pii`): an offline persistent session subscribed to it (what the
+ * store queues: `queueId` for storeDump), a live session on it and on the device's
+ * error reports (`got`), and the device connected. Closed at the test's end.
+ */
+export async function watchState (t: { teardown (fn: () => unknown): void }, tb: TestBroker, deviceId: string): Promise<{
+  topic: string, queueId: string, got: ReturnType<typeof collect>, device: MqttClient
+}> {
+  const topic = `devices/${deviceId}/state`
+  const queueId = `${deviceId}-q`
+  const svc = credentials(tb.pki, 'service')
+  const offline = await connect(tb, svc, { clientId: queueId, clean: false })
+  await subscribe(offline, topic, 1)
+  await endClient(offline)
+  const live = await connect(tb, svc, { clientId: `${deviceId}-l` })
+  t.teardown(() => endClient(live))
+  await subscribe(live, [topic, `devices/${deviceId}/errors`], 1)
+  const got = collect(live)
+  const device = await connect(tb, await registerDevice(tb, deviceId), { clientId: deviceId })
+  t.teardown(() => endClient(device))
+  return { topic, queueId, got, device }
 }

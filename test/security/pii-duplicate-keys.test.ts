@@ -12,11 +12,9 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import {
-  STORES, collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
-  type TestBroker
-} from '../helpers/broker.js'
-import { clearValuesIn, memoryStoreDump, piiPolicies, piiSchemasDir, redisDump } from '../helpers/pii.js'
+import type { ErrorReport } from '../../broker/chain/publish.js'
+import { STORES, publish, startBroker, waitFor } from '../helpers/broker.js'
+import { clearValuesIn, piiPolicies, piiSchemasDir, storeDump, watchState } from '../helpers/pii.js'
 
 const SCHEMAS_DIR = piiSchemasDir()
 // state: x-pii nested (site.contact) and inline detection that must redact (details)
@@ -28,31 +26,12 @@ const policies = piiPolicies()
 
 const ADDRESS = 'jane.roe@example.org'
 
-async function storeDump (tb: TestBroker, clientIds: string[]): Promise<string> {
-  return tb.redis ? redisDump(tb.redis.url) : memoryStoreDump(tb.handle.broker, clientIds)
-}
-
-interface Report { topic: string, errorCode: string, errors: Array<{ path: string, message: string }> }
-
 for (const store of STORES) {
   t.test(`a repeated member name cannot carry personal data past sealing or redaction (${store})`, async (t) => {
     const tb = await startBroker({ store, overrides: { SCHEMAS_DIR, POLICY_FILE: policies.withoutPii } })
     t.teardown(() => tb.close())
     const deviceId = `dk-${store}`
-    const topic = `devices/${deviceId}/state`
-    const svc = credentials(tb.pki, 'service')
-
-    // a persistent session that is offline: what the store would queue for it
-    const offline = await connect(tb, svc, { clientId: `dk-q-${store}`, clean: false })
-    await subscribe(offline, topic, 1)
-    await endClient(offline)
-    const live = await connect(tb, svc, { clientId: `dk-l-${store}` })
-    t.teardown(() => endClient(live))
-    await subscribe(live, [topic, `devices/${deviceId}/errors`], 1)
-    const got = collect(live)
-
-    const device = await connect(tb, await registerDevice(tb, deviceId), { clientId: deviceId })
-    t.teardown(() => endClient(device))
+    const { topic, queueId, got, device } = await watchState(t, tb, deviceId)
 
     // the x-pii value in the first `site`, nothing personal in the second
     const hiddenPii = `{"ts":1763769600000,"status":"ok","site":{"room":"B-12","contact":"${ADDRESS}"},"site":{"room":"B-12"}}`
@@ -70,7 +49,7 @@ for (const store of STORES) {
     t.same(states, [{ ts: 1763769600002, status: 'ok', site: { room: 'B-12' }, details: { note: 'write to [email]' } }],
       'only the plain payload was routed: its x-pii value removed for this service, the address redacted')
 
-    const reports = (): Report[] => got.filter((m) => m.topic === `devices/${deviceId}/errors`).map((m) => JSON.parse(m.payload) as Report)
+    const reports = (): ErrorReport[] => got.filter((m) => m.topic === `devices/${deviceId}/errors`).map((m) => JSON.parse(m.payload) as ErrorReport)
     await waitFor(() => reports().length >= 2, 5000, 'the two refusals reported')
     t.match(reports(), [
       { topic, errorCode: 'InvalidJson', errors: [{ path: '', message: /repeats a member name/ }] },
@@ -78,7 +57,7 @@ for (const store of STORES) {
     ], 'both refused, the device told why')
     t.same(clearValuesIn(JSON.stringify(reports())), [], 'the reports quote nothing of the payload')
 
-    t.same(clearValuesIn(await storeDump(tb, [`dk-q-${store}`])), [], 'nothing in clear in the retained copy or the offline queue')
+    t.same(clearValuesIn(await storeDump(tb, [queueId])), [], 'nothing in clear in the retained copy or the offline queue')
     const rejected = tb.events('payload.rejected').filter((l) => l.deviceId === deviceId)
     t.equal(rejected.length, 2, 'two payload.rejected audit lines')
     t.match(rejected, [{ errorCode: 'InvalidJson', topic }, { errorCode: 'InvalidJson', topic }])

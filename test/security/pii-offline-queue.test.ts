@@ -11,11 +11,10 @@
 import t from 'tap'
 import type { MqttClient } from 'mqtt'
 import {
-  STORES, collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
-  type TestBroker
+  STORES, collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor
 } from '../helpers/broker.js'
 import {
-  clearValuesIn, memoryStoreDump, piiPolicies, piiSchemasDir, redisDump, statePayload, stateWithoutPii, telemetryPayload
+  clearValuesIn, piiPolicies, piiSchemasDir, statePayload, stateWithoutPii, storeDump, telemetryPayload
 } from '../helpers/pii.js'
 
 const SCHEMAS_DIR = piiSchemasDir()
@@ -24,10 +23,6 @@ const policies = piiPolicies()
 type Got = ReturnType<typeof collect>
 const parsed = (got: Got, topic: string): Array<Record<string, unknown>> =>
   got.filter((m) => m.topic === topic).map((m) => JSON.parse(m.payload) as Record<string, unknown>)
-
-async function storeDump (tb: TestBroker, clientIds: string[]): Promise<string> {
-  return tb.redis ? redisDump(tb.redis.url) : memoryStoreDump(tb.handle.broker, clientIds)
-}
 
 for (const store of STORES) {
   for (const holder of [false, true]) {

@@ -19,11 +19,9 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import t from 'tap'
-import {
-  STORES, collect, connect, credentials, endClient, publish, registerDevice, startBroker, subscribe, waitFor,
-  type TestBroker
-} from '../helpers/broker.js'
-import { memoryStoreDump, piiPolicies, redisDump } from '../helpers/pii.js'
+import type { ErrorReport } from '../../broker/chain/publish.js'
+import { STORES, publish, startBroker, waitFor } from '../helpers/broker.js'
+import { piiPolicies, storeDump, watchState } from '../helpers/pii.js'
 
 const SCHEMAS_DIR = mkdtempSync(join(tmpdir(), 'jitp-pii-shapes-'))
 cpSync(resolve('schemas'), SCHEMAS_DIR, { recursive: true })
@@ -57,28 +55,12 @@ const policies = piiPolicies()
 const NAME = 'Jane Roe'
 const ADDRESS = 'jane.roe@example.org'
 
-async function storeDump (tb: TestBroker, clientIds: string[]): Promise<string> {
-  return tb.redis ? redisDump(tb.redis.url) : memoryStoreDump(tb.handle.broker, clientIds)
-}
-
-interface Report { topic: string, errorCode: string, errors: Array<{ path: string, message: string }> }
-
 for (const store of STORES) {
   t.test(`schema shapes that hid personal data (${store})`, async (t) => {
     const tb = await startBroker({ store, overrides: { SCHEMAS_DIR, POLICY_FILE: policies.withoutPii } })
     t.teardown(() => tb.close())
     const deviceId = `ps-${store}`
-    const topic = `devices/${deviceId}/state`
-    const svc = credentials(tb.pki, 'service')
-    const offline = await connect(tb, svc, { clientId: `ps-q-${store}`, clean: false })
-    await subscribe(offline, topic, 1)
-    await endClient(offline)
-    const live = await connect(tb, svc, { clientId: `ps-l-${store}` })
-    t.teardown(() => endClient(live))
-    await subscribe(live, [topic, `devices/${deviceId}/errors`], 1)
-    const got = collect(live)
-    const device = await connect(tb, await registerDevice(tb, deviceId), { clientId: deviceId })
-    t.teardown(() => endClient(device))
+    const { topic, queueId, got, device } = await watchState(t, tb, deviceId)
 
     const renamed = JSON.stringify({ ts: 1, contacts: { [ADDRESS]: { name: NAME, mail: ADDRESS } } })
     const standIn = JSON.stringify({ ts: 5, contacts: { [ADDRESS]: { name: NAME } }, aliases: { 'bob@example.org': NAME } })
@@ -94,7 +76,7 @@ for (const store of STORES) {
       'only the plain payload, its x-pii value removed and the address redacted')
     t.notOk(got.some((m) => m.payload.includes(NAME) || m.payload.includes(ADDRESS)), 'no personal value reached the service, in a message or a report')
 
-    const reports = (): Report[] => got.filter((m) => m.topic === `devices/${deviceId}/errors`).map((m) => JSON.parse(m.payload) as Report)
+    const reports = (): ErrorReport[] => got.filter((m) => m.topic === `devices/${deviceId}/errors`).map((m) => JSON.parse(m.payload) as ErrorReport)
     await waitFor(() => reports().length >= 4, 5000, 'four refusals reported')
     t.match(reports(), [
       { errorCode: 'PiiDetected', errors: [{ message: /cannot be redacted/ }] },
@@ -103,7 +85,7 @@ for (const store of STORES) {
       { errorCode: 'InternalError' }
     ], 'the rename refused, the path masked, the throw turned into a refusal')
 
-    t.notOk((await storeDump(tb, [`ps-q-${store}`])).includes(NAME), 'nothing in clear in the retained copy or the offline queue')
+    t.notOk((await storeDump(tb, [queueId])).includes(NAME), 'nothing in clear in the retained copy or the offline queue')
     t.match(tb.events('payload.rejected').filter((l) => l.deviceId === deviceId).map((l) => l.errorCode), ['PiiDetected', 'PiiDetected', 'SchemaViolation', 'InternalError'])
     t.notOk(tb.audit.raw.join('\n').includes(NAME), 'the audit log holds no personal value')
   })
