@@ -224,17 +224,20 @@ export function endClient (client: MqttClient): Promise<void> {
  */
 const ACK_WAIT_MS = 30_000
 
-function withinAck<T> (what: string, start: (resolve: (value: T) => void, reject: (err: Error) => void) => void): Promise<T> {
+function withinAck<T> (what: string | (() => string), start: (resolve: (value: T) => void, reject: (err: Error) => void) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     // unref'd: a wait nobody awaits any more (a publish whose failure a test ignores) keeps no process alive
-    const timer = setTimeout(() => reject(new Error(`no ${what} within ${ACK_WAIT_MS} ms`)), ACK_WAIT_MS).unref()
+    const timer = setTimeout(() => reject(new Error(`no ${typeof what === 'string' ? what : what()} within ${ACK_WAIT_MS} ms`)), ACK_WAIT_MS).unref()
     start((value) => { clearTimeout(timer); resolve(value) }, (err) => { clearTimeout(timer); reject(err) })
   })
 }
 
 /** Resolves with the SUBACK return codes (128 = refused). */
 export function subscribe (client: MqttClient, topic: string | string[], qos: 0 | 1 = 1): Promise<number[]> {
-  return withinAck(`SUBACK for ${JSON.stringify(topic)}`, (resolve, reject) => {
+  // the client id and the connection's state in the message: a test that subscribes several
+  // clients to the same filters must say which SUBACK never came
+  const who = (): string => `${client.options.clientId ?? '?'}, ${client.connected ? 'connected' : 'not connected'}`
+  return withinAck(() => `SUBACK for ${JSON.stringify(topic)} (${who()})`, (resolve, reject) => {
     client.subscribe(topic, { qos }, (err, _subs, packet) => {
       const granted = (packet as { granted?: number[] } | undefined)?.granted
       if (!granted) return reject(err ?? new Error('no SUBACK'))
