@@ -7,10 +7,8 @@ import type {
   Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
-  certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, pageLimit, pageOf
+  certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, pageLimit, pageOf, RevocationListeners
 } from './registry.js'
-
-type RevocationEvent = Parameters<RevocationListener>[0]
 
 /** a health window as kept here: check → when it was met */
 interface StoredWindow { readonly deadline: number, readonly checks: readonly string[], readonly met: Map<string, number> }
@@ -25,7 +23,7 @@ export class MemoryRegistry implements Registry {
   readonly #devices = new Map<string, DeviceRecord>()
   readonly #certificates = new Map<string, CertificateRecord>()
   readonly #tokens = new Map<string, { record: OwnershipTokenRecord, expiresAt: number }>()
-  readonly #listeners: RevocationListener[] = []
+  readonly #listeners: RevocationListeners
   /** the revocation list: `cert:<id>`, `serial:<issuer>:<serial>`, `ca:<fingerprint>` → revokedAt */
   readonly #revoked = new Map<string, number>()
   readonly #onError: (err: Error) => void
@@ -35,6 +33,7 @@ export class MemoryRegistry implements Registry {
   constructor (opts: { now?: () => number, onError?: (err: Error) => void } = {}) {
     this.#now = opts.now ?? Date.now
     this.#onError = opts.onError ?? (() => {})
+    this.#listeners = new RevocationListeners((err) => this.#onError(err))
   }
 
   async getDevice (deviceId: string): Promise<DeviceRecord | null> {
@@ -74,7 +73,7 @@ export class MemoryRegistry implements Registry {
     // a new window for a reinstated device; an active one has none; a quarantined one keeps what it failed
     if (status === 'provisioned') this.#health.set(deviceId, newWindow(health!))
     else if (status === 'active') this.#health.delete(deviceId)
-    this.#emit({ deviceId, certificateId: null, statusChanged: true })
+    this.#listeners.emit({ deviceId, certificateId: null, statusChanged: true })
     return copyDevice(updated)
   }
 
@@ -124,7 +123,7 @@ export class MemoryRegistry implements Registry {
     }
     // CONTRACT §3.7: a revoked device has no health window any more
     this.#health.delete(deviceId)
-    this.#emit({ deviceId, certificateId: null })
+    this.#listeners.emit({ deviceId, certificateId: null })
     return true
   }
 
@@ -134,12 +133,12 @@ export class MemoryRegistry implements Registry {
     this.#certificates.set(certificateId, { ...cert, status: 'revoked', updatedAt: this.#now() })
     if (!this.#revoked.has(`cert:${certificateId}`)) this.#revoked.set(`cert:${certificateId}`, this.#now())
     // deviceId stays null: listeners read a non-null deviceId as "the whole device is revoked"
-    this.#emit({ deviceId: null, certificateId })
+    this.#listeners.emit({ deviceId: null, certificateId })
     return true
   }
 
   onRevocation (listener: RevocationListener): void {
-    this.#listeners.push(listener)
+    this.#listeners.add(listener)
   }
 
   // --- revocation list ---
@@ -153,7 +152,7 @@ export class MemoryRegistry implements Registry {
       const cert = this.#certificates.get(t.certificateId)
       if (cert && cert.status !== 'revoked') this.#certificates.set(t.certificateId, { ...cert, status: 'revoked', updatedAt: now })
     }
-    this.#emit(noticeOf(t))
+    this.#listeners.emit(noticeOf(t))
     return added
   }
 
@@ -339,7 +338,7 @@ export class MemoryRegistry implements Registry {
     this.#certificates.set(certificateId, { ...rest, status: 'revoked', updatedAt: now })
     this.#rotationsDue.delete(certificateId)
     if (!this.#revoked.has(`cert:${certificateId}`)) this.#revoked.set(`cert:${certificateId}`, now)
-    this.#emit({ deviceId: null, certificateId })
+    this.#listeners.emit({ deviceId: null, certificateId })
   }
   // --- end rotation ---
 
@@ -374,7 +373,7 @@ export class MemoryRegistry implements Registry {
     const w = this.#health.get(deviceId)
     if (device?.status !== 'provisioned' || w === undefined || w.deadline > at) return null
     this.#devices.set(deviceId, { ...device, status: 'quarantined', updatedAt: at })
-    this.#emit({ deviceId, certificateId: null, statusChanged: true })
+    this.#listeners.emit({ deviceId, certificateId: null, statusChanged: true })
     return { missed: w.checks.filter((c) => !w.met.has(c)) }
   }
   // --- end health verification ---
@@ -411,22 +410,9 @@ export class MemoryRegistry implements Registry {
 
   async close (): Promise<void> {
     this.#closed = true
-    this.#listeners.length = 0
+    this.#listeners.clear()
   }
 
-  #emit (event: RevocationEvent): void {
-    // one microtask per listener: the revoking caller never runs listener code, and one throwing listener does not starve the others
-    for (const listener of this.#listeners) {
-      queueMicrotask(() => {
-        // a throwing listener must not take the process down
-        try {
-          listener({ ...event })
-        } catch (err) {
-          this.#onError(err instanceof Error ? err : new Error(String(err)))
-        }
-      })
-    }
-  }
 
   // unclaimed tokens would otherwise pile up for the life of the process; sweeping
   // only when the map has doubled keeps putToken amortised O(1) during onboarding bursts

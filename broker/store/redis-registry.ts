@@ -24,7 +24,7 @@ import type {
   OwnershipTokenRecord, Page, Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
-  certificateMatches, certificatePlan, decodeCursor, deviceMatches, encodeCursor, entryOf, listField, normalizeTarget, noticeOf, padExpiry, pageLimit, pageOf
+  certificateMatches, certificatePlan, decodeCursor, deviceMatches, encodeCursor, entryOf, listField, normalizeTarget, noticeOf, padExpiry, pageLimit, pageOf, RevocationListeners
 } from './registry.js'
 
 export interface RedisRegistryOptions {
@@ -448,7 +448,7 @@ export class RedisRegistry implements Registry {
   readonly #cmd: Redis
   readonly #sub: Redis
   readonly #subscribed: Promise<boolean>
-  readonly #listeners: RevocationListener[] = []
+  readonly #listeners: RevocationListeners
   readonly #gapListeners: Array<() => void> = []
   #closed = false
 
@@ -457,6 +457,7 @@ export class RedisRegistry implements Registry {
     this.#channel = `${this.#prefix}revocations`
     this.#now = opts.now ?? Date.now
     this.#onError = opts.onError ?? (() => {})
+    this.#listeners = new RevocationListeners((err) => this.#onError(err))
     // no offline queue: a call made while Redis is away waits at most COMMAND_WAIT_MS
     // for the connection (#ready) and then rejects, instead of running whenever Redis returns
     const onError = (err: Error): void => this.#onError(err)
@@ -540,7 +541,7 @@ export class RedisRegistry implements Registry {
     const [changed, ...flat] = reply
     const fields: Record<string, string> = {}
     for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!
-    if (changed === 1) this.#emit(event)
+    if (changed === 1) this.#listeners.emit(event)
     return parseDevice(fields)
   }
 
@@ -604,7 +605,7 @@ export class RedisRegistry implements Registry {
       this.#key('device', deviceId), this.#key('device-certs', deviceId),
       deviceId, String(this.#now()), this.#prefix, this.#channel, this.#message(event))
     if (found !== 1) return false
-    this.#emit(event)
+    this.#listeners.emit(event)
     return true
   }
 
@@ -616,12 +617,12 @@ export class RedisRegistry implements Registry {
       this.#key('cert', certificateId), this.#listKey(), String(this.#now()), this.#channel, this.#message(event), `cert:${certificateId}`,
       this.#prefix, certificateId)
     if (found !== 1) return false
-    this.#emit(event)
+    this.#listeners.emit(event)
     return true
   }
 
   onRevocation (listener: RevocationListener): void {
-    this.#listeners.push(listener)
+    this.#listeners.add(listener)
   }
 
   // --- rotation ---
@@ -634,7 +635,7 @@ export class RedisRegistry implements Registry {
     if (reply[0] === 'refused') return { result: 'refused' }
     if (reply[0] !== 'rotated') throw new Error('registry: unexpected reply from the rotation script')
     const superseded = reply.slice(1)
-    for (const certificateId of superseded) this.#emit({ deviceId: null, certificateId })
+    for (const certificateId of superseded) this.#listeners.emit({ deviceId: null, certificateId })
     return { result: 'rotated', superseded }
   }
 
@@ -643,7 +644,7 @@ export class RedisRegistry implements Registry {
     const old = await conn.eval(SETTLE_ROTATION, 1, this.#key('cert', certificateId),
       this.#prefix, certificateId, String(this.#now()), this.#channel, this.#origin) as string | null
     if (old === null) return null
-    this.#emit({ deviceId: null, certificateId: old })
+    this.#listeners.emit({ deviceId: null, certificateId: old })
     return old
   }
 
@@ -661,7 +662,7 @@ export class RedisRegistry implements Registry {
     if ('certificateId' in t) keys.push(this.#key('cert', t.certificateId))
     const added = await conn.eval(REVOKE, keys.length, ...keys,
       listField(t), String(this.#now()), this.#channel, this.#message(noticeOf(t)), this.#prefix, 'certificateId' in t ? t.certificateId : '')
-    this.#emit(noticeOf(t))
+    this.#listeners.emit(noticeOf(t))
     return added === 1
   }
 
@@ -808,7 +809,7 @@ export class RedisRegistry implements Registry {
     const reply = await conn.eval(EXPIRE_HEALTH, 2, this.#key('device', deviceId), this.#healthKey(deviceId),
       this.#prefix, deviceId, String(at), this.#channel, this.#message(event)) as string[] | null
     if (reply === null) return null
-    this.#emit(event)
+    this.#listeners.emit(event)
     return { missed: reply.slice(1) }
   }
 
@@ -884,7 +885,7 @@ export class RedisRegistry implements Registry {
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    this.#listeners.length = 0
+    this.#listeners.clear()
     this.#gapListeners.length = 0
     await Promise.all([quitGracefully(this.#cmd), quitGracefully(this.#sub)])
   }
@@ -916,23 +917,9 @@ export class RedisRegistry implements Registry {
     }
     if (event.origin === this.#origin) return
     const { origin: _origin, ...notice } = event
-    this.#emit(notice)
+    this.#listeners.emit(notice)
   }
 
-  #emit (event: RevocationEvent): void {
-    // one microtask per listener: no listener code runs inside ioredis' parser or the revoking
-    // caller, and one throwing listener does not starve the others
-    for (const listener of this.#listeners) {
-      queueMicrotask(() => {
-        // a throwing listener must not take the process down
-        try {
-          listener({ ...event })
-        } catch (err) {
-          this.#onError(err as Error)
-        }
-      })
-    }
-  }
 }
 
 /** HGETALL's reply inside a script comes flat: field, value, field, value… */

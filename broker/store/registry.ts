@@ -77,6 +77,41 @@ export interface RevocationNotice {
 }
 export type RevocationListener = (event: RevocationNotice) => void
 
+/**
+ * Both registries' revocation listeners. One microtask per listener: the revoking
+ * caller (or ioredis' parser, for a notice from another process) never runs
+ * listener code, and one throwing listener neither starves the others nor takes
+ * the process down (its error goes to `onError`). Each gets its own copy.
+ */
+export class RevocationListeners {
+  readonly #listeners: RevocationListener[] = []
+  readonly #onError: (err: Error) => void
+
+  constructor (onError: (err: Error) => void) {
+    this.#onError = onError
+  }
+
+  add (listener: RevocationListener): void {
+    this.#listeners.push(listener)
+  }
+
+  clear (): void {
+    this.#listeners.length = 0
+  }
+
+  emit (event: RevocationNotice): void {
+    for (const listener of this.#listeners) {
+      queueMicrotask(() => {
+        try {
+          listener({ ...event })
+        } catch (err) {
+          this.#onError(err instanceof Error ? err : new Error(String(err)))
+        }
+      })
+    }
+  }
+}
+
 // --- revocation list (CONTRACT §2 "Revocation"): every certificate of every role ---
 /** what one connection's certificate is checked by: its id, its issuer and serial, its issuing CA */
 export interface RevocationQuery {
