@@ -20,6 +20,7 @@ import { provisioningPlugin } from '../plugins/provisioning.js'
 import { rotationPlugin } from '../plugins/rotation.js'
 import { revocationPlugin } from '../plugins/revocation.js'
 import { loadTemplates } from '../plugins/provisioning/templates.js'
+import { loadEnrollmentGroups } from '../plugins/token/enrollment-groups.js'
 import { loadSchemaCatalogue } from '../plugins/schema-catalogue.js'
 import { validationPlugin } from '../plugins/validation.js'
 import { createPiiCipher, piiKeyFrom } from './pii-crypto.js'
@@ -149,6 +150,9 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const policy = loadPolicy(config.policyFile, { awsTopics: config.provisioningAwsTopics })
     // loaded once: provisioning uses them, the admin API shows them
     const templates = await loadTemplates(config.templatesDir)
+    // once, for two readers: the token listener admits enrollments by them, and provisioning keeps
+    // their templates for enrollments alone (a claim certificate must not register through one)
+    const enrollmentGroups = loadEnrollmentGroups(config.enrollmentDir, templates)
     // one catalogue and one personal-data key for the validation plugin and the store wrapper
     const catalogue = loadSchemaCatalogue(config.schemasDir)
     // derived from the device CA key when unset: a device CA rollover would change it, and sealed x-pii
@@ -226,10 +230,10 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       await identityPlugin.setup(ctx, { policy }),
       // the token listener's connections (CONTRACT §10): OAuth2 JWTs (external issuer or the broker's own) and
       // symmetric-key enrollments; a certificate connection is answered by identity and never gets here
-      await tokenIdentityPlugin.setup(ctx, { policy, templates, brokerTokens: { keys: tokenKeys, clients: oauthClients } }),
+      await tokenIdentityPlugin.setup(ctx, { policy, templates, enrollmentGroups, brokerTokens: { keys: tokenKeys, clients: oauthClients } }),
       await authorizationPlugin.setup(ctx, { policy }),
       await validationPlugin.setup(ctx, { catalogue, personalData }),
-      await provisioningPlugin.setup(ctx, { policy, templates, configs }),
+      await provisioningPlugin.setup(ctx, { policy, templates, enrollmentGroups, configs }),
       // device-initiated certificate rotation (CONTRACT §3.4): $provision/certificates/rotate/json, grace, first use
       await rotationPlugin.setup(ctx, undefined),
       await configAckPlugin.setup(ctx, { service: configs, store: configStore, onApplied: health.configApplied }),

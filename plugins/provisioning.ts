@@ -17,12 +17,13 @@ import { configTopic } from '../broker/config-store.js'
 import { CsrError } from '../pki/csr.js'
 import { permissionsFor, type Policy } from './policy.js'
 import { issueFromCsr, issueWithGeneratedKey, newOwnershipToken, type Issued } from './provisioning/issuance.js'
-import { boundParameters, claimCredentialOf, claimThrottleKeyOf } from './provisioning/enrollment.js'
+import { boundParameters, claimCredentialOf, claimThrottleKeyOf, enrollmentOnlyTemplates } from './provisioning/enrollment.js'
 import { commitRegistration, decideDeviceId, registerClaimed } from './provisioning/register.js'
 import { parseRequestTopic, type ProvisioningRequest } from './provisioning/requests.js'
 import type { InitialConfigPublisher } from '../broker/config-store.js'
 import { loadTemplates, type Template } from './provisioning/templates.js'
 import { createThrottle } from './provisioning/throttle.js'
+import type { EnrollmentGroup } from './token/enrollment-groups.js'
 
 /** claim-session timers armed in this process (all brokers): for tests, nothing else */
 let armedClaimTimers = 0
@@ -33,6 +34,8 @@ export function claimTimersArmed (): number {
 export interface ProvisioningOptions {
   readonly policy: Policy
   readonly templates?: ReadonlyMap<string, Template>
+  /** the enrollment groups (CONTRACT §3.6): the templates they name register their enrollments only */
+  readonly enrollmentGroups?: ReadonlyMap<string, EnrollmentGroup>
   /** the configuration service: a new device's version 1 is committed and published through it (CONTRACT §9) */
   readonly configs: InitialConfigPublisher
 }
@@ -50,6 +53,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
   async setup (ctx, options): Promise<PluginHooks> {
     const { config, registry, audit, metrics, broker } = ctx
     const templates = options.templates ?? await loadTemplates(config.templatesDir)
+    const enrollmentTemplates = enrollmentOnlyTemplates(options.enrollmentGroups)
     // follows a device CA rollover: the trust holder's issuer is always the first CA of device-ca.pem
     const issuer = ctx.trust.deviceIssuer
     // shared by every broker through Redis when there is one; address first (see throttle.ts)
@@ -151,7 +155,7 @@ export const provisioningPlugin: Plugin<ProvisioningOptions> = {
         payloadTemplateName: typeof payload.templateName === 'string' ? payload.templateName : undefined,
         tokenValue: typeof payload.certificateOwnershipToken === 'string' ? payload.certificateOwnershipToken : '',
         // an enrollment (CONTRACT §3.6): its group's template only, its registration id as a parameter
-        parameters: boundParameters(rc.identity, templateName, (payload.parameters ?? {}) as Record<string, string>),
+        parameters: boundParameters(rc.identity, templateName, (payload.parameters ?? {}) as Record<string, string>, enrollmentTemplates),
         clientId: rc.client.id,
         claimFingerprint: claimCredentialOf(rc.identity),
         remoteAddress: rc.state.remoteAddress

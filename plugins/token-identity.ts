@@ -35,7 +35,7 @@ import type { TokenKeys } from '../broker/token-keys.js'
 import { permissionsFor, tokenGrant, type Policy } from './policy.js'
 import { formDeviceId, type Template } from './provisioning/templates.js'
 import { holdSession } from './session-owners.js'
-import { admitsRegistrationId, loadEnrollmentGroups, type EnrollmentGroup } from './token/enrollment-groups.js'
+import { admitsRegistrationId, type EnrollmentGroup } from './token/enrollment-groups.js'
 import { createTokenVerifier, type TokenVerifier } from './token/jwt.js'
 import { parseSas, verifySas } from './token/sas.js'
 
@@ -48,6 +48,8 @@ const REVALIDATE_BATCH = 200
 export interface TokenIdentityOptions {
   readonly policy: Policy
   readonly templates: ReadonlyMap<string, Template>
+  /** the enrollment groups of ENROLLMENT_DIR (CONTRACT §3.6), loaded once with the templates (broker/build.ts) */
+  readonly enrollmentGroups: ReadonlyMap<string, EnrollmentGroup>
   /** the broker's own token keys and OAuth2 clients (POST /oauth/token); null when it issues none */
   readonly brokerTokens: { readonly keys: TokenKeys, readonly clients: OAuthClients } | null
 }
@@ -65,7 +67,7 @@ export const tokenIdentityPlugin: Plugin<TokenIdentityOptions> = {
   setup (ctx, options): PluginHooks {
     const { config, audit, metrics, registry, log } = ctx
     const { policy, templates } = options
-    const groups: ReadonlyMap<string, EnrollmentGroup> = loadEnrollmentGroups(config.enrollmentDir, templates)
+    const groups = options.enrollmentGroups
     const externalConfigured = config.oauthJwksUrl !== undefined || config.oauthJwksFile !== undefined
     if (externalConfigured && (config.oauthIssuer === undefined || config.oauthAudience === undefined)) {
       throw new JitpError('InvalidConfig', 'OAUTH_ISSUER and OAUTH_AUDIENCE are required with OAUTH_JWKS_URL or OAUTH_JWKS_FILE')

@@ -27,10 +27,30 @@ export function claimThrottleKeyOf (identity: Identity): string {
   return identity.certificateId ?? ''
 }
 
-/** The parameters a registration goes on with; throws when an enrollment asks for another template or registration id. */
-export function boundParameters (identity: Identity, templateName: string, parameters: Record<string, string>): Record<string, string> {
+/**
+ * The templates that register symmetric-key enrollments and nothing else: every
+ * one an enrollment group names. Such a template forms the device id from
+ * `registrationId` alone, and for an enrollment that parameter is what the SAS
+ * proved; from anyone else it would be a free choice, so the public claim
+ * certificate could register (or, under `replace`, take over) any id of the group.
+ */
+export function enrollmentOnlyTemplates (groups: ReadonlyMap<string, { readonly template: string }> | undefined): ReadonlySet<string> {
+  return new Set([...(groups?.values() ?? [])].map((g) => g.template))
+}
+
+/**
+ * The parameters a registration goes on with; throws when an enrollment asks for
+ * another template or registration id, or when anything but an enrollment asks
+ * for a template kept for enrollments (`enrollmentOnly`).
+ */
+export function boundParameters (identity: Identity, templateName: string, parameters: Record<string, string>, enrollmentOnly: ReadonlySet<string>): Record<string, string> {
   const auth = identity.auth
-  if (auth?.method !== 'sas') return parameters
+  if (auth?.method !== 'sas') {
+    if (enrollmentOnly.has(templateName)) {
+      throw new JitpError('ProvisioningDenied', `template '${templateName}' registers symmetric-key enrollments only`)
+    }
+    return parameters
+  }
   // the template first, whatever the parameters look like: a template whose parameter
   // schema takes a non-object must not become reachable by sending one
   if (templateName !== auth.template) {
