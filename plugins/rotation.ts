@@ -98,7 +98,10 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
       try {
         // a device always presents a certificate; an identity without one has nothing to rotate
         const replaces = identity.certificateId
-        if (replaces === null) throw new JitpError('RotationNotAllowed')
+        const peer = stateOf(rc.client)?.peer ?? null
+        if (replaces === null || peer === null) throw new JitpError('RotationNotAllowed')
+        // the presented certificate, as the revocation list names it (by id, by issuer and serial, by CA)
+        const presented = { certificateId: peer.certificateId, issuerFingerprint: peer.issuerFingerprint, serialNumber: peer.serialNumber }
         // before the CSR is parsed and signed (the expensive part): a bad CSR counts too
         if (!await limit.take(deviceId)) throw new JitpError('Throttled', `at most ${ROTATIONS_PER_HOUR} rotations per device and hour`)
         let payload: { certificateSigningRequest?: unknown }
@@ -122,9 +125,16 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
           updatedAt: now,
           replaces,
           graceUntil: now + config.rotationGraceSeconds * 1000
-        })
-        // revoked while the request was in flight: its session is closing, nothing issued
+        }, presented)
+        // revoked before the request got here, in any form (a notice this process missed included):
+        // its session is closing or will be at the next re-validation, and nothing is issued
         if (outcome.result === 'refused') throw new JitpError('RotationNotAllowed', 'the presented certificate is no longer active')
+        // revoked while the rotation was being stored: the new certificate goes with it, unsent
+        if ((await registry.areRevoked([presented]))[0] === true) {
+          await registry.revokeCertificate(certificate.certificateId)
+          audit.write('certificate.revoked', { clientId: rc.client.id, deviceId, role: 'device', remoteAddress: rc.remoteAddress, certificateId: certificate.certificateId, reason: 'issued by a rotation whose presented certificate was revoked meanwhile' })
+          throw new JitpError('RotationNotAllowed', 'the presented certificate was revoked during the rotation')
+        }
         // the device reconnects with it next: a cache hit in classify, not a parse
         ctx.trust.noteIssued(certificate)
         metrics.rotations.inc({ outcome: 'issued' })

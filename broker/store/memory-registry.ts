@@ -294,9 +294,9 @@ export class MemoryRegistry implements Registry {
   readonly #rotationsDue = new Map<string, number>()
 
   // one synchronous block each: no other call runs between the checks and the writes
-  async rotateCertificate (cert: RotatedCertificate): Promise<RotationOutcome> {
+  async rotateCertificate (cert: RotatedCertificate, presented: RevocationQuery): Promise<RotationOutcome> {
     const old = this.#certificates.get(cert.replaces)
-    if (!old || old.deviceId !== cert.deviceId || old.status !== 'active') return { result: 'refused' }
+    if (!old || old.deviceId !== cert.deviceId || old.status !== 'active' || this.#listed(presented)) return { result: 'refused' }
     const now = this.#now()
     const superseded: string[] = []
     for (const c of this.#certificates.values()) {

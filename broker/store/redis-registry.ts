@@ -284,11 +284,18 @@ local function revokeRotated (P, id, now, channel, origin)
 end
 `
 
-// KEYS: new cert, old cert, device-certs; ARGV: prefix, newId, oldId, deviceId, graceUntil, now, channel, origin, fields...
+// KEYS: new cert, old cert, device-certs, revocation list; ARGV: prefix, newId, oldId, deviceId, graceUntil, now, channel, origin,
+// the presented certificate's three list fields (listFields), fields...
+// The presented certificate is checked against the revocation list in the same step: a revocation by
+// issuer and serial or by CA leaves its record 'active', and one whose notice this process missed
+// must not buy a fresh certificate
 const ROTATE_CERTIFICATE = indexed(ROTATION_LIB + `
 local P, newId, oldId, deviceId = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local old = redis.call('HMGET', KEYS[2], 'deviceId', 'status')
 if old[1] ~= deviceId or old[2] ~= 'active' then return {'refused'} end
+for _, v in ipairs(redis.call('HMGET', KEYS[4], ARGV[9], ARGV[10], ARGV[11])) do
+  if v then return {'refused'} end
+end
 local reply = {'rotated'}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   if id ~= oldId and id ~= newId then
@@ -302,7 +309,7 @@ end
 redis.call('HSET', KEYS[2], 'retiresAt', ARGV[5])
 unindexCert(P, newId)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 redis.call('SADD', KEYS[3], newId)
 indexCert(P, newId)
 redis.call('ZADD', P .. 'rotations', ARGV[5], newId)
@@ -626,12 +633,12 @@ export class RedisRegistry implements Registry {
   }
 
   // --- rotation ---
-  async rotateCertificate (cert: RotatedCertificate): Promise<RotationOutcome> {
+  async rotateCertificate (cert: RotatedCertificate, presented: RevocationQuery): Promise<RotationOutcome> {
     const conn = await this.#ready()
-    const reply = await conn.eval(ROTATE_CERTIFICATE, 3,
-      this.#key('cert', cert.certificateId), this.#key('cert', cert.replaces), this.#key('device-certs', cert.deviceId),
+    const reply = await conn.eval(ROTATE_CERTIFICATE, 4,
+      this.#key('cert', cert.certificateId), this.#key('cert', cert.replaces), this.#key('device-certs', cert.deviceId), this.#listKey(),
       this.#prefix, cert.certificateId, cert.replaces, cert.deviceId, String(cert.graceUntil), String(this.#now()), this.#channel, this.#origin,
-      ...Object.entries(certificateFields(cert)).flat()) as string[]
+      ...listFields(presented), ...Object.entries(certificateFields(cert)).flat()) as string[]
     if (reply[0] === 'refused') return { result: 'refused' }
     if (reply[0] !== 'rotated') throw new Error('registry: unexpected reply from the rotation script')
     const superseded = reply.slice(1)

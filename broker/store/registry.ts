@@ -287,9 +287,11 @@ export interface Rotations {
    * All or nothing, on every process sharing the store: stores the new certificate
    * (active, bound, due for settlement at `graceUntil`), marks the replaced one with
    * `retiresAt`, and revokes (lists, tells every process) the device's other active
-   * certificates that are themselves unused rotations.
+   * certificates that are themselves unused rotations. Refused when the replaced
+   * certificate is no longer active or when `presented` (the connection's
+   * certificate, the one replaced) is on the revocation list in any form.
    */
-  rotateCertificate (cert: RotatedCertificate): Promise<RotationOutcome>
+  rotateCertificate (cert: RotatedCertificate, presented: RevocationQuery): Promise<RotationOutcome>
   /**
    * Settles the rotation of this (new) certificate: clears `replaces`, and revokes
    * the replaced certificate (lists it, tells every process). Returns that

@@ -246,6 +246,27 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.strictSame(events[1], { deviceId: null, certificateId: null, caFingerprint: issuerB })
   })
 
+  t.test(`${name}: a rotation presenting a certificate listed by issuer and serial, or by CA, is refused`, async (t) => {
+    // such a revocation leaves the certificate's record 'active': only the list says it is revoked,
+    // and a process that missed the notice must not hand out a fresh certificate for it
+    const { registry } = await setup(t)
+    await registry.putDevice(device('rot-1'))
+    const rotation = (old: string, fresh: string): Parameters<Registry['rotateCertificate']>[0] => ({
+      ...certificate(fresh, 'rot-1', { serialNumber: '7f' }), deviceId: 'rot-1', replaces: certId(old), graceUntil: T0 + 60_000
+    })
+    for (const [old, listed] of [['by-serial', { issuerFingerprint: issuerA, serialNumber: '0a1b2c' }], ['by-ca', { caFingerprint: issuerB }]] as const) {
+      await registry.putCertificate(certificate(old, 'rot-1'))
+      const presented = query(old, old === 'by-ca' ? issuerB : issuerA, '0a1b2c')
+      t.equal(await registry.revoke(listed), true, `${old}: listed`)
+      t.equal((await registry.getCertificate(certId(old)))?.status, 'active', `${old}: its record still says active`)
+      t.strictSame(await registry.rotateCertificate(rotation(old, `${old}-new`), presented), { result: 'refused' }, `${old}: rotation refused`)
+      t.equal(await registry.getCertificate(certId(`${old}-new`)), null, `${old}: no new certificate stored`)
+    }
+    // the control: a certificate not listed rotates
+    await registry.putCertificate(certificate('clean', 'rot-1', { serialNumber: '0c' }))
+    t.match(await registry.rotateCertificate(rotation('clean', 'clean-new'), query('clean', issuerA, '0c')), { result: 'rotated' }, 'an unlisted certificate rotates')
+  })
+
   t.test(`${name}: a revoked device's certificates fail re-validation; revokeCertificate lists`, async (t) => {
     const { registry } = await setup(t)
     await fleet(registry)
