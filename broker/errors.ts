@@ -43,7 +43,7 @@ export const Errors = Object.freeze({
   MalformedUtf8: entry('MalformedUtf8', 'string is not well-formed UTF-8 or contains U+0000'),
   UnsupportedProtocolVersion: entry('UnsupportedProtocolVersion', 'only MQTT 3.1.1 (and 3.1) is supported', { connack: 1 }),
   ClientIdRequired: entry('ClientIdRequired', 'a persistent session needs a client id', { connack: 2 }),
-  ClientIdInUse: entry('ClientIdInUse', 'client id belongs to another identity', { connack: 2 }),
+  ClientIdInUse: entry('ClientIdInUse', 'client id belongs to another identity', { connack: 2, statusCode: 403 }),
   ConnectionClosed: entry('ConnectionClosed', 'the connection closed before its CONNECT was handled'),
   KeepaliveTimeout: entry('KeepaliveTimeout', 'no packet within 1.5 times the keep-alive [MQTT-3.1.2-24]'),
   SessionRevalidated: entry('SessionRevalidated', 'session no longer valid on re-validation'),

@@ -7,7 +7,7 @@ import type {
   Registration, RegistrationOutcome, Registry, RevocationEntry, RevocationListener, RevocationQuery, RevocationTarget, RotatedCertificate, RotationOutcome
 } from './registry.js'
 import {
-  certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, pageLimit, pageOf, RevocationListeners
+  certificateMatches, certificatePlan, decodeCursor, deviceMatches, entryOf, listField, normalizeTarget, noticeOf, ownerBlocksDevice, pageLimit, pageOf, RevocationListeners
 } from './registry.js'
 
 /** a health window as kept here: check → when it was met */
@@ -195,8 +195,12 @@ export class MemoryRegistry implements Registry {
   #ownersSweepAt = 1024
 
   async sessionOwner (clientId: string): Promise<string | null> {
+    return this.#ownerNow(clientId, this.#now())
+  }
+
+  #ownerNow (clientId: string, now: number): string | null {
     const entry = this.#owners.get(clientId)
-    return entry !== undefined && this.#now() < entry.expiresAt ? entry.owner : null
+    return entry !== undefined && now < entry.expiresAt ? entry.owner : null
   }
 
   async claimSessionOwner (clientId: string, owner: string, ttlMs?: number): Promise<boolean> {
@@ -245,6 +249,7 @@ export class MemoryRegistry implements Registry {
     const entry = reg.token === null ? null : this.#tokens.get(reg.token)
     if (entry === undefined || (entry !== null && now >= entry.expiresAt)) return { result: 'token-used' }
     const deviceId = reg.device.deviceId
+    if (ownerBlocksDevice(this.#ownerNow(deviceId, now), deviceId)) return { result: 'client-id-in-use' }
     const existing = this.#devices.get(deviceId)
     const exists = existing !== undefined
     // replace stays within the device's own template (plugins/provisioning/register.ts says why)

@@ -397,7 +397,7 @@ end
 return 1`
 
 // --- registration ---
-// KEYS: token, device, devices set, device-certs; ARGV: the plan as JSON (see registerDevice).
+// KEYS: token, device, devices set, device-certs, the device id's session-owner record; ARGV: the plan as JSON (see registerDevice).
 // All checks before the first write, and the shebang makes Redis refuse the whole script
 // up front when it cannot write (out of memory, read-only replica): all or nothing. The
 // token is deleted only in the step that registers; DEL + HSET of a certificate drops the
@@ -406,6 +406,9 @@ const REGISTER_DEVICE = indexed(`#!lua
 local plan = cjson.decode(ARGV[1])
 local P = plan.prefix
 if plan.token and redis.call('EXISTS', KEYS[1]) == 0 then return {'token-used'} end
+-- ownerBlocksDevice (registry.ts): the client id of another identity's session is no device id to give out
+local owner = redis.call('GET', KEYS[5])
+if owner and string.sub(owner, 1, 6) ~= 'claim:' and owner ~= 'device:' .. plan.deviceId then return {'client-id-in-use'} end
 local exists = redis.call('EXISTS', KEYS[2]) == 1
 -- replace stays within the device's own template (plugins/provisioning/register.ts says why)
 if exists and (not plan.replace or redis.call('HGET', KEYS[2], 'template') ~= plan.template) then return {'device-exists'} end
@@ -780,9 +783,10 @@ export class RedisRegistry implements Registry {
       ...(reg.health === undefined ? {} : { health: { deadline: String(reg.health.deadline), checks: reg.health.checks.join(',') } }),
       certs: reg.certificates.map((c) => ({ id: c.certificateId, fields: Object.entries(certificateFields(c)).flat() }))
     })
-    const reply = await conn.eval(REGISTER_DEVICE, 4,
-      this.#tokenKey(reg.token ?? ''), this.#key('device', deviceId), `${this.#prefix}devices`, this.#key('device-certs', deviceId), plan) as string[]
+    const reply = await conn.eval(REGISTER_DEVICE, 5,
+      this.#tokenKey(reg.token ?? ''), this.#key('device', deviceId), `${this.#prefix}devices`, this.#key('device-certs', deviceId), this.#ownerKey(deviceId), plan) as string[]
     if (reply[0] === 'token-used') return { result: 'token-used' }
+    if (reply[0] === 'client-id-in-use') return { result: 'client-id-in-use' }
     if (reply[0] === 'device-exists') return { result: 'device-exists' }
     if (reply[0] !== 'registered') throw new Error('registry: unexpected reply from the registration script')
     return { result: 'registered', revoked: reply.slice(1) }

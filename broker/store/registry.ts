@@ -232,6 +232,19 @@ export interface SessionOwners {
    */
   claimSessionOwner (clientId: string, owner: string, ttlMs?: number): Promise<boolean>
 }
+
+/**
+ * Whether a recorded session owner keeps `deviceId` from being registered. A
+ * device's client id is its device id, and a device always takes its own id
+ * back (plugins/session-owners.ts): registering a device under the client id of
+ * a service's or a token holder's session would hand that session, and what is
+ * queued for it, to whoever registered the device. A claim's record (anonymous,
+ * short-lived) yields, as it does to any identity. The Redis registration script
+ * says the same in Lua.
+ */
+export function ownerBlocksDevice (owner: string | null, deviceId: string): boolean {
+  return owner !== null && !owner.startsWith('claim:') && owner !== `device:${deviceId}`
+}
 // --- end session owners ---
 
 // --- registration (CONTRACT §3.3: atomic, the token used up only by a registration) ---
@@ -253,6 +266,8 @@ export type RegistrationOutcome =
   | { readonly result: 'token-used' }
   /** the device exists and `replace` is false: nothing was changed, the token is kept */
   | { readonly result: 'device-exists' }
+  /** the device id is recorded as another identity's client id (ownerBlocksDevice): nothing was changed, the token is kept */
+  | { readonly result: 'client-id-in-use' }
 
 export interface Registrations {
   /** The token's record, without using it up; null when absent or expired. */

@@ -14,6 +14,7 @@ import type { Audit } from '../../broker/audit.js'
 import { configTopic, publishInitialConfig, type InitialConfigPublisher } from '../../broker/config-store.js'
 import { JitpError } from '../../broker/errors.js'
 import type { CertificateRecord, OwnershipTokenRecord, Registry } from '../../broker/store/registry.js'
+import { ownerBlocksDevice } from '../../broker/store/registry.js'
 import type { IssuedCertificate } from '../../pki/certificate.js'
 import type { Trust } from '../../broker/trust.js'
 import { issueFor, storedPublicKey } from './issuance.js'
@@ -112,6 +113,7 @@ type CommitStep = (deps: RegistrationDeps, c: Commit) => Promise<void>
  * over an existing device's.
  */
 async function checkReprovision (deps: RegistrationDeps, c: Commit): Promise<void> {
+  if (ownerBlocksDevice(await deps.registry.sessionOwner(c.device.deviceId), c.device.deviceId)) throw clientIdInUse(c.device.deviceId)
   const existing = await deps.registry.getDevice(c.device.deviceId)
   if (existing === null) return
   // `replace` re-provisions a device of its own template only: a template (or an enrollment group) whose
@@ -159,6 +161,7 @@ async function commit (deps: RegistrationDeps, c: Commit): Promise<void> {
   })
   if (outcome.result === 'token-used') throw new JitpError('InvalidCertificateOwnershipToken', 'token already used')
   if (outcome.result === 'device-exists') throw deviceExists(d.deviceId)
+  if (outcome.result === 'client-id-in-use') throw clientIdInUse(d.deviceId)
   c.committed = true
   c.revoked = outcome.revoked
 }
@@ -172,6 +175,10 @@ export const commitActions: readonly CommitStep[] = [checkReprovision, publishCo
 
 function deviceExists (deviceId: string): JitpError {
   return new JitpError('DeviceExists', `device '${deviceId}' is already registered`)
+}
+
+function clientIdInUse (deviceId: string): JitpError {
+  return new JitpError('ClientIdInUse', `'${deviceId}' is the client id of another identity's session`)
 }
 
 /** Applies the reprovision policy and registers the device, its certificates and its initial config. */

@@ -396,6 +396,20 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.equal(await registry.getCertificate(certId('other')), null)
   })
 
+  t.test(`${name}: a device id recorded as another identity's client id refuses the registration and keeps the token`, async (t) => {
+    const { registry } = await setup(t)
+    t.equal(await registry.claimSessionOwner('taken-1', 'service:backend'), true)
+    await registry.putPendingCertificate(certificate('pt1', null, { status: 'pending' }), 'tok-t1', withKey('t1'), SHORT_TTL_MS)
+    t.same(await registry.registerDevice(registration('tok-t1', 'taken-1', [certificate('pt1', 'taken-1')])), { result: 'client-id-in-use' }, 'a service\'s client id')
+    t.equal(await registry.getDevice('taken-1'), null, 'no device written')
+    t.ok(await registry.peekToken('tok-t1'), 'the token is kept')
+    // a claim's record yields, as it does to any identity; so does the device's own
+    t.equal(await registry.claimSessionOwner('claimed-1', 'claim:abc@127.0.0.1', 60_000), true)
+    t.match(await registry.registerDevice(registration('tok-t1', 'claimed-1', [certificate('pt1', 'claimed-1')])), { result: 'registered' }, 'a claim\'s record does not block')
+    t.equal(await registry.claimSessionOwner('own-1', 'device:own-1'), true)
+    t.match(await registry.registerDevice(registration(null, 'own-1', [certificate('own-c', 'own-1')])), { result: 'registered' }, 'the device\'s own record does not block')
+  })
+
   t.test(`${name}: an existing device refuses the registration and keeps the token`, async (t) => {
     const { registry } = await setup(t)
     await registry.putDevice(device('d3', { template: 'old' }))
