@@ -16,7 +16,7 @@ import type { DeviceStatus } from '../broker/store/registry.js'
 import { DEFER, deny, type AuthenticateAnswer, type AuthenticateEvent, type Plugin, type PluginContext, type PluginHooks } from '../broker/plugin.js'
 import type { Policy } from './policy.js'
 import { permissionsFor } from './policy.js'
-import { holdSession } from './session-owners.js'
+import { holdSession, keepLiveOwnersAlive } from './session-owners.js'
 
 export interface IdentityOptions { readonly policy: Policy }
 
@@ -81,6 +81,9 @@ export const identityPlugin: Plugin<IdentityOptions> = {
       return DEFER
     }
 
+    // the records of live clean sessions (this process's, token holders' included) outlive them by a day
+    const owners = keepLiveOwnersAlive(ctx, ctx.config.sessionRevalidateSeconds * 1000)
+
     return {
       name: 'identity',
       async authenticate (ev) {
@@ -88,6 +91,9 @@ export const identityPlugin: Plugin<IdentityOptions> = {
         if (answer.verdict !== 'allow') return answer
         // sessions belong to identities: no takeover of another identity's client id (plugins/session-owners.ts)
         return (await holdSession(ctx, answer.identity, ev)) ?? answer
+      },
+      async close () {
+        owners.close()
       }
     }
   }

@@ -20,9 +20,10 @@ import { deny, type AuthenticateEvent, type Deny, type PluginContext } from '../
 import { liveClients, stateOf, type Identity } from '../broker/session.js'
 
 /**
- * How long the record of a clean service session lasts after its connect: nothing
- * is stored for a clean session once it ends, and services with random client ids
- * must not leave a record per connect behind. A persistent session's record is kept.
+ * How long the record of a clean service session lasts after it was last seen
+ * live: nothing is stored for a clean session once it ends, and services with
+ * random client ids must not leave a record per connect behind. While the session
+ * lives, keepLiveOwnersAlive renews it. A persistent session's record is kept.
  */
 export const CLEAN_SESSION_OWNER_TTL_MS = 24 * 3600_000
 
@@ -92,4 +93,47 @@ export async function holdSession (ctx: PluginContext, identity: Identity, ev: A
     })
   }
   return null
+}
+
+/**
+ * Renews the records of this process's live clean sessions (services and token
+ * holders; a claim session ends with its own record, CLAIM_SESSION_MAX_SECONDS).
+ * The live-session check in holdSession sees this process only: on another
+ * process the record is all that stands between a live session and a connection
+ * of another identity using its client id, and Aedes closes the older client of
+ * an id when a newer one connects anywhere in the cluster. A record that lapsed
+ * while its session lived (24 h after the connect) let any identity, the public
+ * claim certificate included, knock a long-lived service off and keep its id.
+ * Every `periodMs` (SESSION_REVALIDATE_SECONDS), one atomic claim per session:
+ * it extends the session's own record and never takes another identity's.
+ */
+export function keepLiveOwnersAlive (ctx: PluginContext, periodMs: number): { close (): void } {
+  let running = false
+  async function renew (): Promise<void> {
+    const sessions: Array<[clientId: string, owner: string]> = []
+    for (const client of Object.values(liveClients(ctx.broker))) {
+      const state = client ? stateOf(client) : undefined
+      const identity = state?.identity
+      if (!client || !state || !identity || !client.clean || client.id === '') continue
+      if (identity.role === 'device' || identity.role === 'claim') continue
+      sessions.push([client.id, ownerOf(identity, state.remoteAddress)])
+    }
+    for (const [clientId, owner] of sessions) {
+      if (!await ctx.registry.claimSessionOwner(clientId, owner, CLEAN_SESSION_OWNER_TTL_MS)) {
+        // the record names someone else (it lapsed while Redis was away, and was taken): this session
+        // goes on, and the other identity is refused wherever the record is read
+        ctx.log.warn({ clientId }, 'session owner record held by another identity while this session is live')
+      }
+    }
+  }
+  const timer = setInterval(function renewLiveOwners () {
+    if (running) return
+    running = true
+    renew().catch((err: unknown) => {
+      // Redis away: the records have hours left; the next turn renews them
+      ctx.log.debug({ err: (err as Error).message }, 'session owner renewal failed')
+    }).finally(() => { running = false })
+  }, periodMs)
+  timer.unref()
+  return { close: () => clearInterval(timer) }
 }
