@@ -51,6 +51,7 @@ import type { DeviceConfigStore } from './store/device-configs.js'
 import { createSessionStore } from './store/session-store.js'
 import { undeliverableFilter } from './store/undeliverable.js'
 import { liveClients } from './session.js'
+import { queueGate } from './store/queue-gate.js'
 import { auditPublishNotStored, dropQueuedPacketsOnClean, failEmitVisibly, failPublishVisibly, wrapPersistence, type AedesPersistence } from './store/wrappers.js'
 import { adminTlsMaterial, createTrustHolder } from './trust.js'
 import { watchCertsDir, type CertsWatcher } from './cert-reload.js'
@@ -188,6 +189,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     // the persistence wrappers (broker/store/wrappers.ts), closest to the store first
     // a message is not stored for a live subscriber that may not receive it (a wide filter such as devices/<id>/#)
     const undeliverable = undeliverableFilter()
+    // a reconnecting session's queue goes out once the chain agrees (a revocation during the connect)
+    const queue = queueGate()
     const persistence = wrapPersistence(sessionStore.aedesOptions.persistence, [
       sessionStore.kind === 'memory' ? indexRetained : null,
       sessionStore.redis !== null ? dropQueuedPacketsOnClean(sessionStore.redis) : null,
@@ -195,7 +198,8 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
       personalDataWrapper(personalData),
       flow.boundSessionQueues,
       undeliverable.skipUndeliverable,
-      failPublishVisibly
+      failPublishVisibly,
+      queue.gateQueue
     ])
     const broker = await Aedes.createBroker({
       // one id for the broker and its audit chain (every audit line carries it)
@@ -246,6 +250,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     ]
     for (const h of hooks) if (h.close) releases.push([`plugin ${h.name}`, () => h.close!()])
     const chain = installChain(ctx, hooks)
+    queue.bind(function queueMayGoOut (client) { return chain.beforeQueue(client) })
     undeliverable.bind(function mayReceiveStored (clientId, packet) {
       const client = liveClients(broker)[clientId]
       return client ? chain.mayReceive(client, packet as unknown as AedesPublishPacket) : undefined

@@ -10,7 +10,7 @@
  *   chain/publish.ts    authorizePublish (vetActions, drop path, intercept, accept), published
  *   chain/subscribe.ts  authorizeSubscribe
  *   chain/forward.ts    authorizeForward (live delivery and the offline queue)
- *   chain/lifecycle.ts  clientReady / clientDisconnect / keepaliveTimeout
+ *   chain/lifecycle.ts  clientReady / beforeQueue / clientDisconnect / keepaliveTimeout
  * They share one ChainContext (chain/context.ts), built here once.
  */
 import type { Aedes, AedesPublishPacket, Client, ConnectPacket, PublishPacket, Subscription } from 'aedes'
@@ -18,7 +18,7 @@ import type { PluginContext, PluginHooks } from './plugin.js'
 import { authenticate, preConnect } from './chain/connect.js'
 import { createChainContext } from './chain/context.js'
 import { authorizeForward, mayReceive } from './chain/forward.js'
-import { clientDisconnect, clientReady, keepaliveTimeout } from './chain/lifecycle.js'
+import { beforeQueue, clientDisconnect, clientReady, keepaliveTimeout } from './chain/lifecycle.js'
 import { authorizePublish, published, report, type ErrorReport } from './chain/publish.js'
 import { authorizeSubscribe } from './chain/subscribe.js'
 
@@ -29,6 +29,8 @@ export interface Chain {
   report (client: Client, report: ErrorReport): void
   /** whether `client` may receive `packet`, as a delivery would answer (nothing counted) */
   mayReceive (client: Client, packet: AedesPublishPacket): boolean
+  /** whether `client`'s stored messages may be handed out now (the plugins' beforeQueue) */
+  beforeQueue (client: Client): Promise<boolean>
 }
 
 export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[]): Chain {
@@ -59,6 +61,7 @@ export function installChain (ctx: PluginContext, plugins: readonly PluginHooks[
 
   return {
     report (client: Client, r: ErrorReport): void { report(chain, client, r) },
-    mayReceive (client: Client, packet: AedesPublishPacket): boolean { return mayReceive(chain, client, packet) }
+    mayReceive (client: Client, packet: AedesPublishPacket): boolean { return mayReceive(chain, client, packet) },
+    beforeQueue (client: Client): Promise<boolean> { return beforeQueue(chain, client) }
   }
 }

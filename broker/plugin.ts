@@ -128,6 +128,13 @@ export interface PluginHooks {
    * look at what may have changed while the connect was in flight (a revocation)
    */
   ready? (client: Client, state: ConnectionState): void
+  /**
+   * after CONNACK, before the session's stored messages are handed out (every
+   * connect, clean or not): false withholds them, and the plugin has closed the
+   * session. Where a check that `ready` would make too late (a revocation that
+   * landed while the connect was in flight) is made first.
+   */
+  beforeQueue? (client: Client, state: ConnectionState): boolean | Promise<boolean>
   disconnected? (client: Client, state: ConnectionState): void
   close? (): Promise<void>
 }

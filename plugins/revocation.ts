@@ -178,11 +178,12 @@ export const revocationPlugin: Plugin<undefined> = {
     }, config.sessionRevalidateSeconds * 1000)
     timer.unref()
 
-    async function recheck (client: Client, state: ConnectionState, peer: PeerCertificate): Promise<void> {
+    /** false when the session was closed: revoked, or its device's status changed, while the connect was in flight */
+    async function recheck (client: Client, state: ConnectionState, peer: PeerCertificate): Promise<boolean> {
       // areRevoked, not isRevoked: a device revoked meanwhile counts too
       if (crls.has(peer.issuerFingerprint, peer.serialNumber) || (await registry.areRevoked([queryOf(peer)]))[0] === true) {
         closeSession(client, state, 'CertificateRevoked', 'revoked while connecting')
-        return
+        return false
       }
       // a status notice during the connect: the status the identity was built from may be stale
       const identity = state.identity
@@ -190,8 +191,10 @@ export const revocationPlugin: Plugin<undefined> = {
         const device = await registry.getDevice(identity.name)
         if (device !== null && fenceChanged(device.status, identity)) {
           closeSession(client, state, 'SessionRevalidated', 'device status changed while connecting')
+          return false
         }
       }
+      return true
     }
 
     return {
@@ -206,6 +209,23 @@ export const revocationPlugin: Plugin<undefined> = {
         const records = await (ev.records?.() ?? registry.certificateRecords(queryOf(peer)))
         if (records.revoked) return deny('CertificateRevoked', 'revocation-list')
         return DEFER
+      },
+      async beforeQueue (client, state) {
+        // nothing changed since the connect read the registry: the common case, no store call
+        if (state.peer === null || startedUnder.get(client) === epoch) return true
+        const checkedAt = epoch
+        try {
+          if (!await recheck(client, state, state.peer)) return false
+        } catch (err) {
+          // could not look, and the queue would go to a certificate that may be revoked: the session
+          // is closed (the client reconnects and is checked in full), its queue stays stored
+          log.warn({ err: (err as Error).message }, 'revocation re-check before the session queue failed')
+          closeSession(client, state, 'SessionRevalidated', 'could not re-check a revocation that landed while connecting')
+          return false
+        }
+        // ready looks again only if another revocation lands from here on
+        startedUnder.set(client, checkedAt)
+        return true
       },
       ready (client, state) {
         if (state.peer === null || startedUnder.get(client) === epoch) return

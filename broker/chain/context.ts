@@ -15,7 +15,7 @@ export type HooksByKind = { readonly [K in HookKind]: readonly PluginHooks[] }
 
 const HOOK_KINDS: readonly HookKind[] = [
   'authenticate', 'connected', 'authorizePublish', 'authorizeSubscribe', 'authorizeForward', 'validatePublish',
-  'transformForward', 'intercept', 'rejected', 'published', 'ready', 'disconnected'
+  'transformForward', 'intercept', 'rejected', 'published', 'ready', 'beforeQueue', 'disconnected'
 ]
 
 export interface ChainContext {

@@ -24,6 +24,19 @@ export function clientReady (chain: ChainContext, client: Client): void {
   if (state?.identity) for (const plugin of chain.hooks.ready) plugin.ready!(client, state)
 }
 
+/**
+ * Whether `client`'s stored messages may be handed out now (broker/store/queue-gate.ts):
+ * every plugin's beforeQueue must agree. A client without an identity gets nothing.
+ */
+export async function beforeQueue (chain: ChainContext, client: Client): Promise<boolean> {
+  const state = stateOf(client)
+  if (!state?.identity) return false
+  for (const plugin of chain.hooks.beforeQueue) {
+    if (!await plugin.beforeQueue!(client, state)) return false
+  }
+  return true
+}
+
 export function clientDisconnect (chain: ChainContext, client: Client): void {
   const state = stateOf(client)
   if (!state?.identity) return

@@ -14,6 +14,8 @@
  *   level, so a SUBSCRIBE does not test every retained config of the fleet.
  * - boundSessionQueues (../flow-control.ts): at most SESSION_QUEUE_LIMIT messages
  *   per persistent session; beyond it counted and audited as `queue.dropped`.
+ * - personalDataWrapper (./personal-data.ts), skipUndeliverable (./undeliverable.ts),
+ *   gateQueue (./queue-gate.ts): see their own comments.
  */
 import type { Client } from 'aedes'
 import type { Redis } from 'ioredis'
