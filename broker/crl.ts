@@ -3,9 +3,12 @@
  * CRLs per file), verified against that role's CAs, loaded at start and reloaded
  * when they change, without a restart (CONTRACT §2). `fs.watch` on the directory
  * gives the change at once; a cheap periodic stat catches what it misses (network
- * file systems, editors that replace the directory entry). A file that does not
- * parse or verify is ignored as a whole and audited: the entries last loaded from
- * it stay in force, so a corrupted file never un-revokes anything.
+ * file systems, editors that replace the directory entry). Each CRL of a file
+ * counts on its own: one that does not parse or verify is ignored and audited,
+ * the others load (at start too: one bad block appended to a good file must not
+ * let the good one's revocations go at the next restart). A file with a bad CRL
+ * also keeps the entries last loaded from it, so a corrupted or half-written file
+ * never un-revokes anything; a clean file replaces them.
  */
 import { X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync, statSync } from 'node:fs'
@@ -65,20 +68,37 @@ function roleCas (dir: string, role: CrlRole): X509Certificate[] {
   return splitPem(readFileSync(path, 'utf8')).map((pem) => new X509Certificate(pem))
 }
 
-/** the `issuer:serial` keys of every CRL in the file; throws when one of them is bad */
-function keysOf (text: string, cas: readonly X509Certificate[]): Set<string> {
-  const ders = splitCrlPem(text)
-  if (ders.length === 0) throw new Error('no X509 CRL block')
+interface CrlFile {
+  /** the `issuer:serial` keys of the CRLs that verify */
+  readonly keys: Set<string>
+  /** how many CRLs verified */
+  readonly loaded: number
+  /** what is wrong with the others (none when the file is clean) */
+  readonly problems: readonly string[]
+}
+
+/** every `X509 CRL` block of the file on its own: the keys of those that parse and verify, and why the others did not */
+function readCrlFile (text: string, cas: readonly X509Certificate[]): CrlFile {
+  const blocks = text.match(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g) ?? []
+  if (blocks.length === 0) return { keys: new Set(), loaded: 0, problems: ['no X509 CRL block'] }
   const keys = new Set<string>()
-  for (const der of ders) {
-    const crl = parseCrl(der)
-    // several CAs may share a role file: the one whose key verifies the signature issued the CRL
-    const issuer = cas.find((ca) => verifyCrl(crl, ca.publicKey))
-    if (issuer === undefined) throw new Error('signature does not verify against any CA of the role')
-    const fp = fingerprintHex(issuer)
-    for (const entry of crl.entries) keys.add(`${fp}:${entry.serialNumber}`)
-  }
-  return keys
+  const problems: string[] = []
+  let loaded = 0
+  blocks.forEach((block, i) => {
+    const where = blocks.length > 1 ? `CRL ${i + 1} of ${blocks.length}: ` : ''
+    try {
+      const crl = parseCrl(splitCrlPem(block)[0]!)
+      // several CAs may share a role file: the one whose key verifies the signature issued the CRL
+      const issuer = cas.find((ca) => verifyCrl(crl, ca.publicKey))
+      if (issuer === undefined) throw new Error('signature does not verify against any CA of the role')
+      const fp = fingerprintHex(issuer)
+      for (const entry of crl.entries) keys.add(`${fp}:${entry.serialNumber}`)
+      loaded++
+    } catch (err) {
+      problems.push(where + (err as Error).message)
+    }
+  })
+  return { keys, loaded, problems }
 }
 
 export function watchCrls (opts: CrlOptions): CrlIndex {
@@ -103,22 +123,30 @@ export function watchCrls (opts: CrlOptions): CrlIndex {
       return true
     }
     try {
-      try {
-        cas.set(role, roleCas(certsDir, role))
-      } catch {
-        // a CA file being replaced: verify against the CAs read before
-      }
-      const keys = keysOf(readFileSync(path, 'utf8'), cas.get(role) ?? [])
-      files.set(role, { stamp, keys })
-      audit.write('crl.loaded', { role, count: keys.size, reason: file })
-      return true
-    } catch (err) {
-      files.set(role, { stamp, keys: previous?.keys ?? new Set() })
-      const reason = `${file}: ${(err as Error).message}`
-      log.warn({ file, err: (err as Error).message }, 'CRL ignored')
-      audit.write('crl.rejected', { role, errorCode: 'CrlInvalid', reason }, 'warn')
-      return false
+      cas.set(role, roleCas(certsDir, role))
+    } catch {
+      // a CA file being replaced: verify against the CAs read before
     }
+    let read: CrlFile
+    try {
+      read = readCrlFile(readFileSync(path, 'utf8'), cas.get(role) ?? [])
+    } catch (err) {
+      read = { keys: new Set(), loaded: 0, problems: [(err as Error).message] }
+    }
+    if (read.problems.length === 0) {
+      files.set(role, { stamp, keys: read.keys })
+      audit.write('crl.loaded', { role, count: read.keys.size, reason: file })
+      return true
+    }
+    // part of the file (or all of it) is bad: what verifies counts, and what was revoked stays revoked
+    const keys = new Set(read.keys)
+    for (const key of previous?.keys ?? []) keys.add(key)
+    files.set(role, { stamp, keys })
+    const reason = `${file}: ${read.problems.join('; ')}`
+    log.warn({ file, problems: read.problems }, 'CRL ignored')
+    audit.write('crl.rejected', { role, errorCode: 'CrlInvalid', reason }, 'warn')
+    if (read.loaded > 0) audit.write('crl.loaded', { role, count: keys.size, reason: `${file} (the CRLs that verify)` })
+    return read.loaded > 0
   }
 
   /** true when the index changed */

@@ -2,9 +2,10 @@
  * Attack: a leaked service certificate; the operator's PKI publishes a CRL for it
  * and drops it next to the service CA (`service-ca.crl.pem` in CERTS_DIR). Without
  * a restart, the live session is closed and a reconnect refused (CONNACK 5). A CRL
- * whose signature does not verify against the service CA is ignored, as a whole,
- * and audited: it neither revokes what it lists nor un-revokes what the last good
- * CRL listed. CRLs live in files, not in the store, so one store suffices here.
+ * whose signature does not verify against the service CA is ignored and audited:
+ * it neither revokes what it lists nor un-revokes what the last good CRL listed,
+ * and a bad CRL appended to a good file does not void the good one at the next
+ * start. CRLs live in files, not in the store, so one store suffices here.
  */
 import { cpSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -76,4 +77,26 @@ t.test('a CRL dropped next to the service CA takes effect without restart', asyn
     await waitFor(() => tb.events('crl.rejected').length > refusedBefore, 10_000, 'the rejection audit line')
     t.equal(await connackOf(tb, bystander, 'crl-bystander'), 0, 'still connects')
   })
+})
+
+t.test('a bad CRL appended to a good file: at the next start the good one still revokes', async (t) => {
+  // the file as a broker finds it after a restart: the valid CRL, then a block signed by another role's CA
+  const pki = await devPki()
+  const certsDir = mkdtempSync(join(tmpdir(), 'jitp-crl-restart-'))
+  t.teardown(() => rmSync(certsDir, { recursive: true, force: true }))
+  cpSync(pki.dir, certsDir, { recursive: true })
+  const serviceCa = loadIssuer(pki.read('service-ca.pem'), pki.read('service-ca.key'))
+  const claimCa = loadIssuer(pki.read('claim-ca.pem'), pki.read('claim-ca.key'))
+  const leaked = issueClient(pki, 'service', 'crl-restart-leaky')
+  const bystander = issueClient(pki, 'service', 'crl-restart-bystander')
+  writeFileSync(join(certsDir, 'service-ca.crl.pem'),
+    createCrl({ issuer: serviceCa, revoked: [{ serialNumber: leaked.serialNumber }] }) +
+    createCrl({ issuer: claimCa, revoked: [{ serialNumber: bystander.serialNumber }], number: 2 }))
+
+  const tb = await startBroker({ store: 'memory', overrides: { CERTS_DIR: certsDir } })
+  t.teardown(() => tb.close())
+  t.equal(await connackOf(tb, leaked, 'crl-restart-1'), 5, 'what the valid CRL lists is revoked')
+  t.equal(await connackOf(tb, bystander, 'crl-restart-2'), 0, 'what the bad one lists is not')
+  t.match(tb.events('crl.rejected'), [{ role: 'service', errorCode: 'CrlInvalid', reason: /service-ca\.crl\.pem: CRL 2 of 2: signature/ }], 'the bad CRL audited, by its place in the file')
+  t.match(tb.events('crl.loaded'), [{ role: 'service', count: 1 }], 'the good one loaded')
 })
