@@ -3,11 +3,11 @@
  * measured: either this broker with every plugin on (`buildBroker`), or bare
  * Aedes of the same version with the same persistence behind the same mutual-TLS
  * listener and no hooks at all. Talks to its parent over IPC:
- *   child → parent  {type:'ready', port, httpPort}   {type:'usage', ...}   {type:'gc', heapUsed, external}
+ *   child → parent  {type:'ready', port, httpPort}   {type:'usage', ...}   {type:'gc', heapUsed, external, youngBytes}
  *   parent → child  {type:'usage'}  {type:'gc'}  {type:'stop'}
  * Run: node dist/bench/broker-child.js '<json BrokerChildOptions>'
  */
-import { writeHeapSnapshot } from 'node:v8'
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8'
 import { Aedes } from 'aedes'
 import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
@@ -39,7 +39,7 @@ export interface BrokerChildOptions {
 export type ChildMessage =
   | { type: 'ready', port: number, httpPort: number | null, adminPort: number | null }
   | { type: 'usage', rss: number, heapUsed: number, cpuUser: number, cpuSystem: number }
-  | { type: 'gc', heapUsed?: number, external?: number }
+  | { type: 'gc', heapUsed?: number, external?: number, youngBytes?: number }
 
 function send (msg: ChildMessage): void {
   process.send?.(msg)
@@ -113,7 +113,10 @@ async function main (): Promise<void> {
       // after the collection: what the heap and Buffers really hold, apart from what the allocator keeps
       const m = process.memoryUsage()
       if (process.env.BENCH_HEAP_SNAPSHOTS) writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOTS}/${opts.kind}-${opts.store}-${Date.now()}.heapsnapshot`)
-      send({ type: 'gc', heapUsed: m.heapUsed, external: m.external })
+      // the young generation's committed size: V8 grows and shrinks it by its own rules (a broker that
+      // idled longer gives it back), and at 32 MB it is a fixed cost, not a per-connection one
+      const young = getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.physical_space_size
+      send({ type: 'gc', heapUsed: m.heapUsed, external: m.external, ...(young === undefined ? {} : { youngBytes: young }) })
     } else if (msg.type === 'stop') {
       // bounded: a broker that does not close in 5 s is done anyway
       setTimeout(() => process.exit(0), 5000).unref()

@@ -36,7 +36,7 @@ export interface Target {
 }
 
 /** a Node child's memory right after a full GC, bytes */
-export interface HeapReading { readonly heapUsed: number, readonly external: number }
+export interface HeapReading { readonly heapUsed: number, readonly external: number, /** V8's young generation, committed */ readonly youngBytes: number | null }
 
 export function onPath (bin: string): string | null {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
@@ -157,7 +157,7 @@ export async function startBrokerChild (key: string, opts: BrokerChildOptions, l
           if (msg.type !== 'gc') return
           child.off('message', onGc)
           clearTimeout(timer)
-          resolve(msg.heapUsed !== undefined && msg.external !== undefined ? { heapUsed: msg.heapUsed, external: msg.external } : null)
+          resolve(msg.heapUsed !== undefined && msg.external !== undefined ? { heapUsed: msg.heapUsed, external: msg.external, youngBytes: msg.youngBytes ?? null } : null)
         })
         child.send({ type: 'gc' })
       })

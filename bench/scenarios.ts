@@ -306,6 +306,12 @@ export async function idleMemory (target: Target, env: BenchEnv): Promise<Scenar
           // the part of the RSS growth that is live JavaScript objects and Buffers, per connection (Node brokers only)
           heapKBPerConnection: heapBefore && heapAfter ? round((heapAfter.heapUsed - heapBefore.heapUsed) / connected / 1024, 2) : null,
           externalKBPerConnection: heapBefore && heapAfter ? round((heapAfter.external - heapBefore.external) / connected / 1024, 2) : null,
+          // the RSS growth less the young generation's: V8 sizes that (up to 32 MB) by allocation rate and idle time,
+          // and a broker that idled before the reading had given it back, so it showed as 15 KB "per connection"
+          rssExYoungKBPerConnection: heapBefore?.youngBytes != null && heapAfter?.youngBytes != null
+            ? round(((after.rssBytes - heapAfter.youngBytes) - (before.rssBytes - heapBefore.youngBytes)) / connected / 1024, 1)
+            : null,
+          youngMB: heapBefore?.youngBytes != null && heapAfter?.youngBytes != null ? `${round(heapBefore.youngBytes / 1048576, 1)} → ${round(heapAfter.youngBytes / 1048576, 1)}` : null,
           connectsPerSecond: round(connected / ((b.t - a.t) / 1000))
         },
         cpu: cpuBetween(a, b)
