@@ -5,25 +5,13 @@
  * own endpoint, and devices enrolling with a symmetric key.
  */
 import t from 'tap'
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
 import type { MqttClient } from 'mqtt'
 import { deriveDeviceKey, signSas } from '../../plugins/token/sas.js'
 import { STORES, collect, connect, endClient, publish, registerDevice, startBroker, subscribe, waitFor } from '../helpers/broker.js'
 import { newCsr, request } from '../helpers/provisioning.js'
-import { accessToken, issuerKey, jwksServer, oauthOverrides, tokenConnect, writeGroup } from '../helpers/tokens.js'
+import { accessToken, enrollmentFixtures, issuerKey, jwksServer, oauthOverrides, tokenConnect } from '../helpers/tokens.js'
 
-const templatesDir = mkdtempSync(join(tmpdir(), 'jitp-token-templates-'))
-cpSync(resolve('templates'), templatesDir, { recursive: true })
-const enrollParameters = { type: 'object', required: ['registrationId'], properties: { registrationId: { type: 'string' } } }
-writeFileSync(join(templatesDir, 'sas-sensor.json'), JSON.stringify({ parameters: enrollParameters, deviceId: 'sas-${registrationId}', configuration: { interval: 5 }, reprovision: 'deny' }))
-writeFileSync(join(templatesDir, 'sas-refurb.json'), JSON.stringify({ parameters: enrollParameters, deviceId: 'refurb-${registrationId}', configuration: { interval: 5 }, reprovision: 'replace' }))
-const enrollmentDir = mkdtempSync(join(tmpdir(), 'jitp-enrollment-'))
-const lineKey = Buffer.alloc(64, 7)
-const refurbKey = Buffer.alloc(48, 9)
-writeGroup(enrollmentDir, { name: 'line-7', groupKey: lineKey.toString('base64'), template: 'sas-sensor', registrationIdPattern: '^line7-[0-9]{4}$' })
-writeGroup(enrollmentDir, { name: 'refurb', groupKey: refurbKey.toString('base64'), template: 'sas-refurb' })
+const { templatesDir, enrollmentDir, lineKey, refurbKey } = enrollmentFixtures('jitp-token')
 
 const CSR = '$provision/certificates/create-from-csr/json'
 const sas = (groupKey: Buffer, registrationId: string, inSeconds = 600): string =>

@@ -4,11 +4,11 @@
  * through OAUTH_JWKS_CA), keys and tokens made with jose, enrollment groups on
  * disk, and MQTT.js connects to MQTTS_TOKEN_PORT with the token as password.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { issueCertificate, loadIssuer } from '../../pki/certificate.js'
@@ -158,4 +158,24 @@ export function tokenConnect (tb: { handle: { mqttsTokenPort: number | null }, p
 /** an enrollment group file for ENROLLMENT_DIR */
 export function writeGroup (dir: string, group: { name: string, groupKey: string, template: string, registrationIdPattern?: string }): void {
   writeFileSync(join(dir, `${group.name}.json`), JSON.stringify(group))
+}
+
+/**
+ * The enrollment fixtures two tests share: TEMPLATES_DIR with the shipped templates
+ * plus `sas-sensor` (deny) and `sas-refurb` (replace), both forming the device id from
+ * `registrationId`; ENROLLMENT_DIR with group `line-7` (pattern `^line7-[0-9]{4}$`, template
+ * sas-sensor) and group `refurb` (template sas-refurb).
+ */
+export function enrollmentFixtures (prefix: string): { templatesDir: string, enrollmentDir: string, lineKey: Buffer, refurbKey: Buffer } {
+  const templatesDir = mkdtempSync(join(tmpdir(), `${prefix}-templates-`))
+  cpSync(resolve('templates'), templatesDir, { recursive: true })
+  const enrollParameters = { type: 'object', required: ['registrationId'], properties: { registrationId: { type: 'string' } } }
+  writeFileSync(join(templatesDir, 'sas-sensor.json'), JSON.stringify({ parameters: enrollParameters, deviceId: 'sas-${registrationId}', configuration: { interval: 5 }, reprovision: 'deny' }))
+  writeFileSync(join(templatesDir, 'sas-refurb.json'), JSON.stringify({ parameters: enrollParameters, deviceId: 'refurb-${registrationId}', configuration: { interval: 5 }, reprovision: 'replace' }))
+  const enrollmentDir = mkdtempSync(join(tmpdir(), `${prefix}-enrollment-`))
+  const lineKey = Buffer.alloc(64, 7)
+  const refurbKey = Buffer.alloc(48, 9)
+  writeGroup(enrollmentDir, { name: 'line-7', groupKey: lineKey.toString('base64'), template: 'sas-sensor', registrationIdPattern: '^line7-[0-9]{4}$' })
+  writeGroup(enrollmentDir, { name: 'refurb', groupKey: refurbKey.toString('base64'), template: 'sas-refurb' })
+  return { templatesDir, enrollmentDir, lineKey, refurbKey }
 }

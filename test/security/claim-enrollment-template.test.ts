@@ -12,24 +12,12 @@
  * its ownership token is untouched. Both stores.
  */
 import t from 'tap'
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
 import { deriveDeviceKey, signSas } from '../../plugins/token/sas.js'
 import { STORES, connect, endClient, startBroker, waitFor, type TestBroker } from '../helpers/broker.js'
 import { claimConnect, request, type Reply } from '../helpers/provisioning.js'
-import { tokenConnect, writeGroup } from '../helpers/tokens.js'
+import { enrollmentFixtures, tokenConnect } from '../helpers/tokens.js'
 
-const templatesDir = mkdtempSync(join(tmpdir(), 'jitp-claim-enroll-templates-'))
-cpSync(resolve('templates'), templatesDir, { recursive: true })
-const enrollParameters = { type: 'object', required: ['registrationId'], properties: { registrationId: { type: 'string' } } }
-writeFileSync(join(templatesDir, 'sas-sensor.json'), JSON.stringify({ parameters: enrollParameters, deviceId: 'sas-${registrationId}', configuration: { interval: 5 }, reprovision: 'deny' }))
-writeFileSync(join(templatesDir, 'sas-refurb.json'), JSON.stringify({ parameters: enrollParameters, deviceId: 'refurb-${registrationId}', configuration: { interval: 5 }, reprovision: 'replace' }))
-const enrollmentDir = mkdtempSync(join(tmpdir(), 'jitp-claim-enroll-groups-'))
-const lineKey = Buffer.alloc(64, 7)
-const refurbKey = Buffer.alloc(48, 9)
-writeGroup(enrollmentDir, { name: 'line-7', groupKey: lineKey.toString('base64'), template: 'sas-sensor', registrationIdPattern: '^line7-[0-9]{4}$' })
-writeGroup(enrollmentDir, { name: 'refurb', groupKey: refurbKey.toString('base64'), template: 'sas-refurb' })
+const { templatesDir, enrollmentDir, lineKey, refurbKey } = enrollmentFixtures('jitp-claim-enroll')
 
 const sas = (groupKey: Buffer, registrationId: string): string =>
   signSas(deriveDeviceKey(groupKey, registrationId), registrationId, Math.floor(Date.now() / 1000) + 600)

@@ -12,9 +12,43 @@
  */
 import t from 'tap'
 import { RedisRegistry } from '../../broker/store/redis-registry.js'
-import type { CertificateRecords, RevocationQuery } from '../../broker/store/registry.js'
-import { connect, connectCollecting, endClient, publish, registerDevice, startBroker, STORES, subscribe, waitFor } from '../helpers/broker.js'
+import type { CertificateRecords, Registry, RevocationQuery } from '../../broker/store/registry.js'
+import { connect, connectCollecting, endClient, publish, registerDevice, startBroker, STORES, subscribe, waitFor, type TestBroker } from '../helpers/broker.js'
 import { connackOf, counterValue, issueClient } from '../helpers/revocation.js'
+
+/**
+ * Holds the broker's revocation check for `certificateId`: the connect's one read of
+ * the store (registry.certificateRecords: revocation list, certificate, device) gets
+ * its answer (not revoked yet), and that answer waits until `release`.
+ */
+function holdRecords (registry: Registry, certificateId: string): { inFlight: Promise<void>, release: () => void, restore: () => void } {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let entered!: () => void
+  const inFlight = new Promise<void>((resolve) => { entered = resolve })
+  const realRecords = registry.certificateRecords.bind(registry)
+  registry.certificateRecords = async function heldRecords (q: RevocationQuery): Promise<CertificateRecords> {
+    const answer = await realRecords(q)
+    if (q.certificateId === certificateId) {
+      entered()
+      await gate
+    }
+    return answer
+  }
+  return { inFlight, release, restore: () => { registry.certificateRecords = realRecords } }
+}
+
+/** revokes through `revoker`, and waits until the broker heard the notice (pub/sub from the other instance, or in-process) */
+async function revokeAndHear (tb: TestBroker, revoker: Registry, certificateId: string): Promise<boolean> {
+  const heard = await counterValue(tb.handle.metrics.revocations)
+  const revoked = await revoker.revoke({ certificateId })
+  const start = Date.now()
+  while (await counterValue(tb.handle.metrics.revocations) === heard) {
+    if (Date.now() - start > 5000) throw new Error('the broker never heard the revocation notice')
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  return revoked
+}
 
 for (const store of STORES) {
   t.test(`${store}: a revocation that lands during a connect is honoured`, async (t) => {
@@ -26,37 +60,15 @@ for (const store of STORES) {
     const revoker = store === 'redis' ? new RedisRegistry({ url: tb.redis!.url, keyPrefix: 'jitp:' }) : registry
     if (revoker !== registry) t.teardown(() => revoker.close())
 
-    // hold the broker's revocation check: it reads the list (not revoked yet) and its answer waits
-    let release!: () => void
-    const gate = new Promise<void>((resolve) => { release = resolve })
-    let entered!: () => void
-    const inFlight = new Promise<void>((resolve) => { entered = resolve })
-    // the connect's one read of the store (revocation list, certificate, device: registry.certificateRecords)
-    const realRecords = registry.certificateRecords.bind(registry)
-    registry.certificateRecords = async function heldRecords (q: RevocationQuery): Promise<CertificateRecords> {
-      const answer = await realRecords(q)
-      if (q.certificateId === leaked.certificateId) {
-        entered()
-        await gate
-      }
-      return answer
-    }
-
+    const held = holdRecords(registry, leaked.certificateId)
     const closed = { at: 0 }
     const connecting = connect(tb, leaked, { clientId: 'race-svc-1' }).then((client) => {
       client.once('close', () => { closed.at = Date.now() })
       return client
     }, (err: Error & { code?: number }) => err)
-    await inFlight
-    const heard = await counterValue(tb.handle.metrics.revocations)
-    t.equal(await revoker.revoke({ certificateId: leaked.certificateId }), true, 'revoked while the connect waits on its check')
-    // the broker heard the notice (pub/sub from the other instance, or in-process) before the connect goes on
-    const start = Date.now()
-    while (await counterValue(tb.handle.metrics.revocations) === heard) {
-      if (Date.now() - start > 5000) throw new Error('the broker never heard the revocation notice')
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
-    release()
+    await held.inFlight
+    t.equal(await revokeAndHear(tb, revoker, leaked.certificateId), true, 'revoked (and heard) while the connect waits on its check')
+    held.release()
 
     const outcome = await connecting
     if (outcome instanceof Error) {
@@ -72,7 +84,7 @@ for (const store of STORES) {
     if (outcome instanceof Error) t.pass('nothing to close')
     else t.match(line, { event: 'disconnect', reason: 'revoked while connecting' })
 
-    registry.certificateRecords = realRecords
+    held.restore()
     t.equal(await connackOf(tb, leaked, 'race-svc-2'), 5, 'the next connect: CONNACK 5')
     t.equal(tb.events('certificate.revoked').length, 0, 'the broker does not write the revocation line (the actor does)')
   })
@@ -96,31 +108,13 @@ for (const store of STORES) {
     await endClient(device)
 
     // the reconnect's read of the store answers "not revoked", and waits until the revocation is in and heard
-    let release!: () => void
-    const gate = new Promise<void>((resolve) => { release = resolve })
-    let entered!: () => void
-    const inFlight = new Promise<void>((resolve) => { entered = resolve })
-    const realRecords = registry.certificateRecords.bind(registry)
-    registry.certificateRecords = async function heldRecords (q: RevocationQuery): Promise<CertificateRecords> {
-      const answer = await realRecords(q)
-      if (q.certificateId === leaked.certificateId) {
-        entered()
-        await gate
-      }
-      return answer
-    }
-    t.teardown(() => { registry.certificateRecords = realRecords })
+    const held = holdRecords(registry, leaked.certificateId)
+    t.teardown(held.restore)
 
     const reconnecting = connectCollecting(tb, leaked, { clientId: 'race-queue-1', clean: false }).then((c) => c, (err: Error & { code?: number }) => err)
-    await inFlight
-    const heard = await counterValue(tb.handle.metrics.revocations)
-    t.equal(await revoker.revoke({ certificateId: leaked.certificateId }), true, 'revoked while the reconnect waits on its check')
-    const start = Date.now()
-    while (await counterValue(tb.handle.metrics.revocations) === heard) {
-      if (Date.now() - start > 5000) throw new Error('the broker never heard the revocation notice')
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
-    release()
+    await held.inFlight
+    t.equal(await revokeAndHear(tb, revoker, leaked.certificateId), true, 'revoked (and heard) while the reconnect waits on its check')
+    held.release()
 
     const outcome = await reconnecting
     if (outcome instanceof Error) {
