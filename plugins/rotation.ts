@@ -153,13 +153,15 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
       }
     }
 
-    /** revokes the certificate this one replaces, if this call is the one that settles it */
+    /** revokes the certificate this one replaces and the device's other old ones, if this call is the one that settles it */
     async function settle (certificateId: string, how: 'completed' | 'expired', fields: { clientId?: string, deviceId?: string, remoteAddress?: string }): Promise<void> {
-      const old = await registry.settleRotation(certificateId)
-      if (old === null) return
+      const revoked = await registry.settleRotation(certificateId)
+      if (revoked.length === 0) return
       metrics.rotations.inc({ outcome: how })
-      const deviceId = fields.deviceId ?? (await registry.getCertificate(old).catch(() => null))?.deviceId ?? undefined
-      audit.write('certificate.revoked', { ...fields, deviceId, role: 'device', certificateId: old, reason: 'rotated' })
+      const deviceId = fields.deviceId ?? (await registry.getCertificate(certificateId).catch(() => null))?.deviceId ?? undefined
+      revoked.forEach((id, i) => {
+        audit.write('certificate.revoked', { ...fields, deviceId, role: 'device', certificateId: id, reason: i === 0 ? 'rotated' : 'rotated: another certificate of the device before the rotation' })
+      })
     }
 
     let sweeping = false

@@ -315,15 +315,21 @@ export class MemoryRegistry implements Registry {
     return { result: 'rotated', superseded }
   }
 
-  async settleRotation (certificateId: string): Promise<string | null> {
+  async settleRotation (certificateId: string): Promise<string[]> {
     const cert = this.#certificates.get(certificateId)
-    if (cert?.replaces === undefined) return null
+    if (cert?.replaces === undefined) return []
     const { replaces, graceUntil: _graceUntil, ...settled } = cert
     this.#certificates.set(certificateId, settled)
     this.#rotationsDue.delete(certificateId)
-    if (this.#certificates.get(replaces)?.status !== 'active') return null
-    this.#revokeRotated(replaces, this.#now())
-    return replaces
+    const now = this.#now()
+    const revoked: string[] = []
+    if (this.#certificates.get(replaces)?.status === 'active') revoked.push(replaces)
+    // every other certificate still active for the device: the claim flow's provisional one carries the old key too
+    for (const c of this.#certificates.values()) {
+      if (c.deviceId === cert.deviceId && c.status === 'active' && c.certificateId !== certificateId && c.certificateId !== replaces) revoked.push(c.certificateId)
+    }
+    for (const id of revoked) this.#revokeRotated(id, now)
+    return revoked
   }
 
   async rotationsDue (before: number, limit: number): Promise<string[]> {

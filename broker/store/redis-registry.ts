@@ -315,16 +315,33 @@ indexCert(P, newId)
 redis.call('ZADD', P .. 'rotations', ARGV[5], newId)
 return reply`)
 
-// KEYS: new cert; ARGV: prefix, newId, now, channel, origin. Replies the revoked old id, or nil.
+// KEYS: new cert; ARGV: prefix, newId, now, channel, origin. Replies the ids it revoked: the replaced
+// certificate first, then every other certificate still active for the device (the provisional one of
+// the claim flow carries the old key too); empty when there was nothing to settle.
 const SETTLE_ROTATION = indexed(ROTATION_LIB + `
 local P, newId = ARGV[1], ARGV[2]
 local oldId = redis.call('HGET', KEYS[1], 'replaces')
-if not oldId then return false end
+if not oldId then return {} end
+local deviceId = redis.call('HGET', KEYS[1], 'deviceId')
 redis.call('HDEL', KEYS[1], 'replaces', 'graceUntil')
 redis.call('ZREM', P .. 'rotations', newId)
-if redis.call('HGET', P .. 'cert:' .. oldId, 'status') ~= 'active' then return false end
-revokeRotated(P, oldId, ARGV[3], ARGV[4], ARGV[5])
-return oldId`)
+local reply = {}
+if redis.call('HGET', P .. 'cert:' .. oldId, 'status') == 'active' then
+  revokeRotated(P, oldId, ARGV[3], ARGV[4], ARGV[5])
+  table.insert(reply, oldId)
+end
+if deviceId then
+  for _, id in ipairs(redis.call('SMEMBERS', P .. 'device-certs:' .. deviceId)) do
+    if id ~= newId and id ~= oldId then
+      local c = redis.call('HMGET', P .. 'cert:' .. id, 'deviceId', 'status')
+      if c[1] == deviceId and c[2] == 'active' then
+        revokeRotated(P, id, ARGV[3], ARGV[4], ARGV[5])
+        table.insert(reply, id)
+      end
+    end
+  end
+end
+return reply`)
 // --- end rotation ---
 
 // --- device activity ---
@@ -649,13 +666,12 @@ export class RedisRegistry implements Registry {
     return { result: 'rotated', superseded }
   }
 
-  async settleRotation (certificateId: string): Promise<string | null> {
+  async settleRotation (certificateId: string): Promise<string[]> {
     const conn = await this.#ready()
-    const old = await conn.eval(SETTLE_ROTATION, 1, this.#key('cert', certificateId),
-      this.#prefix, certificateId, String(this.#now()), this.#channel, this.#origin) as string | null
-    if (old === null) return null
-    this.#listeners.emit({ deviceId: null, certificateId: old })
-    return old
+    const revoked = await conn.eval(SETTLE_ROTATION, 1, this.#key('cert', certificateId),
+      this.#prefix, certificateId, String(this.#now()), this.#channel, this.#origin) as string[]
+    for (const id of revoked) this.#listeners.emit({ deviceId: null, certificateId: id })
+    return revoked
   }
 
   async rotationsDue (before: number, limit: number): Promise<string[]> {

@@ -309,11 +309,14 @@ export interface Rotations {
   rotateCertificate (cert: RotatedCertificate, presented: RevocationQuery): Promise<RotationOutcome>
   /**
    * Settles the rotation of this (new) certificate: clears `replaces`, and revokes
-   * the replaced certificate (lists it, tells every process). Returns that
-   * certificate's id to the one caller that revoked it, null to every other caller
-   * and when there is nothing to settle: exactly one writer of the audit line.
+   * (lists, tells every process) the replaced certificate and every other
+   * certificate still active for the device: a rotation retires the old key, and
+   * the claim flow's provisional certificate carries it too. Returns the revoked
+   * ids (the replaced one first) to the one caller that settled, an empty list to
+   * every other caller and when there is nothing to settle: exactly one writer of
+   * the audit lines.
    */
-  settleRotation (certificateId: string): Promise<string | null>
+  settleRotation (certificateId: string): Promise<string[]>
   /** new certificates whose grace ended before `before` and are still unsettled, at most `limit` */
   rotationsDue (before: number, limit: number): Promise<string[]>
 }
