@@ -13,6 +13,7 @@
  * ack or timeout in a cluster.
  */
 import type { Client } from 'aedes'
+import { findPii, redactText } from '../broker/pii-detect.js'
 import type { ConfigService } from '../broker/config-service.js'
 import type { AuditFields } from '../broker/audit.js'
 import type { Plugin, PluginContext, PluginHooks } from '../broker/plugin.js'
@@ -149,7 +150,11 @@ function lifecycleHooks (ctx: PluginContext, { service, store, scanIntervalMs = 
       onApplied?.(deviceId)
       return
     }
-    const error = (ack.error ?? 'no error given').slice(0, MAX_ERROR_TEXT)
+    // the device's own words go into the version's history, the audit log and the admin API: what the
+    // inline detector finds in them (an address, a phone or card number, an IBAN) is written as its kind,
+    // over the whole text before it is cut, so no half of one survives the cut (CONTRACT §5, §6)
+    const text = ack.error ?? 'no error given'
+    const error = redactText(text, findPii(text)).slice(0, MAX_ERROR_TEXT)
     await settle(deviceId, ack.version, 'failed', fields, `device reported failed: ${error}`)
   }
 
