@@ -9,7 +9,7 @@ import { createReadStream, existsSync, statSync, watch } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { verifyFiles } from '../audit-chain.js'
-import { globToRegExp, parseSince } from '../audit-query.js'
+import { globMatcher, parseSince, type GlobMatcher } from '../audit-query.js'
 import { ADMIN_OPTIONS, adminCall, adminTarget, withQuery, type AdminTarget } from './admin-client.js'
 
 /**
@@ -33,7 +33,7 @@ export function escapeControl (value: string): string {
 
 const SHOWN = ['clientId', 'deviceId', 'role', 'topic', 'errorCode', 'reason', 'remoteAddress', 'certificateId', 'template', 'version', 'count']
 
-export function formatLine (line: string, filter: { event?: RegExp | undefined, device?: string | undefined, since?: number | undefined }): string | null {
+export function formatLine (line: string, filter: { event?: GlobMatcher | undefined, device?: string | undefined, since?: number | undefined }): string | null {
   let entry: Record<string, unknown>
   try {
     entry = JSON.parse(line) as Record<string, unknown>
@@ -128,7 +128,7 @@ export async function auditCommand (args: string[]): Promise<number | null> {
   })
   const file = positionals[0]
   const since = sinceArg(values.since)
-  const filter = { event: values.event ? globToRegExp(values.event) : undefined, device: values.device, since }
+  const filter = { event: values.event ? globMatcher(values.event) : undefined, device: values.device, since }
   const print = (line: string): void => {
     if (values.json) {
       // the API already filtered; a file is filtered here, the line passed on as it is
