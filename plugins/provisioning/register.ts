@@ -181,14 +181,36 @@ function clientIdInUse (deviceId: string): JitpError {
   return new JitpError('ClientIdInUse', `'${deviceId}' is the client id of another identity's session`)
 }
 
+/**
+ * The registrations in flight on this process, by ownership token and by device id.
+ * The initial config is committed before the registry's atomic step (publishConfig
+ * says why), so requests racing one token (or one device id) each committed a
+ * version, and the losers' stayed in the config store for a device that did not
+ * exist: a claim connection sending one token with many serials at once seeded
+ * config records for ids of devices still to come. A token is bound to one
+ * connection, which lives on one process: here is where its requests race.
+ */
+const inFlight = new WeakMap<Registry, Set<string>>()
+
 /** Applies the reprovision policy and registers the device, its certificates and its initial config. */
 export async function commitRegistration (deps: RegistrationDeps, device: NewDevice): Promise<void> {
+  let busy = inFlight.get(deps.registry)
+  if (busy === undefined) inFlight.set(deps.registry, busy = new Set())
+  const tokenKey = device.token === null ? null : `token:${device.token}`
+  const deviceKey = `device:${device.deviceId}`
+  if (tokenKey !== null && busy.has(tokenKey)) throw new JitpError('InvalidCertificateOwnershipToken', 'token in use by another request')
+  if (busy.has(deviceKey)) throw new JitpError('DeviceExists', `a registration of '${device.deviceId}' is in progress`)
+  if (tokenKey !== null) busy.add(tokenKey)
+  busy.add(deviceKey)
   const c: Commit = { device, configPublished: false, replacing: false, committed: false, revoked: [] }
   try {
     for (const step of commitActions) await step(deps, c)
   } catch (err) {
     if (c.configPublished && !c.committed) await withdrawConfig(deps, device.deviceId)
     throw err
+  } finally {
+    if (tokenKey !== null) busy.delete(tokenKey)
+    busy.delete(deviceKey)
   }
 }
 
