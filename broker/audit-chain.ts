@@ -29,6 +29,15 @@ import { createReadStream } from 'node:fs'
 /** the hash a new chain's first line is computed over */
 export const GENESIS_HASH = '0'.repeat(64)
 export const CHAIN_STARTED = 'audit.chain.started'
+/**
+ * The reasons of the `audit.chain.started` lines a writer puts in the MIDDLE of a
+ * file (a restart appending to it): the file's earlier lines are its beginning,
+ * so a file that starts with one has lost them. A rotated or truncated file
+ * starts with its own marker, whose reason is none of these.
+ */
+export const RESTARTED_ON_FILE = 'restarted on the same file'
+export const RESTARTED_AFTER_CUT = 'restarted after a line cut short (a crash while it was being written?)'
+const MID_FILE_REASONS: ReadonlySet<unknown> = new Set([RESTARTED_ON_FILE, RESTARTED_AFTER_CUT])
 const HEAD = ['level', 'time', 'event'] as const
 const HEAD_SET: ReadonlySet<string> = new Set([...HEAD, 'seq', 'hash'])
 const HASH = /^[0-9a-f]{64}$/
@@ -231,6 +240,18 @@ export class ChainVerifier {
       }
       this.#chains.set(key, chain)
       if (this.#anchor === '') this.#anchor = anchor
+      if (prevHash !== null && !merged && this.#opts.partial !== true && MID_FILE_REASONS.has(parsed.rec.reason)) {
+        // deleting a file's lines up to a restart made the rest look like a chain that continues another one
+        this.#result = {
+          ok: false,
+          file,
+          line: lineNo,
+          seq: parsed.seq,
+          fault: 'removed',
+          message: `removed: the chain starts at a restart on the same file (seq ${parsed.seq}, "${String(parsed.rec.reason)}") with nothing of the file before it (a copy of part of a file verifies with --partial)`
+        }
+        return
+      }
       if (prevHash === null && parsed.seq !== 1) {
         // merged: a fault pending on another chain is on an earlier line, so it is the one named
         if (this.#pending !== undefined) return this.#fail(this.#pending, null)

@@ -22,7 +22,7 @@ import { stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { ReplyError, type Redis } from 'ioredis'
 import pino from 'pino'
-import { CHAIN_STARTED, chainHash, GENESIS_HASH } from './audit-chain.js'
+import { CHAIN_STARTED, chainHash, GENESIS_HASH, RESTARTED_AFTER_CUT, RESTARTED_ON_FILE } from './audit-chain.js'
 import { AUDIT_STREAM_KEY, createAuditRing, createAuditSource, type AuditPage, type AuditQuery, type AuditRing, type AuditSource } from './audit-query.js'
 import { connectRedis, quitGracefully, within } from './store/redis.js'
 
@@ -453,11 +453,11 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
       const tail = readTail(destination, st.size)
       seq = tail.seq
       prev = tail.hash
-      continues = tail.chained ? 'restarted on the same file' : 'the file holds no chained line to continue (written before chaining?)'
+      continues = tail.chained ? RESTARTED_ON_FILE : 'the file holds no chained line to continue (written before chaining?)'
       if (tail.cut) {
         // the cut line gets its newline, so it stays one (broken) line and the chain resumes on the next
         separator = '\n'
-        continues = 'restarted after a line cut short (a crash while it was being written?)'
+        continues = RESTARTED_AFTER_CUT
         startLevel = 'warn'
       }
     }

@@ -129,6 +129,12 @@ t.test('a broker run, a restart and rotations: every file verifies, every kind o
   t.match(resumed, { event: 'audit.chain.started', prevHash: run.at(-1)!.hash, seq: run.length + 1, brokerId: tb2.handle.broker.id, reason: /restarted/ },
     'the restarted process\'s first line names the last hash before it and goes on with seq')
   t.ok(await intactInProcess([file]), 'verify passes across the restart')
+  // everything before the restart deleted: the rest looked like a chain continuing another one
+  const cut = tampered(file, 'cut-before-restart', (ls) => { ls.splice(0, run.length) })
+  const cutResult = await verify(cut)
+  t.equal(cutResult.code, 1, 'a file that starts at a restart on itself: exit 1')
+  t.match(cutResult.stderr, /cut-before-restart line 1 \(seq \d+\): removed: the chain starts at a restart on the same file/, 'named: its beginning was removed')
+  t.ok(await intactInProcess([cut], { partial: true }), 'with --partial (a copy of part of a file) it is taken as it is')
 
   // ---- logrotate, create mode without a signal: renamed, noticed by the periodic check
   const rotated1 = `${file}.1`
