@@ -160,7 +160,7 @@ export const rotationPlugin: Plugin<RotationOptions | undefined> = {
       metrics.rotations.inc({ outcome: how })
       const deviceId = fields.deviceId ?? (await registry.getCertificate(certificateId).catch(() => null))?.deviceId ?? undefined
       revoked.forEach((id, i) => {
-        audit.write('certificate.revoked', { ...fields, deviceId, role: 'device', certificateId: id, reason: i === 0 ? 'rotated' : 'rotated: another certificate of the device before the rotation' })
+        audit.write('certificate.revoked', { ...fields, deviceId, role: 'device', certificateId: id, reason: i === 0 ? 'rotated' : 'rotated: another certificate of the device from before the rotation' })
       })
     }
 

@@ -321,12 +321,15 @@ export class MemoryRegistry implements Registry {
     const { replaces, graceUntil: _graceUntil, ...settled } = cert
     this.#certificates.set(certificateId, settled)
     this.#rotationsDue.delete(certificateId)
+    // revoked meanwhile: its settling revokes nothing (the device's certificates are not its to retire)
+    if (cert.status !== 'active') return []
     const now = this.#now()
     const revoked: string[] = []
     if (this.#certificates.get(replaces)?.status === 'active') revoked.push(replaces)
-    // every other certificate still active for the device: the claim flow's provisional one carries the old key too
+    // every other certificate still active for the device and issued before this one: the claim flow's
+    // provisional one carries the old key too; one a later rotation issued is the device's newest and stays
     for (const c of this.#certificates.values()) {
-      if (c.deviceId === cert.deviceId && c.status === 'active' && c.certificateId !== certificateId && c.certificateId !== replaces) revoked.push(c.certificateId)
+      if (c.deviceId === cert.deviceId && c.status === 'active' && c.certificateId !== certificateId && c.certificateId !== replaces && c.createdAt < cert.createdAt) revoked.push(c.certificateId)
     }
     for (const id of revoked) this.#revokeRotated(id, now)
     return revoked

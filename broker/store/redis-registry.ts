@@ -316,25 +316,30 @@ redis.call('ZADD', P .. 'rotations', ARGV[5], newId)
 return reply`)
 
 // KEYS: new cert; ARGV: prefix, newId, now, channel, origin. Replies the ids it revoked: the replaced
-// certificate first, then every other certificate still active for the device (the provisional one of
-// the claim flow carries the old key too); empty when there was nothing to settle.
+// certificate first, then every other certificate of the device still active and issued BEFORE the new
+// one (the provisional one of the claim flow carries the old key too; one issued after it, by a later
+// rotation, is the device's newest and stays); empty when there was nothing to settle, and when the new
+// certificate is no longer active itself (revoked meanwhile: its settling revokes nothing).
 const SETTLE_ROTATION = indexed(ROTATION_LIB + `
 local P, newId = ARGV[1], ARGV[2]
-local oldId = redis.call('HGET', KEYS[1], 'replaces')
+local new = redis.call('HMGET', KEYS[1], 'replaces', 'deviceId', 'status', 'createdAt')
+local oldId, deviceId = new[1], new[2]
 if not oldId then return {} end
-local deviceId = redis.call('HGET', KEYS[1], 'deviceId')
 redis.call('HDEL', KEYS[1], 'replaces', 'graceUntil')
 redis.call('ZREM', P .. 'rotations', newId)
+if new[3] ~= 'active' then return {} end
 local reply = {}
 if redis.call('HGET', P .. 'cert:' .. oldId, 'status') == 'active' then
   revokeRotated(P, oldId, ARGV[3], ARGV[4], ARGV[5])
   table.insert(reply, oldId)
 end
-if deviceId then
+local issuedAt = tonumber(new[4])
+if deviceId and issuedAt then
   for _, id in ipairs(redis.call('SMEMBERS', P .. 'device-certs:' .. deviceId)) do
     if id ~= newId and id ~= oldId then
-      local c = redis.call('HMGET', P .. 'cert:' .. id, 'deviceId', 'status')
-      if c[1] == deviceId and c[2] == 'active' then
+      local c = redis.call('HMGET', P .. 'cert:' .. id, 'deviceId', 'status', 'createdAt')
+      local created = tonumber(c[3])
+      if c[1] == deviceId and c[2] == 'active' and created and created < issuedAt then
         revokeRotated(P, id, ARGV[3], ARGV[4], ARGV[5])
         table.insert(reply, id)
       end

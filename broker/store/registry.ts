@@ -310,8 +310,9 @@ export interface Rotations {
   /**
    * Settles the rotation of this (new) certificate: clears `replaces`, and revokes
    * (lists, tells every process) the replaced certificate and every other
-   * certificate still active for the device: a rotation retires the old key, and
-   * the claim flow's provisional certificate carries it too. Returns the revoked
+   * certificate still active for the device that was issued before this one: a
+   * rotation retires the old key, and the claim flow's provisional certificate
+   * carries it too. A certificate revoked meanwhile settles without revoking. Returns the revoked
    * ids (the replaced one first) to the one caller that settled, an empty list to
    * every other caller and when there is nothing to settle: exactly one writer of
    * the audit lines.

@@ -267,6 +267,32 @@ export function registryContract (t: Test, name: string, make: MakeRegistry): vo
     t.match(await registry.rotateCertificate(rotation('clean', 'clean-new'), query('clean', issuerA, '0c')), { result: 'rotated' }, 'an unlisted certificate rotates')
   })
 
+  t.test(`${name}: settling a rotation retires what came before it, never what came after, and a revoked rotation retires nothing`, async (t) => {
+    const { registry } = await setup(t)
+    const rotated = (fresh: string, old: string, deviceId: string, at: number): Parameters<Registry['rotateCertificate']>[0] => ({
+      ...certificate(fresh, deviceId, { serialNumber: '7f', createdAt: at, updatedAt: at }), deviceId, replaces: certId(old), graceUntil: at + 60_000
+    })
+    // A → B, then B → C before B's settling ran (the first-use settle failed, or was held): a late settle of B
+    await registry.putDevice(device('late-1'))
+    await registry.putCertificate(certificate('late-A', 'late-1'))
+    await registry.putCertificate(certificate('late-P', 'late-1'))
+    t.match(await registry.rotateCertificate(rotated('late-B', 'late-A', 'late-1', T0 + 1000), query('late-A')), { result: 'rotated' })
+    t.match(await registry.rotateCertificate(rotated('late-C', 'late-B', 'late-1', T0 + 2000), query('late-B')), { result: 'rotated' })
+    t.same((await registry.settleRotation(certId('late-B'))).sort(), [certId('late-A'), certId('late-P')].sort(), 'B retires A and the other certificate from before it')
+    t.equal((await registry.getCertificate(certId('late-C')))?.status, 'active', 'C, issued after B, stays: it is the device\'s newest')
+    t.same(await registry.settleRotation(certId('late-B')), [], 'settled once')
+
+    // A → N, N revoked, A → F, F settled: N's settling at its grace end retires nothing
+    await registry.putDevice(device('rev-1'))
+    await registry.putCertificate(certificate('rev-A', 'rev-1'))
+    t.match(await registry.rotateCertificate(rotated('rev-N', 'rev-A', 'rev-1', T0 + 1000), query('rev-A')), { result: 'rotated' })
+    t.equal(await registry.revokeCertificate(certId('rev-N')), true)
+    t.match(await registry.rotateCertificate(rotated('rev-F', 'rev-A', 'rev-1', T0 + 2000), query('rev-A')), { result: 'rotated' })
+    t.same(await registry.settleRotation(certId('rev-F')), [certId('rev-A')], 'F retires A')
+    t.same(await registry.settleRotation(certId('rev-N')), [], 'the revoked N retires nothing')
+    t.equal((await registry.getCertificate(certId('rev-F')))?.status, 'active', 'F, the device\'s only certificate, stays')
+  })
+
   t.test(`${name}: a revoked device's certificates fail re-validation; revokeCertificate lists`, async (t) => {
     const { registry } = await setup(t)
     await fleet(registry)
