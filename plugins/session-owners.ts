@@ -108,6 +108,8 @@ export async function holdSession (ctx: PluginContext, identity: Identity, ev: A
  * it extends the session's own record and never takes another identity's.
  */
 export function keepLiveOwnersAlive (ctx: PluginContext, periodMs: number): { close (): void } {
+  // SESSION_REVALIDATE_SECONDS has no ceiling: a record must be renewed well within its own lifetime
+  const everyMs = Math.min(periodMs, CLEAN_SESSION_OWNER_TTL_MS / 4)
   let running = false
   async function renew (): Promise<void> {
     const sessions: Array<[clientId: string, owner: string]> = []
@@ -133,7 +135,7 @@ export function keepLiveOwnersAlive (ctx: PluginContext, periodMs: number): { cl
       // Redis away: the records have hours left; the next turn renews them
       ctx.log.debug({ err: (err as Error).message }, 'session owner renewal failed')
     }).finally(() => { running = false })
-  }, periodMs)
+  }, everyMs)
   timer.unref()
   return { close: () => clearInterval(timer) }
 }

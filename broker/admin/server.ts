@@ -91,7 +91,7 @@ export async function createAdminServer (deps: AdminDeps): Promise<AdminServer> 
     bodyLimit: BODY_LIMIT,
     // Fastify's router refuses a path parameter over 100 characters itself (414, before any hook): neither in
     // the error catalogue nor audited. Longer here, so the route's schema refuses it as every bad input is
-    maxParamLength: 1024,
+    routerOptions: { maxParamLength: 1024 },
     // a half-open or idle operator connection must not hold a socket forever
     connectionTimeout: config.tlsHandshakeTimeoutMs + 30_000,
     requestTimeout: 30_000,

@@ -187,21 +187,26 @@ function clientIdInUse (deviceId: string): JitpError {
  * says why), so requests racing one token (or one device id) each committed a
  * version, and the losers' stayed in the config store for a device that did not
  * exist: a claim connection sending one token with many serials at once seeded
- * config records for ids of devices still to come. A token is bound to one
- * connection, which lives on one process: here is where its requests race.
+ * config records for ids of devices still to come. A token is held from before it
+ * is read (registerClaimed) to the end, a device id from when it is known; a token
+ * is bound to one connection, which lives on one process: here is where its
+ * requests race.
  */
 const inFlight = new WeakMap<Registry, Set<string>>()
 
+/** Holds `key` for one registration on this process; throws `refusal` when another holds it. Returns the release. */
+function hold (registry: Registry, key: string, refusal: () => JitpError): () => void {
+  let busy = inFlight.get(registry)
+  if (busy === undefined) inFlight.set(registry, busy = new Set())
+  if (busy.has(key)) throw refusal()
+  busy.add(key)
+  const held = busy
+  return () => { held.delete(key) }
+}
+
 /** Applies the reprovision policy and registers the device, its certificates and its initial config. */
 export async function commitRegistration (deps: RegistrationDeps, device: NewDevice): Promise<void> {
-  let busy = inFlight.get(deps.registry)
-  if (busy === undefined) inFlight.set(deps.registry, busy = new Set())
-  const tokenKey = device.token === null ? null : `token:${device.token}`
-  const deviceKey = `device:${device.deviceId}`
-  if (tokenKey !== null && busy.has(tokenKey)) throw new JitpError('InvalidCertificateOwnershipToken', 'token in use by another request')
-  if (busy.has(deviceKey)) throw new JitpError('DeviceExists', `a registration of '${device.deviceId}' is in progress`)
-  if (tokenKey !== null) busy.add(tokenKey)
-  busy.add(deviceKey)
+  const release = hold(deps.registry, `device:${device.deviceId}`, () => new JitpError('DeviceExists', `a registration of '${device.deviceId}' is in progress`))
   const c: Commit = { device, configPublished: false, replacing: false, committed: false, revoked: [] }
   try {
     for (const step of commitActions) await step(deps, c)
@@ -209,8 +214,7 @@ export async function commitRegistration (deps: RegistrationDeps, device: NewDev
     if (c.configPublished && !c.committed) await withdrawConfig(deps, device.deviceId)
     throw err
   } finally {
-    if (tokenKey !== null) busy.delete(tokenKey)
-    busy.delete(deviceKey)
+    release()
   }
 }
 
@@ -310,6 +314,12 @@ export const registerActions: readonly ClaimStep[] = [checkTemplateName, findTem
 
 /** Runs the claim flow; throws the JitpError of the first step that refuses. */
 export async function registerClaimed (deps: ClaimDeps, r: ClaimRegistration): Promise<Required<ClaimRegistration>> {
-  for (const step of registerActions) await step(deps, r)
-  return r as Required<ClaimRegistration>
+  // from before the token is read: a second request with it waits for nothing and writes nothing
+  const release = r.tokenValue === '' ? null : hold(deps.registry, `token:${r.tokenValue}`, () => new JitpError('InvalidCertificateOwnershipToken', 'token in use by another request'))
+  try {
+    for (const step of registerActions) await step(deps, r)
+    return r as Required<ClaimRegistration>
+  } finally {
+    release?.()
+  }
 }

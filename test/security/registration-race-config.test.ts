@@ -7,10 +7,13 @@
  * come, whose real registration then started at version 2. CONTRACT §3.3: after
  * a failed registration nothing of the device is left behind.
  * Defence: registrations in flight on a process are keyed by token and by device
- * id; a second request with either is refused before it writes anything. Both
- * stores.
+ * id, the token from before it is read; a second request with either is refused
+ * before it writes anything. Both stores.
  */
 import t from 'tap'
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
 import { STORES, collect, connect, endClient, startBroker, subscribe, waitFor } from '../helpers/broker.js'
 import { claimConnect, provision, request } from '../helpers/provisioning.js'
 
@@ -54,5 +57,40 @@ for (const store of STORES) {
     await waitFor(() => got.length >= 1, 5000, 'its retained config')
     t.equal((JSON.parse(got[0]!.payload) as { version: number }).version, 1, 'version 1, nothing before it')
     await endClient(device)
+  })
+}
+
+/** `checked`: the sensor template with a pre-provisioning check that answers serials ending in SLOW later (an external lookup) */
+function checkedTemplates (): string {
+  const dir = mkdtempSync(join(tmpdir(), 'jitp-race-templates-'))
+  cpSync(resolve('templates'), dir, { recursive: true })
+  const sensor = JSON.parse(readFileSync(join(dir, 'sensor.json'), 'utf8')) as Record<string, unknown>
+  writeFileSync(join(dir, 'checked.json'), JSON.stringify({ ...sensor, preProvisioningCheck: { module: 'slow-check.mjs' } }))
+  writeFileSync(join(dir, 'slow-check.mjs'), 'export default async function check (req) {\n' +
+    '  if (req.parameters.serialNumber.endsWith(\'SLOW\')) await new Promise((resolve) => setTimeout(resolve, 400))\n' +
+    '  return { allow: true }\n}\n')
+  return dir
+}
+
+for (const store of STORES) {
+  t.test(`one token, two serials, one answered later by the template's check: nothing left of the slow one (${store})`, async (t) => {
+    // the slow request read the token before the fast one used it, and reached its commit after the fast
+    // one had finished: a guard on the commit alone let it publish its version 1, then lose the token
+    const tb = await startBroker({ store, overrides: { TEMPLATES_DIR: checkedTemplates() } })
+    t.teardown(() => tb.close())
+    const register = '$provision/templates/checked/provision/json'
+    const claim = await claimConnect(tb, `stagger-${store}`)
+    const created = await request(claim, '$provision/certificates/create/json', {})
+    const replies = collect(claim)
+    await subscribe(claim, [`${register}/accepted`, `${register}/rejected`])
+    for (const serialNumber of ['FAST-0001', 'LOSER-SLOW']) {
+      claim.publish(register, JSON.stringify({ certificateOwnershipToken: created.body.certificateOwnershipToken, parameters: { serialNumber } }), { qos: 1 })
+    }
+    await waitFor(() => replies.filter((m) => m.topic.startsWith(register)).length === 2, 10_000, 'two replies')
+    await endClient(claim)
+    t.equal(replies.filter((m) => m.topic === `${register}/accepted`).length, 1, 'one registration')
+    t.equal(await tb.handle.registry.getDevice('sensor-LOSER-SLOW'), null, 'the slow one: no device')
+    t.equal(await tb.handle.configs.state('sensor-LOSER-SLOW'), null, 'and no config state')
+    t.same(await tb.handle.configs.history('sensor-LOSER-SLOW', 10), [], 'and no config history')
   })
 }
