@@ -13,7 +13,7 @@
 import { X509Certificate } from 'node:crypto'
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { parseCrl, splitCrlPem, verifyCrl } from '../pki/crl.js'
+import { crlDerOf, crlPemBlocks, parseCrl, verifyCrl } from '../pki/crl.js'
 import type { Audit } from './audit.js'
 import { watchDir } from './dir-watch.js'
 import type { AppLogger } from './logger.js'
@@ -79,7 +79,7 @@ interface CrlFile {
 
 /** every `X509 CRL` block of the file on its own: the keys of those that parse and verify, and why the others did not */
 function readCrlFile (text: string, cas: readonly X509Certificate[]): CrlFile {
-  const blocks = text.match(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g) ?? []
+  const blocks = crlPemBlocks(text)
   if (blocks.length === 0) return { keys: new Set(), loaded: 0, problems: ['no X509 CRL block'] }
   const keys = new Set<string>()
   const problems: string[] = []
@@ -87,7 +87,7 @@ function readCrlFile (text: string, cas: readonly X509Certificate[]): CrlFile {
   blocks.forEach((block, i) => {
     const where = blocks.length > 1 ? `CRL ${i + 1} of ${blocks.length}: ` : ''
     try {
-      const crl = parseCrl(splitCrlPem(block)[0]!)
+      const crl = parseCrl(crlDerOf(block))
       // several CAs may share a role file: the one whose key verifies the signature issued the CRL
       const issuer = cas.find((ca) => verifyCrl(crl, ca.publicKey))
       if (issuer === undefined) throw new Error('signature does not verify against any CA of the role')

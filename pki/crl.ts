@@ -73,14 +73,21 @@ export function createCrl (opts: CreateCrlOptions): string {
   return toPem('X509 CRL', signedEnvelope(tbs, signer.scheme.algorithmId, signature))
 }
 
-/** every `X509 CRL` PEM block of a file, as DER (a file may hold several CRLs) */
+/** every `X509 CRL` PEM block of a file, as text (a file may hold several CRLs) */
+export function crlPemBlocks (text: string): string[] {
+  return text.match(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g) ?? []
+}
+
+/** one `X509 CRL` PEM block as DER; throws on a malformed one */
+export function crlDerOf (block: string): Buffer {
+  const der = fromPem(block, ['X509 CRL'])
+  if (der === null) throw new Error('malformed X509 CRL PEM block')
+  return der
+}
+
+/** every `X509 CRL` PEM block of a file, as DER; throws when one is malformed */
 export function splitCrlPem (text: string): Buffer[] {
-  const blocks = text.match(/-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g) ?? []
-  return blocks.map((block) => {
-    const der = fromPem(block, ['X509 CRL'])
-    if (der === null) throw new Error('malformed X509 CRL PEM block')
-    return der
-  })
+  return crlPemBlocks(text).map(crlDerOf)
 }
 
 function timeOf (node: Asn1 | undefined): number | null {

@@ -427,7 +427,6 @@ export class MemoryRegistry implements Registry {
     this.#listeners.clear()
   }
 
-
   // unclaimed tokens would otherwise pile up for the life of the process; sweeping
   // only when the map has doubled keeps putToken amortised O(1) during onboarding bursts
   #sweepTokens (): void {
