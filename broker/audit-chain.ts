@@ -240,30 +240,17 @@ export class ChainVerifier {
       }
       this.#chains.set(key, chain)
       if (this.#anchor === '') this.#anchor = anchor
+      const beginningGone = (message: string): void => {
+        this.#result = { ok: false, file, line: lineNo, seq: parsed.seq, fault: 'removed', message }
+      }
       if (prevHash !== null && !merged && this.#opts.partial !== true && MID_FILE_REASONS.has(parsed.rec.reason)) {
         // deleting a file's lines up to a restart made the rest look like a chain that continues another one
-        this.#result = {
-          ok: false,
-          file,
-          line: lineNo,
-          seq: parsed.seq,
-          fault: 'removed',
-          message: `removed: the chain starts at a restart on the same file (seq ${parsed.seq}, "${String(parsed.rec.reason)}") with nothing of the file before it (a copy of part of a file verifies with --partial)`
-        }
-        return
+        return beginningGone(`removed: the chain starts at a restart on the same file (seq ${parsed.seq}, "${String(parsed.rec.reason)}") with nothing of the file before it (a copy of part of a file verifies with --partial)`)
       }
       if (prevHash === null && parsed.seq !== 1) {
         // merged: a fault pending on another chain is on an earlier line, so it is the one named
         if (this.#pending !== undefined) return this.#fail(this.#pending, null)
-        this.#result = {
-          ok: false,
-          file,
-          line: lineNo,
-          seq: parsed.seq,
-          fault: 'removed',
-          message: `removed: the chain starts at seq ${parsed.seq} with no audit.chain.started before it (its beginning is gone; a copy of a rotated or truncated file verifies with --partial)`
-        }
-        return
+        return beginningGone(`removed: the chain starts at seq ${parsed.seq} with no audit.chain.started before it (its beginning is gone; a copy of a rotated or truncated file verifies with --partial)`)
       }
     }
     if (parsed.seq === chain.next && chainHash(chain.prev, parsed.canonical) === parsed.hash) {
