@@ -225,6 +225,11 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
     const conn = byTls.get(client.conn as TLSSocket)
     if (!conn) return
     conn.authenticated = true
+    // a claim session (the public claim certificate, a symmetric-key enrollment) names nobody: it keeps its
+    // place in its address's MAX_PENDING_CONNECTIONS_PER_ADDRESS until it closes. Settled like any other,
+    // one address with the claim certificate held CONNACK'd sessions up to MAX_CONNECTIONS, and every
+    // device was refused at accept
+    if (stateOf(client)?.identity?.role === 'claim') return
     settle(conn)
   }
 

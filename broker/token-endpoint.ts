@@ -289,7 +289,8 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
       audit.write('token.refused', { oauthClientId, remoteAddress: r.remoteAddress, errorCode: refusal.code, reason: refusal.reason, statusCode: status }, 'warn')
       return
     }
-    const key = `${refusal.code}\u0000${r.remoteAddress}`
+    // per budget, as the limits count (an IPv6 /64 is one host): one line per address of it would flood the log
+    const key = `${refusal.code}\u0000${budgetKeyOf(r.remoteAddress)}`
     const a = aggregated.get(key)
     if (a) {
       a.more++

@@ -6,6 +6,7 @@
  * once, when it ends, as one line with their `count`. Every refusal is counted
  * in the metrics, aggregated or not.
  */
+import { budgetKeyOf } from '../address-budget.js'
 import type { Counter } from 'prom-client'
 import type { Audit } from '../audit.js'
 import { Errors, type ErrorCode } from '../errors.js'
@@ -52,7 +53,9 @@ export function createRefusalLog (audit: Audit, metrics: Metrics, intervalMs: nu
 
   function refuse (remoteAddress: string | undefined, code: ErrorCode, reason: string = Errors[code].message): void {
     counter(code).inc()
-    let key = `${code}\u0000${remoteAddress ?? POOLED}`
+    // per address means per budget, as for the limits (broker/address-budget.ts): every address of an IPv6 /64
+    // is one host's, and aggregated one by one a single /64 filled the log with a line per address
+    let key = `${code}\u0000${remoteAddress === undefined ? POOLED : budgetKeyOf(remoteAddress)}`
     let a = aggregates.get(key)
     if (a === undefined && aggregates.size >= maxKeys) {
       // too many addresses this interval: pool the rest per reason, without an address
