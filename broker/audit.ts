@@ -24,6 +24,7 @@ import { ReplyError, type Redis } from 'ioredis'
 import pino from 'pino'
 import { CHAIN_STARTED, chainHash, GENESIS_HASH, RESTARTED_AFTER_CUT, RESTARTED_ON_FILE } from './audit-chain.js'
 import { AUDIT_STREAM_KEY, createAuditRing, createAuditSource, type AuditPage, type AuditQuery, type AuditRing, type AuditSource } from './audit-query.js'
+import { budgetKeyOf } from './address-budget.js'
 import { connectRedis, quitGracefully, within } from './store/redis.js'
 
 export type AuditEvent =
@@ -103,6 +104,14 @@ export interface Audit {
   /** this process's id on every line (and the Aedes broker id): one hash chain per brokerId */
   readonly brokerId: string
   write (event: AuditEvent, fields?: AuditFields, level?: 'info' | 'warn' | 'error'): void
+  /**
+   * A refusal of a connection nobody is identified for yet (`connect.refused`,
+   * `token.refused`): written as `write` does for the first REFUSAL_BURST per
+   * event and remote address budget (an IPv6 /64 is one) and interval; beyond
+   * that counted, and one line with the count written when the interval ends
+   * (CONTRACT §6: what comes before authentication cannot flood the log).
+   */
+  refusal (event: 'connect.refused' | 'token.refused', fields: AuditFields, level?: 'info' | 'warn' | 'error'): void
   /** the file written out, and the Redis batch sent (bounded: a Redis that is away does not hold it) */
   flush (): Promise<void>
   /**
@@ -133,7 +142,14 @@ export interface AuditOptions {
   backlogLines?: number | undefined
   /** where the writer's own trouble goes (Redis away, lines dropped): once per episode, never per line */
   log?: { warn (obj: object, msg: string): void } | undefined
+  /** the interval of `refusal`'s aggregation (AUDIT_AGGREGATE_SECONDS), default 10 s */
+  refusalIntervalMs?: number | undefined
 }
+
+/** refusals written one by one per event, remote address budget and interval before they are only counted */
+export const REFUSAL_BURST = 50
+/** budgets tracked at once per interval; beyond, the interval's counts are written early and it starts again */
+const REFUSAL_KEYS_MAX = 10_000
 
 const DEFAULT_STREAM_MAXLEN = 1_000_000
 const DEFAULT_MEMORY_LINES = 10_000
@@ -578,10 +594,38 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     sonic.flush(() => resolve())
   })
 
+  /** per event and address budget this interval: lines written, refusals only counted, the last of them */
+  const refusals = new Map<string, { event: string, remoteAddress: string, written: number, more: number, errorCode: unknown, level: string }>()
+  function writeRefusalCounts (): void {
+    for (const r of refusals.values()) {
+      if (r.more > 0) emit(r.event, { remoteAddress: r.remoteAddress, errorCode: r.errorCode, reason: `${r.more} more refusals from this address (budget) in the interval, counted`, count: r.more }, r.level)
+    }
+    refusals.clear()
+  }
+  const refusalTimer = setInterval(writeRefusalCounts, opts.refusalIntervalMs ?? 10_000)
+  refusalTimer.unref()
+
   return {
     brokerId,
     write (event, fields = {}, level = 'info') {
       emit(event, fields as Readonly<Record<string, unknown>>, level)
+    },
+    refusal (event, fields, level = 'warn') {
+      const address = typeof fields.remoteAddress === 'string' ? fields.remoteAddress : 'unknown'
+      const key = `${event}\u0000${budgetKeyOf(address)}`
+      let r = refusals.get(key)
+      if (r === undefined) {
+        if (refusals.size >= REFUSAL_KEYS_MAX) writeRefusalCounts()
+        r = { event, remoteAddress: address, written: 0, more: 0, errorCode: fields.errorCode, level }
+        refusals.set(key, r)
+      }
+      if (r.written < REFUSAL_BURST) {
+        r.written++
+        emit(event, fields as Readonly<Record<string, unknown>>, level)
+        return
+      }
+      r.more++
+      r.errorCode = fields.errorCode
     },
     async flush () {
       await Promise.all([flushFile(), writer?.flush(FLUSH_STREAM_MS)])
@@ -596,6 +640,8 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     async close () {
       if (closed) return
       clearInterval(rotationTimer)
+      clearInterval(refusalTimer)
+      writeRefusalCounts()
       await checking
       const closing = writer?.close()
       closed = true

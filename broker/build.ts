@@ -123,6 +123,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
   const now = opts.now ?? Date.now
   // every line also to the shared Redis stream (the admin API's cluster-wide audit query), or an in-process ring
   const audit = createAudit(opts.auditStream ?? config.auditLog, {
+    refusalIntervalMs: config.auditAggregateSeconds * 1000,
     redisUrl: config.redisUrl,
     streamMaxLen: config.auditStreamMaxLen,
     memoryLines: config.auditMemoryLines,

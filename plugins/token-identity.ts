@@ -88,7 +88,7 @@ export const tokenIdentityPlugin: Plugin<TokenIdentityOptions> = {
 
     function refuse (ev: AuthenticateEvent, r: Refusal): Deny {
       metrics.authentications.inc({ method: r.method, outcome: r.code })
-      audit.write('token.refused', {
+      audit.refusal('token.refused', {
         clientId: ev.clientId,
         remoteAddress: ev.remoteAddress,
         authMethod: r.method,

@@ -86,7 +86,7 @@ function remoteAddressOf (client: Client): string {
 function refuseEarly (req: ConnectRequest, code: ErrorCode): void {
   const { audit, metrics } = req.chain.ctx
   metrics.connectRefusals.inc({ reason: code })
-  audit.write('connect.refused', { clientId: req.packet.clientId, remoteAddress: req.remoteAddress, errorCode: code, reason: Errors[code].message }, 'warn')
+  audit.refusal('connect.refused', { clientId: req.packet.clientId, remoteAddress: req.remoteAddress, errorCode: code, reason: Errors[code].message }, 'warn')
 }
 
 function auditUnsupportedProtocol (req: ConnectRequest): ConnectAnswer {
@@ -243,6 +243,6 @@ export function authenticate (chain: ChainContext, client: Client, done: (err: (
   chain.ctx.metrics.connectRefusals.inc({ reason: err.code })
   // a token connection's refusals are counted by method where the token is read (plugins/token-identity.ts)
   if (state?.peer) chain.ctx.metrics.authentications.inc({ method: 'certificate', outcome: err.code })
-  chain.ctx.audit.write('connect.refused', { ...auditFields(client, state), errorCode: err.code, reason: err.message })
+  chain.ctx.audit.refusal('connect.refused', { ...auditFields(client, state), errorCode: err.code, reason: err.message }, 'info')
   done(err as Error & { returnCode: number }, false)
 }
