@@ -105,13 +105,17 @@ export interface Audit {
   readonly brokerId: string
   write (event: AuditEvent, fields?: AuditFields, level?: 'info' | 'warn' | 'error'): void
   /**
-   * A refusal of a connection nobody is identified for yet (`connect.refused`,
-   * `token.refused`): written as `write` does for the first REFUSAL_BURST per
-   * event and remote address budget (an IPv6 /64 is one) and interval; beyond
-   * that counted, and one line with the count written when the interval ends
-   * (CONTRACT §6: what comes before authentication cannot flood the log).
+   * A refusal that anyone can cause before being identified (`connect.refused`,
+   * `token.refused`), aggregated so that nobody can flood the log (CONTRACT §6):
+   * per event, errorCode and remote address budget (an IPv6 /64 is one) and
+   * interval, the first `burst` are written as `write` does, the rest counted
+   * and written as one line with their `count` when the interval ends (or at
+   * `flushRefusals`, or close). Beyond MAX_AGGREGATED_KEYS budgets in an interval,
+   * refusals are only counted, pooled per event and code without an address.
    */
-  refusal (event: 'connect.refused' | 'token.refused', fields: AuditFields, level?: 'info' | 'warn' | 'error'): void
+  refusal (event: 'connect.refused' | 'token.refused', fields: AuditFields, level?: 'info' | 'warn' | 'error', burst?: number): void
+  /** writes the refusals counted so far now */
+  flushRefusals (): void
   /** the file written out, and the Redis batch sent (bounded: a Redis that is away does not hold it) */
   flush (): Promise<void>
   /**
@@ -146,10 +150,22 @@ export interface AuditOptions {
   refusalIntervalMs?: number | undefined
 }
 
-/** refusals written one by one per event, remote address budget and interval before they are only counted */
+/** refusals written one by one per event, code, remote address budget and interval before they are only counted (`refusal`'s default) */
 export const REFUSAL_BURST = 50
-/** budgets tracked at once per interval; beyond, the interval's counts are written early and it starts again */
-const REFUSAL_KEYS_MAX = 10_000
+/** (event, code, budget) keys kept per interval; beyond, refusals are pooled per event and code, without an address */
+export const MAX_AGGREGATED_KEYS = 10_000
+const POOLED = '*'
+
+interface RefusalAggregate {
+  readonly event: string
+  readonly remoteAddress: string | undefined
+  readonly errorCode: unknown
+  readonly level: string
+  reason: unknown
+  written: number
+  /** refusals only counted, written when the interval ends */
+  more: number
+}
 
 const DEFAULT_STREAM_MAXLEN = 1_000_000
 const DEFAULT_MEMORY_LINES = 10_000
@@ -594,11 +610,11 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     sonic.flush(() => resolve())
   })
 
-  /** per event and address budget this interval: lines written, refusals only counted, the last of them */
-  const refusals = new Map<string, { event: string, remoteAddress: string, written: number, more: number, errorCode: unknown, level: string }>()
+  /** per event, code and address budget this interval */
+  const refusals = new Map<string, RefusalAggregate>()
   function writeRefusalCounts (): void {
     for (const r of refusals.values()) {
-      if (r.more > 0) emit(r.event, { remoteAddress: r.remoteAddress, errorCode: r.errorCode, reason: `${r.more} more refusals from this address (budget) in the interval, counted`, count: r.more }, r.level)
+      if (r.more > 0) emit(r.event, { remoteAddress: r.remoteAddress, errorCode: r.errorCode, reason: r.reason, count: r.more }, r.level)
     }
     refusals.clear()
   }
@@ -610,23 +626,30 @@ export function createAudit (destination: string | NodeJS.WritableStream, opts: 
     write (event, fields = {}, level = 'info') {
       emit(event, fields as Readonly<Record<string, unknown>>, level)
     },
-    refusal (event, fields, level = 'warn') {
-      const address = typeof fields.remoteAddress === 'string' ? fields.remoteAddress : 'unknown'
-      const key = `${event}\u0000${budgetKeyOf(address)}`
+    refusal (event, fields, level = 'warn', burst = REFUSAL_BURST) {
+      const address = typeof fields.remoteAddress === 'string' ? fields.remoteAddress : undefined
+      const head = `${event}\u0000${String(fields.errorCode)}\u0000`
+      let key = head + (address === undefined ? POOLED : budgetKeyOf(address))
       let r = refusals.get(key)
-      if (r === undefined) {
-        if (refusals.size >= REFUSAL_KEYS_MAX) writeRefusalCounts()
-        r = { event, remoteAddress: address, written: 0, more: 0, errorCode: fields.errorCode, level }
+      if (r === undefined && refusals.size >= MAX_AGGREGATED_KEYS) {
+        // too many budgets this interval: the rest pooled per event and code, counted only
+        key = head + POOLED
+        r = refusals.get(key) ?? { event, remoteAddress: undefined, errorCode: fields.errorCode, level, reason: fields.reason, written: burst, more: 0 }
         refusals.set(key, r)
       }
-      if (r.written < REFUSAL_BURST) {
+      if (r === undefined) {
+        r = { event, remoteAddress: address, errorCode: fields.errorCode, level, reason: fields.reason, written: 0, more: 0 }
+        refusals.set(key, r)
+      }
+      if (r.written < burst) {
         r.written++
         emit(event, fields as Readonly<Record<string, unknown>>, level)
         return
       }
       r.more++
-      r.errorCode = fields.errorCode
+      r.reason = fields.reason
     },
+    flushRefusals: writeRefusalCounts,
     async flush () {
       await Promise.all([flushFile(), writer?.flush(FLUSH_STREAM_MS)])
     },

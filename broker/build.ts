@@ -284,7 +284,7 @@ export async function buildBroker (config: Config, opts: BuildOptions = {}): Pro
     const tokenEndpoint = createTokenEndpoint({ config, clients: oauthClients, keys: tokenKeys, audit, metrics, log, now, onStoreError })
     releases.push(['token endpoint', () => tokenEndpoint.close()])
     // connections refused at accept on HTTP_PORT, audited like the MQTT listener's: aggregated per address (CONTRACT §6)
-    const httpRefusals = createRefusalLog(audit, metrics, config.auditAggregateSeconds * 1000)
+    const httpRefusals = createRefusalLog(audit, metrics)
     releases.push(['http refusals', () => { httpRefusals.close(); return Promise.resolve() }])
     const httpServer = createHttpServer({
       metrics, ready, tokenEndpoint, metricsText: opts.metricsText,

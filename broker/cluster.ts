@@ -162,6 +162,7 @@ export async function startPrimary (config: Config, opts: PrimaryOptions = {}): 
     await generateDevPki({ outDir: config.certsDir })
   }
   const audit: Audit = createAudit(opts.auditStream ?? config.auditLog, {
+    refusalIntervalMs: config.auditAggregateSeconds * 1000,
     redisUrl: config.redisUrl,
     streamMaxLen: config.auditStreamMaxLen,
     memoryLines: config.auditMemoryLines,

@@ -107,7 +107,7 @@ export function createListener (ctx: ListenerContext, kind: ListenerKind = {}): 
   const { config, broker, audit, metrics } = ctx
   const tokens = kind.auth === 'token'
   const admission = kind.admission ?? createAdmission(config)
-  const refusals = createRefusalLog(audit, metrics, config.auditAggregateSeconds * 1000)
+  const refusals = createRefusalLog(audit, metrics)
   const live = new Set<Connection>()
   const byRaw = new WeakMap<Socket, Connection>()
   const byTls = new WeakMap<TLSSocket, Connection>()

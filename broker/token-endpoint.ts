@@ -273,15 +273,6 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
     requestsPerClient: createRateLimit({ name: 'token-client', limit: config.tokenRatePerClient, windowMs: WINDOW_MS, now: deps.now, redisUrl: config.redisUrl, onError: onStoreError })
   }
 
-  // aggregated refusals: per address and code, the first of an interval at once, the others as one line with their count
-  const aggregated = new Map<string, { remoteAddress: string, code: ErrorCode, reason: string, more: number }>()
-  const flushTimer = setInterval(flushAggregated, config.auditAggregateSeconds * 1000)
-  flushTimer.unref()
-  function flushAggregated (): void {
-    for (const a of aggregated.values()) if (a.more > 0) audit.write('token.refused', { remoteAddress: a.remoteAddress, errorCode: a.code, reason: a.reason, count: a.more }, 'warn')
-    aggregated.clear()
-  }
-
   function auditRefusal (r: TokenRequest, refusal: TokenRefusal, status: number): void {
     if (AUTHENTICATION_CODES.has(refusal.code)) {
       // a client id that cannot exist is the attacker's free text: not worth a field
@@ -289,18 +280,8 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
       audit.write('token.refused', { oauthClientId, remoteAddress: r.remoteAddress, errorCode: refusal.code, reason: refusal.reason, statusCode: status }, 'warn')
       return
     }
-    // per budget, as the limits count (an IPv6 /64 is one host): one line per address of it would flood the log
-    const key = `${refusal.code}\u0000${budgetKeyOf(r.remoteAddress)}`
-    const a = aggregated.get(key)
-    if (a) {
-      a.more++
-      a.reason = refusal.reason
-      return
-    }
-    // bounded memory under a spray of addresses: write what is pending and start again
-    if (aggregated.size >= 10_000) flushAggregated()
-    aggregated.set(key, { remoteAddress: r.remoteAddress, code: refusal.code, reason: refusal.reason, more: 0 })
-    audit.write('token.refused', { remoteAddress: r.remoteAddress, errorCode: refusal.code, reason: refusal.reason, statusCode: status, count: 1 }, 'warn')
+    // aggregated per address budget and code: the first of an interval at once, the others as one line with their count
+    audit.refusal('token.refused', { remoteAddress: r.remoteAddress, errorCode: refusal.code, reason: refusal.reason, statusCode: status, count: 1 }, 'warn', 1)
   }
 
   function answer (res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
@@ -372,8 +353,7 @@ export function createTokenEndpoint (deps: TokenEndpointDeps): TokenEndpoint {
       })
     },
     async close () {
-      clearInterval(flushTimer)
-      flushAggregated()
+      audit.flushRefusals()
       await Promise.all([steps.failuresPerAddress.close(), steps.requestsPerClient.close()])
     }
   }

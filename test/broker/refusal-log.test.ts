@@ -13,10 +13,10 @@ import { auditCapture } from '../helpers/broker.js'
 
 t.test('one line per budget and interval, then one with the count', async (t) => {
   const capture = auditCapture()
-  const audit = createAudit(capture.stream)
-  t.teardown(() => audit.close())
   // a long interval: the flush below is the one that writes the counts
-  const refusals = createRefusalLog(audit, createMetrics(), 3_600_000)
+  const audit = createAudit(capture.stream, { refusalIntervalMs: 3_600_000 })
+  t.teardown(() => audit.close())
+  const refusals = createRefusalLog(audit, createMetrics())
   t.teardown(() => refusals.close())
   for (let i = 0; i < 2000; i++) refusals.refuse(`2001:db8:7:7:${(i >> 8).toString(16)}:${(i & 0xff).toString(16)}::1`, 'TooManyPendingConnections')
   for (let i = 0; i < 500; i++) refusals.refuse('192.0.2.7', 'TooManyPendingConnections')

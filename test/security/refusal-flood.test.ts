@@ -6,7 +6,7 @@
  * in 1.4 s wrote 501 lines, bounded only by CONNECT_RATE_PER_ADDRESS (about 12,000
  * lines a minute per address). CONTRACT §6: refusals before authentication are
  * aggregated per address and interval, with a count.
- * Defence: per event and address budget, the first REFUSAL_BURST refusals of an
+ * Defence: per event, code and address budget, the first REFUSAL_BURST refusals of an
  * interval are written one by one, the rest counted in one line (broker/audit.ts).
  */
 import t from 'tap'
