@@ -66,14 +66,9 @@ function valid (schema: string): ValidationAnswer {
  * that became personal are fine: they get sealed. Only on the redaction path (rare).
  */
 function allStillPersonal (before: SkipMap, map: PiiMap, after: unknown): boolean {
-  const found = new Map<object, Set<string | number>>()
-  visitPersonalData(map, after, (container, key) => {
-    let keys = found.get(container)
-    if (keys === undefined) found.set(container, keys = new Set())
-    keys.add(key)
-  })
+  const found = personalValues(map, after)
   for (const [container, keys] of before) {
-    const now = found.get(container)
+    const now = found?.get(container)
     for (const key of keys) if (now?.has(key) !== true) return false
   }
   return true
