@@ -40,6 +40,8 @@ for (const store of STORES) {
     })
     await subscribe(device, `devices/${id}/config`)
     await waitFor(() => versions.includes(1), 3000, 'version 1')
+    // version 1 applied before version 2 exists: else its ack is stale, and version 2 has nothing to roll back to
+    await waitFor(() => tb.events('config.acknowledged').some((l) => l.deviceId === id && l.version === 1 && l.reason === 'applied'), 5000, 'version 1 applied')
     await service.setOverrides(id, { interval: 0 }, 'alice')
     await waitFor(() => versions.includes(3), 5000, 'the rollback to version 3')
     await waitFor(() => tb.events('config.rolledback').some((l) => l.deviceId === id), 5000, 'config.rolledback')
